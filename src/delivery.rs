@@ -1,0 +1,90 @@
+//! What a subscription yields: a decoded value plus the envelope it came in.
+//!
+//! Owns: [`Delivery`] and its metadata accessors. Cheap to create: the
+//! envelope is shared (`Arc`) between every subscription it matched.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+
+use crate::envelope::{Envelope, Headers, PeerId};
+
+/// One event delivered to a subscription: the value and its metadata.
+///
+/// ```no_run
+/// # async fn f(peer: chorus::Peer) -> chorus::Result<()> {
+/// use futures::StreamExt;
+/// let mut orders = peer.subscribe::<String>("orders.*")?;
+/// while let Some(d) = orders.next().await {
+///     println!("{} #{} from {}: {}", d.topic(), d.seq(), d.origin(), d.value);
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Delivery<T> {
+    /// The payload, decoded into the subscription's type.
+    pub value: T,
+    envelope: Arc<Envelope>,
+}
+
+impl<T> Delivery<T> {
+    pub(crate) fn new(value: T, envelope: Arc<Envelope>) -> Self {
+        Delivery { value, envelope }
+    }
+
+    /// The publishing peer.
+    pub fn origin(&self) -> PeerId {
+        self.envelope.origin
+    }
+
+    /// The publishing peer's incarnation (changes when it restarts).
+    pub fn incarnation(&self) -> u64 {
+        self.envelope.incarnation
+    }
+
+    /// Sequence number in the origin's stream (per incarnation, from 1).
+    pub fn seq(&self) -> u64 {
+        self.envelope.seq
+    }
+
+    /// The concrete topic the event was published on.
+    pub fn topic(&self) -> &str {
+        &self.envelope.topic
+    }
+
+    /// The application message id (idempotency key), if the publisher set one.
+    pub fn id(&self) -> Option<&str> {
+        self.envelope.id.as_deref()
+    }
+
+    /// Publish time by the publisher's clock.
+    pub fn timestamp(&self) -> SystemTime {
+        UNIX_EPOCH + Duration::from_micros(self.envelope.timestamp_us)
+    }
+
+    /// The correlation id, if the publisher set one.
+    pub fn correlation_id(&self) -> Option<&str> {
+        self.envelope.correlation_id.as_deref()
+    }
+
+    /// Application headers.
+    pub fn headers(&self) -> &Headers {
+        &self.envelope.headers
+    }
+
+    /// The raw payload bytes as they arrived.
+    pub fn payload(&self) -> &Bytes {
+        &self.envelope.payload
+    }
+
+    /// The whole envelope.
+    pub fn envelope(&self) -> &Envelope {
+        &self.envelope
+    }
+
+    /// The value, dropping the metadata.
+    pub fn into_value(self) -> T {
+        self.value
+    }
+}

@@ -1,0 +1,316 @@
+//! The wire envelope: what one published event looks like on the network.
+//!
+//! Owns: [`Envelope`], [`PeerId`], the frame layout and its MessagePack
+//! encoding/decoding, and the size bound used to reject oversized messages
+//! before they are sent. It must not touch sockets or clocks. The byte-level
+//! format is specified in `docs/WIRE.md`; keep both in step.
+//!
+//! A frame is a MessagePack array `[version, kind, body]`. Version is
+//! [`WIRE_VERSION`]; kind [`KIND_EVENT`] carries one envelope as `body`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io::Cursor;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+/// Version of the frame format this build reads and writes.
+pub const WIRE_VERSION: u8 = 1;
+/// Frame kind of a single event envelope.
+pub const KIND_EVENT: u8 = 0;
+
+/// Application headers: string keys to string values, ordered by key.
+pub type Headers = BTreeMap<String, String>;
+
+/// Identifier of a peer on the bus: 64 random bits, chosen at start-up
+/// unless pinned with [`PeerBuilder::id`](crate::PeerBuilder::id).
+/// Displayed as 16 hexadecimal digits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct PeerId(pub u64);
+
+impl PeerId {
+    /// A fresh random, non-zero id.
+    pub fn random() -> Self {
+        PeerId(rand::random::<u64>().max(1))
+    }
+}
+
+impl fmt::Display for PeerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+/// One published event with everything a receiver needs to route,
+/// order, deduplicate and trace it.
+///
+/// `(origin, incarnation, seq)` identifies an envelope uniquely on the bus.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// The publishing peer.
+    pub origin: PeerId,
+    /// The publishing peer's incarnation: a new value each time it starts.
+    pub incarnation: u64,
+    /// Position in the origin's stream, from 1, without gaps, per incarnation.
+    pub seq: u64,
+    /// Application message id (idempotency key); `None` when the message is
+    /// identified by `(origin, incarnation, seq)` alone.
+    pub id: Option<String>,
+    /// Concrete topic, e.g. `orders.eu.created`.
+    pub topic: String,
+    /// Publish time, microseconds since the Unix epoch (publisher's clock).
+    pub timestamp_us: u64,
+    /// Correlation / trace id linking this event to the flow it belongs to.
+    pub correlation_id: Option<String>,
+    /// Application headers.
+    pub headers: Headers,
+    /// Application payload: MessagePack for typed publishes, anything for bytes.
+    pub payload: Bytes,
+}
+
+/// Why bytes from the network were not accepted as a frame.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// Larger than the configured maximum message size.
+    #[error("frame of {size} bytes exceeds the maximum of {max}")]
+    Oversized {
+        /// Size of the frame received.
+        size: usize,
+        /// Configured limit.
+        max: usize,
+    },
+    /// A well-formed frame header with a version this build does not speak.
+    #[error("unsupported wire version {0} (this build speaks {WIRE_VERSION})")]
+    Version(u8),
+    /// A well-formed frame header with an unknown kind.
+    #[error("unknown frame kind {0}")]
+    UnknownKind(u8),
+    /// Not a valid frame: garbage, truncated, wrong types or trailing bytes.
+    #[error("malformed frame: {0}")]
+    Malformed(String),
+}
+
+/// Worst-case MessagePack size of a string, bin or container header.
+const MAX_HEADER: usize = 5;
+/// Worst-case size of a MessagePack unsigned integer.
+const MAX_UINT: usize = 9;
+/// Frame array header + version + kind + envelope array header.
+const FRAME_OVERHEAD: usize = 1 + 1 + 1 + 1;
+
+/// Upper bound of the encoded frame size of an envelope with these fields.
+pub(crate) fn encoded_len_bound(
+    topic: &str,
+    id: Option<&str>,
+    correlation_id: Option<&str>,
+    headers: &Headers,
+    payload_len: usize,
+) -> usize {
+    let opt_str = |s: Option<&str>| s.map_or(1, |s| MAX_HEADER + s.len());
+    let headers_len: usize = headers
+        .iter()
+        .map(|(k, v)| 2 * MAX_HEADER + k.len() + v.len())
+        .sum();
+    FRAME_OVERHEAD
+        + 4 * MAX_UINT
+        + opt_str(id)
+        + MAX_HEADER
+        + topic.len()
+        + opt_str(correlation_id)
+        + MAX_HEADER
+        + headers_len
+        + MAX_HEADER
+        + payload_len
+}
+
+impl Envelope {
+    /// Upper bound of [`encode_into`](Self::encode_into)'s output, computed
+    /// without encoding; used to reject oversized messages at publish time.
+    pub fn max_encoded_len(&self) -> usize {
+        encoded_len_bound(
+            &self.topic,
+            self.id.as_deref(),
+            self.correlation_id.as_deref(),
+            &self.headers,
+            self.payload.len(),
+        )
+    }
+
+    /// Appends this envelope as one complete event frame to `buf`.
+    pub fn encode_into(&self, buf: &mut Vec<u8>) {
+        rmp_serde::encode::write(buf, &(WIRE_VERSION, KIND_EVENT, self))
+            .expect("writing MessagePack into a Vec cannot fail");
+    }
+
+    /// Encodes this envelope as one complete event frame.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut buf = Vec::with_capacity(self.max_encoded_len());
+        self.encode_into(&mut buf);
+        buf
+    }
+
+    /// Decodes one event frame, rejecting frames longer than `max_size`,
+    /// of another version or kind, malformed, or with trailing bytes.
+    /// Never panics, whatever the input.
+    pub fn decode(frame: &[u8], max_size: usize) -> Result<Envelope, DecodeError> {
+        if frame.len() > max_size {
+            return Err(DecodeError::Oversized {
+                size: frame.len(),
+                max: max_size,
+            });
+        }
+        let mut cur = Cursor::new(frame);
+        let len = rmp::decode::read_array_len(&mut cur).map_err(malformed)?;
+        if len != 3 {
+            return Err(DecodeError::Malformed(format!(
+                "frame is an array of {len}, expected 3"
+            )));
+        }
+        let version: u8 = rmp::decode::read_int(&mut cur).map_err(malformed)?;
+        if version != WIRE_VERSION {
+            return Err(DecodeError::Version(version));
+        }
+        let kind: u8 = rmp::decode::read_int(&mut cur).map_err(malformed)?;
+        if kind != KIND_EVENT {
+            return Err(DecodeError::UnknownKind(kind));
+        }
+        let mut de = rmp_serde::Deserializer::new(&mut cur);
+        let env = Envelope::deserialize(&mut de).map_err(malformed)?;
+        if cur.position() as usize != frame.len() {
+            return Err(DecodeError::Malformed(format!(
+                "{} trailing bytes after the envelope",
+                frame.len() - cur.position() as usize
+            )));
+        }
+        Ok(env)
+    }
+}
+
+fn malformed(e: impl fmt::Display) -> DecodeError {
+    DecodeError::Malformed(e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn sample() -> Envelope {
+        Envelope {
+            origin: PeerId(0x0123_4567_89ab_cdef),
+            incarnation: 1_763_774_400_000_000,
+            seq: 42,
+            id: Some("order-7".into()),
+            topic: "orders.created".into(),
+            timestamp_us: 1_763_774_400_123_456,
+            correlation_id: Some("flow-1".into()),
+            headers: [("k".to_string(), "v".to_string())].into_iter().collect(),
+            payload: Bytes::from_static(b"\x81\xa2id\x07"),
+        }
+    }
+
+    #[test]
+    fn round_trip() {
+        let env = sample();
+        let bytes = env.encode();
+        assert!(bytes.len() <= env.max_encoded_len());
+        assert_eq!(Envelope::decode(&bytes, 1 << 20).unwrap(), env);
+    }
+
+    #[test]
+    fn frame_layout_matches_wire_doc() {
+        let env = Envelope {
+            origin: PeerId(1),
+            incarnation: 2,
+            seq: 3,
+            id: None,
+            topic: "t".into(),
+            timestamp_us: 4,
+            correlation_id: None,
+            headers: Headers::new(),
+            payload: Bytes::from_static(b"x"),
+        };
+        // [1, 0, [1, 2, 3, nil, "t", 4, nil, {}, bin8(1) "x"]]
+        let expected = [
+            0x93, 0x01, 0x00, 0x99, 0x01, 0x02, 0x03, 0xc0, 0xa1, b't', 0x04, 0xc0, 0x80, 0xc4,
+            0x01, b'x',
+        ];
+        assert_eq!(env.encode(), expected);
+    }
+
+    #[test]
+    fn rejects_bad_frames() {
+        let good = sample().encode();
+        assert!(matches!(
+            Envelope::decode(&good, 10),
+            Err(DecodeError::Oversized { .. })
+        ));
+        let mut v2 = good.clone();
+        v2[1] = 2;
+        assert_eq!(Envelope::decode(&v2, 1 << 20), Err(DecodeError::Version(2)));
+        let mut k = good.clone();
+        k[2] = 9;
+        assert_eq!(Envelope::decode(&k, 1 << 20), Err(DecodeError::UnknownKind(9)));
+        for cut in 0..good.len() {
+            assert!(Envelope::decode(&good[..cut], 1 << 20).is_err(), "cut {cut}");
+        }
+        let mut trailing = good.clone();
+        trailing.push(0);
+        assert!(matches!(
+            Envelope::decode(&trailing, 1 << 20),
+            Err(DecodeError::Malformed(_))
+        ));
+        assert!(Envelope::decode(b"garbage!", 1 << 20).is_err());
+    }
+
+    fn arb_envelope() -> impl Strategy<Value = Envelope> {
+        (
+            any::<u64>(),
+            any::<u64>(),
+            any::<u64>(),
+            proptest::option::of(".{0,20}"),
+            "[a-z]{1,8}(\\.[a-z]{1,8}){0,3}",
+            any::<u64>(),
+            proptest::option::of(".{0,20}"),
+            prop::collection::btree_map(".{0,8}", ".{0,8}", 0..4),
+            prop::collection::vec(any::<u8>(), 0..300),
+        )
+            .prop_map(|(o, i, s, id, topic, ts, c, headers, p)| Envelope {
+                origin: PeerId(o),
+                incarnation: i,
+                seq: s,
+                id,
+                topic,
+                timestamp_us: ts,
+                correlation_id: c,
+                headers,
+                payload: Bytes::from(p),
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn encode_decode_round_trips(env in arb_envelope()) {
+            let bytes = env.encode();
+            prop_assert!(bytes.len() <= env.max_encoded_len());
+            prop_assert_eq!(Envelope::decode(&bytes, usize::MAX).unwrap(), env);
+        }
+
+        #[test]
+        fn decoder_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+            let _ = Envelope::decode(&bytes, usize::MAX);
+        }
+
+        #[test]
+        fn decoder_survives_mutations(env in arb_envelope(), flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8)) {
+            let mut bytes = env.encode();
+            for (i, b) in flips {
+                let i = i.index(bytes.len());
+                bytes[i] = b;
+            }
+            let _ = Envelope::decode(&bytes, usize::MAX);
+        }
+    }
+}

@@ -1,0 +1,75 @@
+//! The one error type returned to callers of chorus.
+//!
+//! Owns: [`Error`] and the crate-wide [`Result`] alias. Errors caused by
+//! *network* input are never returned here: they are counted in
+//! [`Stats`](crate::Stats) and logged, because the caller cannot act on them.
+
+use thiserror::Error;
+
+/// Shorthand for `std::result::Result<T, chorus::Error>`.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything a chorus call can fail with. Each message says what to change.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A topic given to `publish` is not a valid concrete topic.
+    #[error("invalid topic {topic:?}: {reason}")]
+    InvalidTopic {
+        /// The topic as given.
+        topic: String,
+        /// Why it was rejected.
+        reason: &'static str,
+    },
+    /// A pattern given to `subscribe` is not a valid topic pattern.
+    #[error("invalid topic pattern {pattern:?}: {reason}")]
+    InvalidPattern {
+        /// The pattern as given.
+        pattern: String,
+        /// Why it was rejected.
+        reason: &'static str,
+    },
+    /// A URL is malformed or uses a transport chorus does not support.
+    #[error("invalid URL {url:?}: {reason} (expected tcp://host:port, ipc:///path or inproc://name)")]
+    InvalidUrl {
+        /// The URL as given.
+        url: String,
+        /// Why it was rejected.
+        reason: String,
+    },
+    /// The value passed to `publish` could not be serialized to MessagePack.
+    #[error("payload could not be serialized: {0}")]
+    Serialize(String),
+    /// The encoded message would exceed the configured maximum message size.
+    #[error("message of up to {size} bytes exceeds the maximum message size of {max} bytes (see PeerBuilder::max_message_size)")]
+    TooLarge {
+        /// Worst-case encoded size of the message in bytes.
+        size: usize,
+        /// The configured limit in bytes.
+        max: usize,
+    },
+    /// A builder setting is out of range.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// NNG refused an operation on a socket (listen, dial, option).
+    #[error("transport error while trying to {action}: {source}")]
+    Transport {
+        /// What chorus was doing.
+        action: String,
+        /// The NNG error.
+        #[source]
+        source: nng::Error,
+    },
+    /// The peer was shut down; create a new one.
+    #[error("the peer has been shut down")]
+    Shutdown,
+}
+
+impl Error {
+    pub(crate) fn transport(action: impl Into<String>, source: nng::Error) -> Self {
+        Error::Transport {
+            action: action.into(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,58 @@
+//! # chorus — brokerless messaging between peer services
+//!
+//! Services join a bus with no broker in the middle. Each [`Peer`] publishes
+//! events on an NNG pub socket and receives every other member's events on
+//! an NNG sub socket; subscriptions select events by NATS-style topic
+//! patterns (`orders.*`, `orders.>`).
+//!
+//! ```no_run
+//! use futures::StreamExt;
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Serialize, Deserialize, Debug)]
+//! struct BidAccepted { bid: u64, amount_cents: u64 }
+//!
+//! # async fn run() -> chorus::Result<()> {
+//! let bids = chorus::Peer::builder().name("bids").start().await?;
+//! let work = chorus::Peer::builder().name("work-orders").start().await?;
+//! work.connect(bids.local_url()).await?;
+//!
+//! let mut accepted = work.subscribe::<BidAccepted>("bids.accepted")?;
+//! bids.publish("bids.accepted", &BidAccepted { bid: 1, amount_cents: 12_500 }).await?;
+//! if let Some(d) = accepted.next().await {
+//!     println!("{:?} from {} (seq {})", d.value, d.origin(), d.seq());
+//! }
+//! bids.shutdown().await;
+//! work.shutdown().await;
+//! # Ok(()) }
+//! ```
+//!
+//! Layers (see `DESIGN.md`): the public API ([`Peer`], [`Subscription`]),
+//! driver tasks that own the NNG sockets, and the wire format ([`Envelope`],
+//! specified in `docs/WIRE.md`).
+
+#![warn(missing_docs)]
+
+mod bad_input;
+mod builder;
+mod delivery;
+mod envelope;
+mod error;
+mod peer;
+mod publish_options;
+mod publisher;
+mod receiver;
+mod stats;
+mod subscription;
+mod topic;
+mod transport;
+
+pub use builder::{PeerBuilder, MAX_NNG_BUFFER};
+pub use delivery::Delivery;
+pub use envelope::{DecodeError, Envelope, Headers, PeerId, KIND_EVENT, WIRE_VERSION};
+pub use error::{Error, Result};
+pub use peer::Peer;
+pub use publish_options::PublishOptions;
+pub use stats::Stats;
+pub use subscription::Subscription;
+pub use topic::{validate_topic, Pattern, MAX_TOPIC_LEN};

@@ -1,0 +1,251 @@
+//! The public handle of one member of the bus.
+//!
+//! Owns: [`Peer`], the caller-facing side of publishing and subscribing:
+//! argument validation, payload serialization, size checks, and shutdown.
+//! It talks to the driver tasks only through their channels.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::builder::PeerBuilder;
+use crate::envelope::{encoded_len_bound, PeerId};
+use crate::error::{Error, Result};
+use crate::publish_options::PublishOptions;
+use crate::publisher::{Outgoing, PubCmd};
+use crate::receiver::SubCmd;
+use crate::stats::{Counters, Stats};
+use crate::subscription::{decode_msgpack, decode_raw, Registry, Subscription};
+use crate::topic::{validate_topic, Pattern};
+
+/// What [`PeerBuilder::start`] hands over to a new [`Peer`].
+pub(crate) struct Parts {
+    pub id: PeerId,
+    pub incarnation: u64,
+    pub config: PeerBuilder,
+    pub local_url: String,
+    pub counters: Arc<Counters>,
+    pub registry: Arc<Registry>,
+    pub pub_tx: mpsc::Sender<PubCmd>,
+    pub sub_tx: mpsc::Sender<SubCmd>,
+    pub tasks: Vec<JoinHandle<()>>,
+}
+
+struct Inner {
+    parts: Parts,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    shut_down: AtomicBool,
+}
+
+/// A member of the bus: publishes events and subscribes to topic patterns.
+///
+/// Cheap to clone; all clones are the same peer. The driver tasks stop on
+/// [`shutdown`](Self::shutdown) or when the last clone is dropped.
+///
+/// ```no_run
+/// # #[derive(serde::Serialize, serde::Deserialize)] struct OrderPlaced { id: u32 }
+/// # async fn f() -> chorus::Result<()> {
+/// use futures::StreamExt;
+/// let a = chorus::Peer::builder().name("orders").start().await?;
+/// let b = chorus::Peer::builder().name("billing").start().await?;
+/// b.connect(a.local_url()).await?;
+/// let mut placed = b.subscribe::<OrderPlaced>("orders.>")?;
+/// a.publish("orders.placed", &OrderPlaced { id: 7 }).await?;
+/// let delivery = placed.next().await.unwrap();
+/// assert_eq!(delivery.value.id, 7);
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Peer {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Peer")
+            .field("id", &self.id())
+            .field("name", &self.name())
+            .field("url", &self.local_url())
+            .finish()
+    }
+}
+
+impl Peer {
+    /// A builder with every setting at its default.
+    pub fn builder() -> PeerBuilder {
+        PeerBuilder::default()
+    }
+
+    pub(crate) fn new(mut parts: Parts) -> Self {
+        let tasks = std::mem::take(&mut parts.tasks);
+        Peer {
+            inner: Arc::new(Inner {
+                parts,
+                tasks: Mutex::new(tasks),
+                shut_down: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// This peer's id.
+    pub fn id(&self) -> PeerId {
+        self.inner.parts.id
+    }
+
+    /// This peer's incarnation: its start time in µs since the Unix epoch,
+    /// so a restarted peer always has a larger one.
+    pub fn incarnation(&self) -> u64 {
+        self.inner.parts.incarnation
+    }
+
+    /// The service name given at build time.
+    pub fn name(&self) -> &str {
+        &self.inner.parts.config.name
+    }
+
+    /// The URL other peers dial to receive from this one (the real port when
+    /// the peer was told to listen on port 0).
+    pub fn local_url(&self) -> &str {
+        &self.inner.parts.local_url
+    }
+
+    /// A snapshot of this peer's counters.
+    pub fn stats(&self) -> Stats {
+        self.inner.parts.counters.snapshot()
+    }
+
+    /// Starts receiving from the peer publishing at `url`. Returns once the
+    /// dial is under way; NNG connects in the background and reconnects if
+    /// the link breaks. Connecting twice to the same URL is a no-op.
+    pub async fn connect(&self, url: &str) -> Result<()> {
+        let (tx, rx) = oneshot::channel();
+        self.inner
+            .parts
+            .sub_tx
+            .send(SubCmd::Dial(url.to_owned(), tx))
+            .await
+            .map_err(|_| Error::Shutdown)?;
+        rx.await.map_err(|_| Error::Shutdown)?
+    }
+
+    /// Publishes `value`, serialized as MessagePack (named fields), on `topic`.
+    ///
+    /// Waits if the publish queue is full. Returns once the message is queued
+    /// for sending: delivery is best effort in this version (no repair yet).
+    pub async fn publish<T: Serialize + ?Sized>(&self, topic: &str, value: &T) -> Result<()> {
+        self.publish_with(topic, value, PublishOptions::default())
+            .await
+    }
+
+    /// [`publish`](Self::publish) with an id, correlation id or headers.
+    pub async fn publish_with<T: Serialize + ?Sized>(
+        &self,
+        topic: &str,
+        value: &T,
+        options: PublishOptions,
+    ) -> Result<()> {
+        let payload =
+            rmp_serde::to_vec_named(value).map_err(|e| Error::Serialize(e.to_string()))?;
+        self.publish_bytes_with(topic, payload, options).await
+    }
+
+    /// Publishes raw bytes on `topic`; subscribers read them with
+    /// [`subscribe_bytes`](Self::subscribe_bytes).
+    pub async fn publish_bytes(&self, topic: &str, payload: impl Into<Bytes>) -> Result<()> {
+        self.publish_bytes_with(topic, payload, PublishOptions::default())
+            .await
+    }
+
+    /// [`publish_bytes`](Self::publish_bytes) with an id, correlation id or headers.
+    pub async fn publish_bytes_with(
+        &self,
+        topic: &str,
+        payload: impl Into<Bytes>,
+        options: PublishOptions,
+    ) -> Result<()> {
+        validate_topic(topic)?;
+        let payload = payload.into();
+        let size = encoded_len_bound(
+            topic,
+            options.id.as_deref(),
+            options.correlation_id.as_deref(),
+            &options.headers,
+            payload.len(),
+        );
+        let max = self.inner.parts.config.max_message_size;
+        if size > max {
+            return Err(Error::TooLarge { size, max });
+        }
+        let out = Outgoing {
+            topic: topic.to_owned(),
+            payload,
+            id: options.id,
+            correlation_id: options.correlation_id,
+            headers: options.headers,
+        };
+        self.inner
+            .parts
+            .pub_tx
+            .send(PubCmd::Event(out))
+            .await
+            .map_err(|_| Error::Shutdown)
+    }
+
+    /// Subscribes to `pattern` (`orders.created`, `orders.*`, `orders.>`),
+    /// decoding each payload as MessagePack into `T`. Payloads that do not
+    /// decode are skipped and counted in [`Stats::undecodable`].
+    pub fn subscribe<T: DeserializeOwned>(&self, pattern: &str) -> Result<Subscription<T>> {
+        self.register(pattern, decode_msgpack::<T>)
+    }
+
+    /// Subscribes to `pattern`, yielding payloads as raw bytes.
+    pub fn subscribe_bytes(&self, pattern: &str) -> Result<Subscription<Bytes>> {
+        self.register(pattern, decode_raw)
+    }
+
+    fn register<T>(
+        &self,
+        pattern: &str,
+        decode: fn(&Bytes) -> std::result::Result<T, String>,
+    ) -> Result<Subscription<T>> {
+        let pattern = Pattern::parse(pattern)?;
+        let parts = &self.inner.parts;
+        Subscription::register(
+            &parts.registry,
+            &parts.counters,
+            pattern,
+            parts.config.subscription_buffer,
+            decode,
+        )
+        .ok_or(Error::Shutdown)
+    }
+
+    /// Stops the peer: sends what was queued, closes its sockets and ends
+    /// every open subscription stream. Later calls return at once; `publish`
+    /// and `subscribe` then fail with [`Error::Shutdown`].
+    pub async fn shutdown(&self) {
+        if self.inner.shut_down.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let parts = &self.inner.parts;
+        let (pub_done, pub_wait) = oneshot::channel();
+        let (sub_done, sub_wait) = oneshot::channel();
+        if parts.pub_tx.send(PubCmd::Shutdown(pub_done)).await.is_ok() {
+            let _ = pub_wait.await;
+        }
+        if parts.sub_tx.send(SubCmd::Shutdown(sub_done)).await.is_ok() {
+            let _ = sub_wait.await;
+        }
+        let tasks = std::mem::take(&mut *self.inner.tasks.lock());
+        for task in tasks {
+            let _ = task.await;
+        }
+        tracing::info!(id = %self.id(), "peer shut down");
+    }
+}

@@ -1,0 +1,139 @@
+//! The receive driver: the tokio task that owns the sub0 socket.
+//!
+//! Owns: dialing publishers, reading frames without blocking the runtime,
+//! rejecting bad input (counted, logged once per source) and dispatching
+//! valid envelopes to the subscription registry. A full subscription makes
+//! this task wait, so NNG's own bounded queue takes the overflow.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use nng::options::{Options, RemAddr};
+use nng::{Dialer, Socket};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::bad_input::BadInputLog;
+use crate::envelope::{DecodeError, Envelope};
+use crate::error::Result;
+use crate::stats::Counters;
+use crate::subscription::{Dispatched, Registry};
+use crate::topic::validate_topic;
+use crate::transport::{self, RecvReady};
+
+/// How many frames are taken from NNG per wake-up.
+const RECV_BATCH: usize = 64;
+
+/// Messages to the receive driver.
+pub(crate) enum SubCmd {
+    /// Dial a publisher (idempotent per URL).
+    Dial(String, oneshot::Sender<Result<()>>),
+    /// Stop, close the socket and end every subscription.
+    Shutdown(oneshot::Sender<()>),
+}
+
+pub(crate) struct Receiver {
+    pub socket: Socket,
+    pub registry: Arc<Registry>,
+    pub counters: Arc<Counters>,
+    pub max_message_size: usize,
+    pub dialers: HashMap<String, Dialer>,
+    pub bad: BadInputLog,
+}
+
+impl Receiver {
+    /// Runs until told to shut down or until every `Peer` handle is gone.
+    pub(crate) async fn run(mut self, mut rx: mpsc::Receiver<SubCmd>) {
+        let mut ack = None;
+        match RecvReady::new(&self.socket) {
+            Ok(ready) => {
+                let mut batch = Vec::with_capacity(RECV_BATCH);
+                loop {
+                    tokio::select! {
+                        r = ready.recv_batch(&self.socket, &mut batch, RECV_BATCH) => {
+                            if let Err(e) = r {
+                                tracing::error!(error = %e, "sub socket stopped receiving");
+                                break;
+                            }
+                            for msg in batch.drain(..) {
+                                self.handle(msg).await;
+                            }
+                        }
+                        cmd = rx.recv() => match cmd {
+                            Some(SubCmd::Dial(url, reply)) => {
+                                let _ = reply.send(self.dial(url));
+                            }
+                            Some(SubCmd::Shutdown(done)) => {
+                                ack = Some(done);
+                                break;
+                            }
+                            None => break,
+                        }
+                    }
+                }
+                drop(ready); // before close: closing does not wake a poller
+            }
+            Err(e) => tracing::error!(error = %e, "cannot poll the sub socket"),
+        }
+        self.socket.close();
+        self.registry.close();
+        if let Some(done) = ack {
+            let _ = done.send(());
+        }
+    }
+
+    fn dial(&mut self, url: String) -> Result<()> {
+        if !self.dialers.contains_key(&url) {
+            let dialer = transport::dial(&self.socket, &url)?;
+            tracing::debug!(%url, "dialing publisher");
+            self.dialers.insert(url, dialer);
+        }
+        Ok(())
+    }
+
+    async fn handle(&mut self, mut msg: nng::Message) {
+        Counters::add(&self.counters.received, 1);
+        let decoded = Envelope::decode(msg.as_slice(), self.max_message_size).and_then(|env| {
+            validate_topic(&env.topic)
+                .map(|()| env)
+                .map_err(|e| DecodeError::Malformed(e.to_string()))
+        });
+        let env = match decoded {
+            Ok(env) => Arc::new(env),
+            Err(e) => {
+                let (counter, kind) = match e {
+                    DecodeError::Oversized { .. } => (&self.counters.oversized, "oversized"),
+                    DecodeError::Version(_) | DecodeError::UnknownKind(_) => {
+                        (&self.counters.unsupported, "unsupported")
+                    }
+                    _ => (&self.counters.malformed, "malformed"),
+                };
+                Counters::add(counter, 1);
+                self.bad.reject(kind, &source_of(&mut msg), &e);
+                return;
+            }
+        };
+        match self.registry.dispatch(&env) {
+            Dispatched::Unmatched => Counters::add(&self.counters.unmatched, 1),
+            Dispatched::Done => {}
+            Dispatched::Full(waiting) => {
+                for tx in waiting {
+                    // An error means the subscription was dropped meanwhile: nothing to do.
+                    let _ = tx.send(env.clone()).await;
+                }
+            }
+        }
+    }
+}
+
+/// The remote address of the pipe a message came in on, for logs.
+fn source_of(msg: &mut nng::Message) -> String {
+    let Some(pipe) = msg.pipe() else {
+        return "unknown".into();
+    };
+    match pipe.get_opt::<RemAddr>() {
+        // nng 1.0.1 reports tcp ports byte-swapped (NNG-NOTES.md).
+        Ok(nng::SocketAddr::Inet(a)) => format!("{}:{}", a.ip(), a.port().swap_bytes()),
+        Ok(other) => format!("{other:?}"),
+        Err(_) => "unknown".into(),
+    }
+}

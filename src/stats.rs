@@ -1,0 +1,63 @@
+//! Per-peer counters, readable at any time through [`Peer::stats`](crate::Peer::stats).
+//!
+//! Owns: the live atomic counters ([`Counters`]) shared by the driver tasks and
+//! the snapshot type ([`Stats`]) handed to callers. Counting is lock-free and
+//! `Relaxed`: a snapshot is a consistent-enough view, not a transaction.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+macro_rules! stats {
+    ($( $(#[$doc:meta])* $name:ident, )*) => {
+        /// A snapshot of one peer's counters (monotonic unless marked as a gauge).
+        #[derive(Debug, Clone, Default, PartialEq, Eq)]
+        #[non_exhaustive]
+        pub struct Stats {
+            $( $(#[$doc])* pub $name: u64, )*
+        }
+
+        /// The live counters behind [`Stats`].
+        #[derive(Debug, Default)]
+        pub(crate) struct Counters {
+            $( pub(crate) $name: AtomicU64, )*
+        }
+
+        impl Counters {
+            pub(crate) fn snapshot(&self) -> Stats {
+                Stats { $( $name: self.$name.load(Relaxed), )* }
+            }
+        }
+    };
+}
+
+stats! {
+    /// Events this peer handed to its pub socket.
+    published,
+    /// Frames received from the network (valid or not).
+    received,
+    /// Deliveries handed to subscriptions (one event matching two subscriptions counts twice).
+    delivered,
+    /// Valid events that matched no subscription of this peer.
+    unmatched,
+    /// Frames that were not valid MessagePack frames (garbage, truncated, wrong types).
+    malformed,
+    /// Frames larger than the configured maximum message size.
+    oversized,
+    /// Frames of an unsupported wire version or unknown kind.
+    unsupported,
+    /// Payloads that did not deserialize into a subscriber's type.
+    undecodable,
+    /// Gauge: NNG pipes on the pub socket (subscribers connected to this peer).
+    links_out,
+    /// Gauge: NNG pipes on the sub socket (publishers this peer receives from).
+    links_in,
+}
+
+impl Counters {
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Relaxed);
+    }
+
+    pub(crate) fn set(counter: &AtomicU64, n: u64) {
+        counter.store(n, Relaxed);
+    }
+}

@@ -1,0 +1,212 @@
+//! NNG sockets bridged to tokio.
+//!
+//! Owns: URL validation, socket creation with explicit buffer sizes, listening
+//! (advertising the real port when bound to port 0), non-blocking dialing,
+//! pipe counting and [`RecvReady`], the readiness source that lets a tokio task
+//! receive without blocking the runtime. It knows nothing about envelopes.
+//!
+//! NNG facts this relies on (see NNG-NOTES.md): pub0 and sub0 drop the oldest
+//! message when their queues are full, so both sizes are set explicitly;
+//! `LocalAddr` reports tcp ports byte-swapped, so the bound port is read with
+//! `BoundPort`; the receive fd does not wake a waiter when the socket closes,
+//! so the owner drops [`RecvReady`] before closing the socket.
+
+use std::collections::HashSet;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+use nng::options::{Options, RecvFd, RecvMaxSize, ReconnectMaxTime, ReconnectMinTime};
+use nng::{Dialer, Listener, PipeEvent, Protocol, Socket};
+use parking_lot::Mutex;
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+
+use crate::error::{Error, Result};
+use crate::stats::Counters;
+
+/// Checks that `url` is a tcp, ipc or inproc URL NNG can use.
+pub(crate) fn validate_url(url: &str) -> Result<()> {
+    let bad = |reason: &str| Error::InvalidUrl {
+        url: url.to_owned(),
+        reason: reason.to_owned(),
+    };
+    if let Some(rest) = url.strip_prefix("tcp://") {
+        let (host, port) = rest.rsplit_once(':').ok_or_else(|| bad("missing :port"))?;
+        if host.is_empty() {
+            return Err(bad("missing host"));
+        }
+        port.parse::<u16>().map_err(|_| bad("port is not a number 0-65535"))?;
+        Ok(())
+    } else if let Some(rest) = url
+        .strip_prefix("ipc://")
+        .or_else(|| url.strip_prefix("inproc://"))
+    {
+        if rest.is_empty() {
+            return Err(bad("missing path or name"));
+        }
+        Ok(())
+    } else {
+        Err(bad("unsupported scheme"))
+    }
+}
+
+/// Socket settings shared by the sockets of one peer.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SocketConfig {
+    /// Messages queued per subscriber pipe on pub0 (NNG drops the oldest beyond).
+    pub send_buffer: i32,
+    /// Messages queued on sub0 (NNG drops the oldest beyond).
+    pub recv_buffer: i32,
+    /// Largest message NNG accepts on receive; larger ones close the pipe.
+    pub recv_max_size: usize,
+    /// Reconnect backoff of dialers.
+    pub reconnect_min: Duration,
+    /// Reconnect backoff cap of dialers.
+    pub reconnect_max: Duration,
+}
+
+/// Opens a pub0 socket with the configured per-pipe send queue.
+pub(crate) fn pub_socket(cfg: &SocketConfig, counters: Arc<Counters>) -> Result<Socket> {
+    let s = Socket::new(Protocol::Pub0).map_err(|e| Error::transport("open pub socket", e))?;
+    s.set_opt::<nng::options::SendBufferSize>(cfg.send_buffer)
+        .map_err(|e| Error::transport("set pub send buffer", e))?;
+    count_pipes(&s, counters, |c| &c.links_out)?;
+    Ok(s)
+}
+
+/// Opens a sub0 socket subscribed to everything (topic matching is done by
+/// chorus so that receivers see every sequence number of every origin).
+pub(crate) fn sub_socket(cfg: &SocketConfig, counters: Arc<Counters>) -> Result<Socket> {
+    let s = Socket::new(Protocol::Sub0).map_err(|e| Error::transport("open sub socket", e))?;
+    let opt = |e| Error::transport("set sub socket options", e);
+    s.set_opt::<nng::options::RecvBufferSize>(cfg.recv_buffer).map_err(opt)?;
+    s.set_opt::<RecvMaxSize>(cfg.recv_max_size).map_err(opt)?;
+    s.set_opt::<ReconnectMinTime>(Some(cfg.reconnect_min)).map_err(opt)?;
+    s.set_opt::<ReconnectMaxTime>(Some(cfg.reconnect_max)).map_err(opt)?;
+    s.set_opt::<nng::options::protocol::pubsub::Subscribe>(Vec::new()).map_err(opt)?;
+    count_pipes(&s, counters, |c| &c.links_in)?;
+    Ok(s)
+}
+
+/// Keeps the gauge chosen by `gauge` equal to the number of pipes currently
+/// added to `socket`. The callback runs on an NNG thread with the socket lock
+/// held: it only touches its own set and the atomic.
+fn count_pipes(
+    socket: &Socket,
+    counters: Arc<Counters>,
+    gauge: fn(&Counters) -> &AtomicU64,
+) -> Result<()> {
+    let pipes = Mutex::new(HashSet::new());
+    socket
+        .pipe_notify(move |pipe, event| {
+            let mut pipes = pipes.lock();
+            match event {
+                PipeEvent::AddPost => {
+                    pipes.insert(pipe);
+                }
+                PipeEvent::RemovePost => {
+                    pipes.remove(&pipe);
+                }
+                _ => return,
+            }
+            Counters::set(gauge(&counters), pipes.len() as u64);
+        })
+        .map_err(|e| Error::transport("register pipe notifications", e))
+}
+
+/// Listens on `url` and returns the URL others should dial: the same URL,
+/// with the real port when a tcp URL asked for port 0.
+pub(crate) fn listen(socket: &Socket, url: &str) -> Result<String> {
+    validate_url(url)?;
+    let listener =
+        Listener::new(socket, url).map_err(|e| Error::transport(format!("listen on {url}"), e))?;
+    match url.strip_prefix("tcp://").and_then(|r| r.rsplit_once(':')) {
+        Some((host, "0")) => {
+            let port = listener
+                .get_opt::<nng::options::transport::tcp::BoundPort>()
+                .map_err(|e| Error::transport(format!("read the port bound for {url}"), e))?;
+            Ok(format!("tcp://{host}:{port}"))
+        }
+        _ => Ok(url.to_owned()),
+    }
+}
+
+/// Dials `url` without waiting: NNG connects in the background and keeps
+/// reconnecting with the socket's backoff if the remote side is down.
+pub(crate) fn dial(socket: &Socket, url: &str) -> Result<Dialer> {
+    validate_url(url)?;
+    Dialer::new(socket, url, true).map_err(|e| Error::transport(format!("dial {url}"), e))
+}
+
+/// The NNG receive-notification descriptor, owned by NNG: never closed here.
+struct NngFd(RawFd);
+
+impl AsRawFd for NngFd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0
+    }
+}
+
+/// Async readiness of a socket's receive queue. Drop it before closing the socket.
+pub(crate) struct RecvReady {
+    fd: AsyncFd<NngFd>,
+}
+
+impl RecvReady {
+    pub(crate) fn new(socket: &Socket) -> Result<Self> {
+        let raw = socket
+            .get_opt::<RecvFd>()
+            .map_err(|e| Error::transport("get the receive descriptor", e))?;
+        // SAFETY: the descriptor belongs to `socket` and stays open until the
+        // socket is closed; every owner of a `RecvReady` drops it before
+        // closing its socket (see the module notes).
+        let fd = unsafe { AsyncFd::register_with_interest(NngFd(raw), Interest::READABLE) }
+            .map_err(|e| Error::Config(format!("cannot poll the NNG receive descriptor: {e}")))?;
+        Ok(RecvReady { fd })
+    }
+
+    /// Waits until `socket` has messages, then moves up to `max` of them into
+    /// `out` without blocking. Cancel-safe: the only await comes before any
+    /// message is taken. Returns `Err(Closed)` once the socket is closed.
+    pub(crate) async fn recv_batch(
+        &self,
+        socket: &Socket,
+        out: &mut Vec<nng::Message>,
+        max: usize,
+    ) -> std::result::Result<(), nng::Error> {
+        loop {
+            let mut guard = self.fd.readable().await.map_err(|_| nng::Error::Closed)?;
+            while out.len() < max {
+                match socket.try_recv() {
+                    Ok(m) => out.push(m),
+                    Err(nng::Error::TryAgain) => {
+                        guard.clear_ready();
+                        break;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            if !out.is_empty() {
+                return Ok(());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_validation() {
+        for ok in ["tcp://127.0.0.1:0", "tcp://[::1]:5555", "ipc:///tmp/x.sock", "inproc://a"] {
+            validate_url(ok).unwrap();
+        }
+        for bad in ["", "http://x", "tcp://127.0.0.1", "tcp://:80", "tcp://h:99999", "inproc://"] {
+            let e = validate_url(bad).unwrap_err().to_string();
+            assert!(e.contains("expected tcp://"), "{e}");
+        }
+    }
+}
