@@ -19,7 +19,12 @@ pub(crate) struct BadInputLog {
 impl BadInputLog {
     /// Logs a rejected frame: at `warn` the first time for this kind and
     /// source, at `debug` afterwards (or once the memory is full).
-    pub(crate) fn reject(&mut self, kind: &'static str, source: &str, detail: &dyn std::fmt::Display) {
+    pub(crate) fn reject(
+        &mut self,
+        kind: &'static str,
+        source: &str,
+        detail: &dyn std::fmt::Display,
+    ) {
         let first = self.warned.len() < REMEMBERED && self.warned.insert((kind, source.to_owned()));
         if first {
             tracing::warn!(kind, source, %detail, "dropped bad input from the network (further ones from this source are logged at debug)");

@@ -126,7 +126,9 @@ impl PeerBuilder {
             if (lo..=hi).contains(&v) {
                 Ok(())
             } else {
-                Err(Error::Config(format!("{what} is {v}, must be in {lo}..={hi}")))
+                Err(Error::Config(format!(
+                    "{what} is {v}, must be in {lo}..={hi}"
+                )))
             }
         };
         range("send_buffer", self.send_buffer, 1, MAX_NNG_BUFFER)?;

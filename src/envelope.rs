@@ -252,9 +252,15 @@ mod tests {
         assert_eq!(Envelope::decode(&v2, 1 << 20), Err(DecodeError::Version(2)));
         let mut k = good.clone();
         k[2] = 9;
-        assert_eq!(Envelope::decode(&k, 1 << 20), Err(DecodeError::UnknownKind(9)));
+        assert_eq!(
+            Envelope::decode(&k, 1 << 20),
+            Err(DecodeError::UnknownKind(9))
+        );
         for cut in 0..good.len() {
-            assert!(Envelope::decode(&good[..cut], 1 << 20).is_err(), "cut {cut}");
+            assert!(
+                Envelope::decode(&good[..cut], 1 << 20).is_err(),
+                "cut {cut}"
+            );
         }
         let mut trailing = good.clone();
         trailing.push(0);

@@ -30,7 +30,9 @@ pub enum Error {
         reason: &'static str,
     },
     /// A URL is malformed or uses a transport chorus does not support.
-    #[error("invalid URL {url:?}: {reason} (expected tcp://host:port, ipc:///path or inproc://name)")]
+    #[error(
+        "invalid URL {url:?}: {reason} (expected tcp://host:port, ipc:///path or inproc://name)"
+    )]
     InvalidUrl {
         /// The URL as given.
         url: String,

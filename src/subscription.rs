@@ -48,7 +48,11 @@ pub(crate) enum Dispatched {
 }
 
 impl Registry {
-    fn add(&self, pattern: Pattern, capacity: usize) -> Option<(u64, mpsc::Receiver<Arc<Envelope>>)> {
+    fn add(
+        &self,
+        pattern: Pattern,
+        capacity: usize,
+    ) -> Option<(u64, mpsc::Receiver<Arc<Envelope>>)> {
         let mut entries = self.entries.write();
         if self.closed.load(Ordering::Acquire) {
             return None;
@@ -186,6 +190,8 @@ impl<T> Drop for Subscription<T> {
 
 impl<T> std::fmt::Debug for Subscription<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Subscription").field("pattern", &self.pattern).finish()
+        f.debug_struct("Subscription")
+            .field("pattern", &self.pattern)
+            .finish()
     }
 }

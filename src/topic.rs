@@ -168,7 +168,9 @@ mod tests {
 
     #[test]
     fn invalid_topics_and_patterns() {
-        for bad in ["", ".", "a.", ".a", "a..b", "a b", "a.*", "a.>", "a*b", "a\n"] {
+        for bad in [
+            "", ".", "a.", ".a", "a..b", "a b", "a.*", "a.>", "a*b", "a\n",
+        ] {
             assert!(validate_topic(bad).is_err(), "{bad:?} accepted as topic");
         }
         for bad in ["", "a.>.b", "a.b*", "a..b", "> .a", "a.>x"] {

@@ -17,7 +17,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
-use nng::options::{Options, RecvFd, RecvMaxSize, ReconnectMaxTime, ReconnectMinTime};
+use nng::options::{Options, ReconnectMaxTime, ReconnectMinTime, RecvFd, RecvMaxSize};
 use nng::{Dialer, Listener, PipeEvent, Protocol, Socket};
 use parking_lot::Mutex;
 use tokio::io::unix::AsyncFd;
@@ -37,7 +37,8 @@ pub(crate) fn validate_url(url: &str) -> Result<()> {
         if host.is_empty() {
             return Err(bad("missing host"));
         }
-        port.parse::<u16>().map_err(|_| bad("port is not a number 0-65535"))?;
+        port.parse::<u16>()
+            .map_err(|_| bad("port is not a number 0-65535"))?;
         Ok(())
     } else if let Some(rest) = url
         .strip_prefix("ipc://")
@@ -81,11 +82,15 @@ pub(crate) fn pub_socket(cfg: &SocketConfig, counters: Arc<Counters>) -> Result<
 pub(crate) fn sub_socket(cfg: &SocketConfig, counters: Arc<Counters>) -> Result<Socket> {
     let s = Socket::new(Protocol::Sub0).map_err(|e| Error::transport("open sub socket", e))?;
     let opt = |e| Error::transport("set sub socket options", e);
-    s.set_opt::<nng::options::RecvBufferSize>(cfg.recv_buffer).map_err(opt)?;
+    s.set_opt::<nng::options::RecvBufferSize>(cfg.recv_buffer)
+        .map_err(opt)?;
     s.set_opt::<RecvMaxSize>(cfg.recv_max_size).map_err(opt)?;
-    s.set_opt::<ReconnectMinTime>(Some(cfg.reconnect_min)).map_err(opt)?;
-    s.set_opt::<ReconnectMaxTime>(Some(cfg.reconnect_max)).map_err(opt)?;
-    s.set_opt::<nng::options::protocol::pubsub::Subscribe>(Vec::new()).map_err(opt)?;
+    s.set_opt::<ReconnectMinTime>(Some(cfg.reconnect_min))
+        .map_err(opt)?;
+    s.set_opt::<ReconnectMaxTime>(Some(cfg.reconnect_max))
+        .map_err(opt)?;
+    s.set_opt::<nng::options::protocol::pubsub::Subscribe>(Vec::new())
+        .map_err(opt)?;
     count_pipes(&s, counters, |c| &c.links_in)?;
     Ok(s)
 }
@@ -201,10 +206,22 @@ mod tests {
 
     #[test]
     fn url_validation() {
-        for ok in ["tcp://127.0.0.1:0", "tcp://[::1]:5555", "ipc:///tmp/x.sock", "inproc://a"] {
+        for ok in [
+            "tcp://127.0.0.1:0",
+            "tcp://[::1]:5555",
+            "ipc:///tmp/x.sock",
+            "inproc://a",
+        ] {
             validate_url(ok).unwrap();
         }
-        for bad in ["", "http://x", "tcp://127.0.0.1", "tcp://:80", "tcp://h:99999", "inproc://"] {
+        for bad in [
+            "",
+            "http://x",
+            "tcp://127.0.0.1",
+            "tcp://:80",
+            "tcp://h:99999",
+            "inproc://",
+        ] {
             let e = validate_url(bad).unwrap_err().to_string();
             assert!(e.contains("expected tcp://"), "{e}");
         }

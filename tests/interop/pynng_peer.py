@@ -1,0 +1,81 @@
+#!/usr/bin/env python3
+"""A chorus peer written from docs/WIRE.md alone, with pynng and msgpack.
+
+publish URL N   listen on URL (pub0; tcp port 0 allowed), print "listening URL"; once a subscriber is connected send
+                N valid envelopes (payload {"n": i, "text": ...}) interleaved
+                with garbage, wrong-version, invalid-topic and undecodable
+                frames; then wait for a line on stdin before closing.
+subscribe URL N dial URL (sub0), print "ready", receive N envelopes, check
+                each against WIRE.md and print it as one JSON line.
+"""
+import json
+import sys
+import time
+
+import msgpack
+import pynng
+
+ORIGIN = 0x5EED_0000_0000_0001
+INCARNATION = int(time.time() * 1_000_000)
+
+
+def envelope(seq, topic, payload, msg_id=None, correlation=None, headers=None):
+    body = [ORIGIN, INCARNATION, seq, msg_id, topic, int(time.time() * 1_000_000),
+            correlation, headers or {}, payload]
+    return msgpack.packb([1, 0, body], use_bin_type=True)
+
+
+def publish(url, n):
+    with pynng.Pub0() as pub:
+        listener = pub.listen(url)
+        # str() of the address is right; its .port is byte-swapped (NNG-NOTES.md).
+        port = str(listener.local_address).rsplit(":", 1)[1]
+        print(f"listening {url.rsplit(':', 1)[0]}:{port}", flush=True)
+        deadline = time.time() + 20
+        while not pub.pipes:
+            if time.time() > deadline:
+                sys.exit("no subscriber connected")
+            time.sleep(0.01)
+        seq = 1
+        for i in range(n):
+            payload = msgpack.packb({"n": i, "text": f"hello {i}"}, use_bin_type=True)
+            pub.send(envelope(seq, "interop.py", payload, msg_id=f"py-{i}",
+                              correlation="py-flow", headers={"lang": "python"}))
+            seq += 1
+            # One of each kind of bad input after every valid message.
+            pub.send(b"\xc1 not msgpack at all")
+            pub.send(msgpack.packb([2, 0, []]))                      # wrong version
+            pub.send(envelope(seq, "interop..bad", b"\x00"))         # invalid topic
+            pub.send(envelope(seq + 1, "interop.py", msgpack.packb("not a struct")))  # undecodable
+            seq += 2
+            time.sleep(0.002)
+        print("sent", flush=True)
+        sys.stdin.readline()
+
+
+def subscribe(url, n):
+    with pynng.Sub0(dial=url, recv_timeout=20_000) as sub:
+        sub.subscribe(b"")
+        deadline = time.time() + 20
+        while not sub.pipes:
+            if time.time() > deadline:
+                sys.exit("could not connect")
+            time.sleep(0.01)
+        print("ready", flush=True)
+        for _ in range(n):
+            frame = msgpack.unpackb(sub.recv(), raw=False)
+            assert isinstance(frame, list) and len(frame) == 3, frame
+            version, kind, env = frame
+            assert version == 1 and kind == 0, (version, kind)
+            assert len(env) == 9, env
+            origin, inc, seq, msg_id, topic, ts, corr, headers, payload = env
+            assert isinstance(payload, bytes), type(payload)
+            value = msgpack.unpackb(payload, raw=False)
+            print(json.dumps({"origin": origin, "incarnation": inc, "seq": seq, "id": msg_id,
+                              "topic": topic, "timestamp": ts, "correlation_id": corr,
+                              "headers": headers, "value": value}), flush=True)
+
+
+if __name__ == "__main__":
+    mode, url, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    {"publish": publish, "subscribe": subscribe}[mode](url, count)
