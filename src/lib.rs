@@ -56,3 +56,8 @@ pub use publish_options::PublishOptions;
 pub use stats::Stats;
 pub use subscription::Subscription;
 pub use topic::{validate_topic, Pattern, MAX_TOPIC_LEN};
+
+/// README's code blocks are compiled as doc tests so the README stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
