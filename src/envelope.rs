@@ -5,18 +5,17 @@
 //! before they are sent. It must not touch sockets or clocks. The byte-level
 //! format is specified in `docs/WIRE.md`; keep both in step.
 //!
-//! A frame is a MessagePack array `[version, kind, body]`. Version is
-//! [`WIRE_VERSION`]; kind [`KIND_EVENT`] carries one envelope as `body`.
+//! An event travels as a [frame](crate::frame) of kind [`KIND_EVENT`] whose
+//! body is one envelope.
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::io::Cursor;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-/// Version of the frame format this build reads and writes.
-pub const WIRE_VERSION: u8 = 1;
+use crate::frame::{self, DecodeError};
+
 /// Frame kind of a single event envelope.
 pub const KIND_EVENT: u8 = 0;
 
@@ -70,29 +69,6 @@ pub struct Envelope {
     pub payload: Bytes,
 }
 
-/// Why bytes from the network were not accepted as a frame.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum DecodeError {
-    /// Larger than the configured maximum message size.
-    #[error("frame of {size} bytes exceeds the maximum of {max}")]
-    Oversized {
-        /// Size of the frame received.
-        size: usize,
-        /// Configured limit.
-        max: usize,
-    },
-    /// A well-formed frame header with a version this build does not speak.
-    #[error("unsupported wire version {0} (this build speaks {WIRE_VERSION})")]
-    Version(u8),
-    /// A well-formed frame header with an unknown kind.
-    #[error("unknown frame kind {0}")]
-    UnknownKind(u8),
-    /// Not a valid frame: garbage, truncated, wrong types or trailing bytes.
-    #[error("malformed frame: {0}")]
-    Malformed(String),
-}
-
 /// Worst-case MessagePack size of a string, bin or container header.
 const MAX_HEADER: usize = 5;
 /// Worst-case size of a MessagePack unsigned integer.
@@ -140,8 +116,7 @@ impl Envelope {
 
     /// Appends this envelope as one complete event frame to `buf`.
     pub fn encode_into(&self, buf: &mut Vec<u8>) {
-        rmp_serde::encode::write(buf, &(WIRE_VERSION, KIND_EVENT, self))
-            .expect("writing MessagePack into a Vec cannot fail");
+        frame::encode_into(buf, KIND_EVENT, self);
     }
 
     /// Encodes this envelope as one complete event frame.
@@ -153,43 +128,10 @@ impl Envelope {
 
     /// Decodes one event frame, rejecting frames longer than `max_size`,
     /// of another version or kind, malformed, or with trailing bytes.
-    /// Never panics, whatever the input.
-    pub fn decode(frame: &[u8], max_size: usize) -> Result<Envelope, DecodeError> {
-        if frame.len() > max_size {
-            return Err(DecodeError::Oversized {
-                size: frame.len(),
-                max: max_size,
-            });
-        }
-        let mut cur = Cursor::new(frame);
-        let len = rmp::decode::read_array_len(&mut cur).map_err(malformed)?;
-        if len != 3 {
-            return Err(DecodeError::Malformed(format!(
-                "frame is an array of {len}, expected 3"
-            )));
-        }
-        let version: u8 = rmp::decode::read_int(&mut cur).map_err(malformed)?;
-        if version != WIRE_VERSION {
-            return Err(DecodeError::Version(version));
-        }
-        let kind: u8 = rmp::decode::read_int(&mut cur).map_err(malformed)?;
-        if kind != KIND_EVENT {
-            return Err(DecodeError::UnknownKind(kind));
-        }
-        let mut de = rmp_serde::Deserializer::new(&mut cur);
-        let env = Envelope::deserialize(&mut de).map_err(malformed)?;
-        if cur.position() as usize != frame.len() {
-            return Err(DecodeError::Malformed(format!(
-                "{} trailing bytes after the envelope",
-                frame.len() - cur.position() as usize
-            )));
-        }
-        Ok(env)
+    /// The topic is not checked here. Never panics, whatever the input.
+    pub fn decode(bytes: &[u8], max_size: usize) -> Result<Envelope, DecodeError> {
+        frame::decode(bytes, max_size, KIND_EVENT)
     }
-}
-
-fn malformed(e: impl fmt::Display) -> DecodeError {
-    DecodeError::Malformed(e.to_string())
 }
 
 #[cfg(test)]

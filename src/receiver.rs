@@ -13,7 +13,8 @@ use nng::{Dialer, Socket};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::bad_input::BadInputLog;
-use crate::envelope::{DecodeError, Envelope};
+use crate::envelope::Envelope;
+use crate::frame::DecodeError;
 use crate::error::Result;
 use crate::stats::Counters;
 use crate::subscription::{Dispatched, Registry};
