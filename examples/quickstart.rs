@@ -1,4 +1,4 @@
-//! Two peers in one process exchange a typed event.
+//! Two peers in one process discover each other and exchange a typed event.
 //!
 //! Run: `cargo run --example quickstart`
 
@@ -17,26 +17,36 @@ struct BidAccepted {
 #[tokio::main]
 async fn main() -> chorus::Result<()> {
     let bids = chorus::Peer::builder().name("bids").start().await?;
-    let work = chorus::Peer::builder().name("work-orders").start().await?;
-    println!(
-        "bids        {} publishes on {}",
-        bids.id(),
-        bids.local_url()
-    );
-    println!(
-        "work-orders {} publishes on {}",
-        work.id(),
-        work.local_url()
-    );
-
-    // Explicit wiring for now; heartbeat discovery will do this by itself.
-    work.connect(bids.local_url()).await?;
+    // work-orders joins the bus through bids; heartbeats do the rest.
+    let work = chorus::Peer::builder()
+        .name("work-orders")
+        .seed(bids.local_url())
+        .start()
+        .await?;
+    println!("bids        {} at {}", bids.id(), bids.local_url());
+    println!("work-orders {} at {}", work.id(), work.local_url());
     let mut accepted = work.subscribe::<BidAccepted>("bids.*")?;
 
-    // Pub/sub does not replay to late joiners: wait until the link is up.
-    while bids.stats().links_out == 0 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    // Pub/sub does not replay to late joiners: wait until bids has
+    // discovered work-orders and its subscriber link is up.
+    let mut changes = bids.membership();
+    let wait = async {
+        while bids.stats().links_out == 0 {
+            if let Ok(Some(e)) =
+                tokio::time::timeout(Duration::from_millis(20), changes.next()).await
+            {
+                println!(
+                    "bids sees {:?}: {} ({})",
+                    e.kind,
+                    e.member.name(),
+                    e.member.id()
+                );
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), wait)
+        .await
+        .map_err(|_| chorus::Error::Config("peers did not find each other within 10 s".into()))?;
 
     let event = BidAccepted {
         bid: 1,
@@ -56,7 +66,6 @@ async fn main() -> chorus::Result<()> {
         delivery.origin(),
         delivery.seq()
     );
-    println!("stats of work-orders: {:?}", work.stats());
 
     bids.shutdown().await;
     work.shutdown().await;

@@ -4,14 +4,19 @@
 //! order in which a peer comes up (open sockets, listen, spawn drivers).
 
 use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 
 use crate::bad_input::BadInputLog;
+use crate::discovery::{Discovery, View};
 use crate::envelope::PeerId;
 use crate::error::{Error, Result};
+use crate::member::{Endpoints, PeerInfo, MAX_NAME_LEN};
+use crate::membership::{Membership, MembershipConfig};
+use crate::membership_events::EVENT_BUFFER;
 use crate::peer::Peer;
 use crate::publisher::{now_us, Publisher};
 use crate::receiver::Receiver;
@@ -27,21 +32,36 @@ pub const MAX_NNG_BUFFER: usize = 8192;
 /// | setting | default | meaning |
 /// |---|---|---|
 /// | `name` | `"chorus"` | service name, shown to other members |
-/// | `listen` | `tcp://127.0.0.1:0` | where this peer publishes; port 0 picks a free port |
+/// | `listen` | `tcp://127.0.0.1:0` | public address (heartbeat surveyor); port 0 picks a free port |
+/// | `publish_url` | derived | event publisher: same host, free port (tcp) or `<listen>.pub` |
+/// | `seed` | none | surveyor URL of a member to join through (several allowed) |
+/// | `heartbeat_interval` | 500 ms | time between heartbeat rounds |
+/// | `heartbeat_deadline` | 250 ms | how long a round waits for responses (< interval) |
+/// | `suspect_after` | 2 | rounds without heartbeat progress before Suspect |
+/// | `miss_limit` | 4 | rounds without heartbeat progress before Failed |
+/// | `max_members` | 1024 | members remembered; more are refused and counted |
 /// | `send_buffer` | 1024 | messages NNG queues per subscriber link before dropping the oldest |
 /// | `recv_buffer` | 1024 | messages NNG queues on receive before dropping the oldest |
 /// | `subscription_buffer` | 1024 | deliveries queued per subscription before the receive path waits |
 /// | `publish_queue` | 1024 | messages queued between `publish` and the socket before `publish` waits |
 /// | `max_message_size` | 1 MiB | largest encoded frame sent or accepted |
 ///
+/// **Failure-detection bound.** A member that dies is reported Failed by
+/// every other member within `(miss_limit + 2) × heartbeat_interval +
+/// heartbeat_deadline` (3.25 s with the defaults): `miss_limit` full rounds
+/// without progress, plus up to two rounds for the last heartbeat it sent to
+/// reach everyone through gossip. A graceful [`Peer::shutdown`] is seen as
+/// Left within one round trip instead.
+///
 /// ```no_run
 /// # async fn f() -> chorus::Result<()> {
 /// let peer = chorus::Peer::builder()
 ///     .name("billing")
 ///     .listen("tcp://127.0.0.1:0")
+///     .seed("tcp://127.0.0.1:7000")
 ///     .start()
 ///     .await?;
-/// println!("publishing on {}", peer.local_url());
+/// println!("join me with --seed {}", peer.local_url());
 /// # Ok(()) }
 /// ```
 #[derive(Debug, Clone)]
@@ -49,6 +69,11 @@ pub struct PeerBuilder {
     pub(crate) name: String,
     pub(crate) id: Option<PeerId>,
     pub(crate) listen: String,
+    pub(crate) publish_url: Option<String>,
+    pub(crate) seeds: Vec<String>,
+    pub(crate) heartbeat_interval: Duration,
+    pub(crate) heartbeat_deadline: Duration,
+    pub(crate) membership: MembershipConfig,
     pub(crate) send_buffer: usize,
     pub(crate) recv_buffer: usize,
     pub(crate) subscription_buffer: usize,
@@ -62,6 +87,11 @@ impl Default for PeerBuilder {
             name: "chorus".into(),
             id: None,
             listen: "tcp://127.0.0.1:0".into(),
+            publish_url: None,
+            seeds: Vec::new(),
+            heartbeat_interval: Duration::from_millis(500),
+            heartbeat_deadline: Duration::from_millis(250),
+            membership: MembershipConfig::default(),
             send_buffer: 1024,
             recv_buffer: 1024,
             subscription_buffer: 1024,
@@ -78,16 +108,65 @@ impl PeerBuilder {
         self
     }
 
-    /// Pins the peer id instead of drawing a random one.
+    /// Pins the peer id. By default it is derived from the name and the
+    /// public URL, so a peer restarted at the same address keeps its id and
+    /// is reported `Rejoined` (with a new incarnation).
     pub fn id(mut self, id: PeerId) -> Self {
         self.id = Some(id);
         self
     }
 
-    /// URL this peer publishes on: `tcp://host:port` (port 0 for any free
-    /// port), `ipc:///path` or `inproc://name`.
+    /// Public address of this peer (its heartbeat surveyor), what others
+    /// use as a seed: `tcp://host:port` (port 0 for any free port),
+    /// `ipc:///path` or `inproc://name`.
     pub fn listen(mut self, url: impl Into<String>) -> Self {
         self.listen = url.into();
+        self
+    }
+
+    /// Where events are published, if not derived from `listen`.
+    pub fn publish_url(mut self, url: impl Into<String>) -> Self {
+        self.publish_url = Some(url.into());
+        self
+    }
+
+    /// Joins the bus through the member listening at `url` (its public
+    /// address). May be given several times. A seed that is down is redialed
+    /// in the background; seeds are dialed for the peer's whole life, so a
+    /// peer cut off from everyone finds its way back through them.
+    pub fn seed(mut self, url: impl Into<String>) -> Self {
+        self.seeds.push(url.into());
+        self
+    }
+
+    /// Time between heartbeat rounds (≥ 10 ms).
+    pub fn heartbeat_interval(mut self, interval: Duration) -> Self {
+        self.heartbeat_interval = interval;
+        self
+    }
+
+    /// How long a heartbeat round waits for responses (shorter than the interval).
+    pub fn heartbeat_deadline(mut self, deadline: Duration) -> Self {
+        self.heartbeat_deadline = deadline;
+        self
+    }
+
+    /// Rounds without heartbeat progress before a member is Suspect (≥ 1).
+    pub fn suspect_after(mut self, rounds: u32) -> Self {
+        self.membership.suspect_after = rounds;
+        self
+    }
+
+    /// Rounds without heartbeat progress before a member is Failed
+    /// (≥ `suspect_after`).
+    pub fn miss_limit(mut self, rounds: u32) -> Self {
+        self.membership.miss_limit = rounds;
+        self
+    }
+
+    /// Most members remembered (1..=65536).
+    pub fn max_members(mut self, members: usize) -> Self {
+        self.membership.max_members = members;
         self
     }
 
@@ -136,11 +215,38 @@ impl PeerBuilder {
         range("subscription_buffer", self.subscription_buffer, 1, 1 << 20)?;
         range("publish_queue", self.publish_queue, 1, 1 << 20)?;
         range("max_message_size", self.max_message_size, 1024, 1 << 30)?;
-        transport::validate_url(&self.listen)
+        range("max_members", self.membership.max_members, 1, 1 << 16)?;
+        let m = self.membership;
+        if m.suspect_after == 0 || m.miss_limit < m.suspect_after {
+            return Err(Error::Config(format!(
+                "need 1 <= suspect_after ({}) <= miss_limit ({})",
+                m.suspect_after, m.miss_limit
+            )));
+        }
+        if self.heartbeat_interval < Duration::from_millis(10)
+            || self.heartbeat_deadline.is_zero()
+            || self.heartbeat_deadline >= self.heartbeat_interval
+        {
+            return Err(Error::Config(format!(
+                "need heartbeat_interval ({:?}) >= 10ms and 0 < heartbeat_deadline ({:?}) < interval",
+                self.heartbeat_interval, self.heartbeat_deadline
+            )));
+        }
+        if self.name.len() > MAX_NAME_LEN {
+            return Err(Error::Config(format!(
+                "name longer than {MAX_NAME_LEN} bytes"
+            )));
+        }
+        transport::validate_url(&self.listen)?;
+        for url in self.seeds.iter().chain(&self.publish_url) {
+            transport::validate_url(url)?;
+        }
+        Ok(())
     }
 
-    /// Opens the sockets, listens and starts the driver tasks.
-    /// Must be called inside a tokio runtime.
+    /// Opens the sockets, listens, joins through the seeds and starts the
+    /// driver tasks. Must be called inside a tokio runtime (multi-threaded
+    /// preferred: heartbeats run on their own task).
     pub async fn start(self) -> Result<Peer> {
         self.check()?;
         let counters = Arc::new(Counters::default());
@@ -153,22 +259,44 @@ impl PeerBuilder {
             reconnect_min: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(2),
         };
+        let surveyor = transport::surveyor_socket(&sockets, self.heartbeat_deadline)?;
+        let survey_url = transport::listen(&surveyor, &self.listen)?;
         let pub_socket = transport::pub_socket(&sockets, counters.clone())?;
-        let local_url = transport::listen(&pub_socket, &self.listen)?;
+        let pub_wanted = self
+            .publish_url
+            .clone()
+            .unwrap_or_else(|| transport::derive_url(&survey_url, "pub"));
+        let publish_url = transport::listen(&pub_socket, &pub_wanted)?;
         let sub_socket = transport::sub_socket(&sockets, counters.clone())?;
+        let respondent = transport::respondent_socket(&sockets)?;
 
-        let id = self.id.unwrap_or_else(PeerId::random);
-        let incarnation = now_us();
+        let id = self
+            .id
+            .unwrap_or_else(|| stable_id(&self.name, &survey_url));
+        let info = Arc::new(PeerInfo {
+            id,
+            incarnation: now_us(),
+            name: self.name.clone(),
+            endpoints: Endpoints {
+                survey: survey_url,
+                publish: publish_url,
+            },
+        });
+        info.validate().map_err(Error::Config)?;
         let registry = Arc::new(Registry::default());
+        let last_seq = Arc::new(AtomicU64::new(0));
+        let view: View = Default::default();
+        let (events, _) = broadcast::channel(EVENT_BUFFER);
 
         let (pub_tx, pub_rx) = mpsc::channel(self.publish_queue);
         let publisher = Publisher {
             socket: pub_socket,
             origin: id,
-            incarnation,
+            incarnation: info.incarnation,
             counters: counters.clone(),
+            last_seq: last_seq.clone(),
         };
-        let (sub_tx, sub_rx) = mpsc::channel(16);
+        let (sub_tx, sub_rx) = mpsc::unbounded_channel();
         let receiver = Receiver {
             socket: sub_socket,
             registry: registry.clone(),
@@ -177,21 +305,50 @@ impl PeerBuilder {
             dialers: HashMap::new(),
             bad: BadInputLog::default(),
         };
+        let (disc_tx, disc_rx) = mpsc::channel(4);
+        let discovery = Discovery {
+            core: Membership::new(info.clone(), self.membership),
+            surveyor,
+            respondent,
+            seeds: self.seeds.clone(),
+            interval: self.heartbeat_interval,
+            deadline: self.heartbeat_deadline,
+            max_message_size: self.max_message_size,
+            sub_tx: sub_tx.clone(),
+            events: events.clone(),
+            view: view.clone(),
+            counters: counters.clone(),
+            last_seq,
+            dialers: HashMap::new(),
+            bad: BadInputLog::default(),
+        };
         let tasks = vec![
+            tokio::spawn(discovery.run(disc_rx)),
             tokio::spawn(publisher.run(pub_rx)),
             tokio::spawn(receiver.run(sub_rx)),
         ];
-        tracing::info!(%id, name = %self.name, url = %local_url, "peer started");
+        tracing::info!(%id, name = %self.name, url = %info.endpoints.survey, "peer started");
         Ok(Peer::new(crate::peer::Parts {
-            id,
-            incarnation,
+            info,
             config: self,
-            local_url,
             counters,
             registry,
+            view,
+            events,
             pub_tx,
             sub_tx,
+            disc_tx,
             tasks,
         }))
     }
+}
+
+/// The default peer id: a stable hash of name and public URL (never 0).
+fn stable_id(name: &str, url: &str) -> PeerId {
+    use std::hash::Hasher;
+    let mut h = fnv::FnvHasher::default();
+    h.write(name.as_bytes());
+    h.write(&[0]);
+    h.write(url.as_bytes());
+    PeerId(h.finish().max(1))
 }

@@ -120,13 +120,27 @@ mod tests {
             from: info(1),
             heartbeat: 9,
             last_seq: 4,
-            gossip: vec![Gossip { info: info(2), heartbeat: 3 }, Gossip { info: info(3), heartbeat: 5 }],
+            gossip: vec![
+                Gossip {
+                    info: info(2),
+                    heartbeat: 3,
+                },
+                Gossip {
+                    info: info(3),
+                    heartbeat: 5,
+                },
+            ],
         }
     }
 
     #[test]
     fn round_trips() {
-        let s = Survey { from: info(1), heartbeat: 7, leaving: true, last_seq: 12 };
+        let s = Survey {
+            from: info(1),
+            heartbeat: 7,
+            leaving: true,
+            last_seq: 12,
+        };
         assert_eq!(Survey::decode(&s.encode(), 1 << 20).unwrap(), s);
         let r = response();
         assert_eq!(Response::decode(&r.encode(), 1 << 20).unwrap(), r);
@@ -134,8 +148,16 @@ mod tests {
 
     #[test]
     fn kinds_are_not_interchangeable() {
-        let s = Survey { from: info(1), heartbeat: 7, leaving: false, last_seq: 0 };
-        assert_eq!(Response::decode(&s.encode(), 1 << 20), Err(DecodeError::UnknownKind(KIND_SURVEY)));
+        let s = Survey {
+            from: info(1),
+            heartbeat: 7,
+            leaving: false,
+            last_seq: 0,
+        };
+        assert_eq!(
+            Response::decode(&s.encode(), 1 << 20),
+            Err(DecodeError::UnknownKind(KIND_SURVEY))
+        );
         assert!(crate::Envelope::decode(&s.encode(), 1 << 20).is_err());
     }
 
@@ -143,13 +165,27 @@ mod tests {
     fn invalid_peer_info_is_malformed() {
         let mut r = response();
         Arc::make_mut(&mut r.gossip[1].info).endpoints.publish = "http://nope".into();
-        assert!(matches!(Response::decode(&r.encode(), 1 << 20), Err(DecodeError::Malformed(_))));
+        assert!(matches!(
+            Response::decode(&r.encode(), 1 << 20),
+            Err(DecodeError::Malformed(_))
+        ));
         let mut r = response();
         Arc::make_mut(&mut r.from).id = PeerId(0);
-        assert!(matches!(Response::decode(&r.encode(), 1 << 20), Err(DecodeError::Malformed(_))));
+        assert!(matches!(
+            Response::decode(&r.encode(), 1 << 20),
+            Err(DecodeError::Malformed(_))
+        ));
         let mut r = response();
-        r.gossip = (0..MAX_GOSSIP as u64 + 1).map(|i| Gossip { info: info(i + 1), heartbeat: 1 }).collect();
-        assert!(matches!(Response::decode(&r.encode(), 1 << 30), Err(DecodeError::Malformed(_))));
+        r.gossip = (0..MAX_GOSSIP as u64 + 1)
+            .map(|i| Gossip {
+                info: info(i + 1),
+                heartbeat: 1,
+            })
+            .collect();
+        assert!(matches!(
+            Response::decode(&r.encode(), 1 << 30),
+            Err(DecodeError::Malformed(_))
+        ));
         let bytes = response().encode();
         for cut in 0..bytes.len() {
             assert!(Response::decode(&bytes[..cut], 1 << 20).is_err());

@@ -1,9 +1,10 @@
 //! # chorus — brokerless messaging between peer services
 //!
-//! Services join a bus with no broker in the middle. Each [`Peer`] publishes
-//! events on an NNG pub socket and receives every other member's events on
-//! an NNG sub socket; subscriptions select events by NATS-style topic
-//! patterns (`orders.*`, `orders.>`).
+//! Services join a bus with no broker in the middle. Each [`Peer`] finds the
+//! others through heartbeats (NNG surveyor/respondent) starting from one
+//! seed address, publishes events on an NNG pub socket and receives every
+//! member's events on an NNG sub socket; subscriptions select events by
+//! NATS-style topic patterns (`orders.*`, `orders.>`).
 //!
 //! ```no_run
 //! use futures::StreamExt;
@@ -14,8 +15,11 @@
 //!
 //! # async fn run() -> chorus::Result<()> {
 //! let bids = chorus::Peer::builder().name("bids").start().await?;
-//! let work = chorus::Peer::builder().name("work-orders").start().await?;
-//! work.connect(bids.local_url()).await?;
+//! let work = chorus::Peer::builder().name("work-orders").seed(bids.local_url()).start().await?;
+//! // Pub/sub does not replay: wait until bids has discovered work-orders.
+//! while bids.stats().links_out == 0 {
+//!     tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+//! }
 //!
 //! let mut accepted = work.subscribe::<BidAccepted>("bids.accepted")?;
 //! bids.publish("bids.accepted", &BidAccepted { bid: 1, amount_cents: 12_500 }).await?;
@@ -27,21 +31,24 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Layers (see `DESIGN.md`): the public API ([`Peer`], [`Subscription`]),
-//! driver tasks that own the NNG sockets, and the wire format ([`Envelope`],
-//! specified in `docs/WIRE.md`).
+//! Layers (see `DESIGN.md`): the public API ([`Peer`], [`Subscription`],
+//! [`MembershipEvents`]), driver tasks that own the NNG sockets, sans-IO
+//! protocol cores ([`membership`]) and the wire format ([`Envelope`],
+//! [`heartbeat`], specified in `docs/WIRE.md`).
 
 #![warn(missing_docs)]
 
 mod bad_input;
 mod builder;
 mod delivery;
+mod discovery;
 mod envelope;
+mod error;
+mod frame;
 pub mod heartbeat;
 mod member;
 pub mod membership;
-mod frame;
-mod error;
+mod membership_events;
 mod peer;
 mod publish_options;
 mod publisher;
@@ -54,10 +61,14 @@ mod transport;
 pub use builder::{PeerBuilder, MAX_NNG_BUFFER};
 pub use delivery::Delivery;
 pub use envelope::{Envelope, Headers, PeerId, KIND_EVENT};
-pub use frame::{DecodeError, WIRE_VERSION};
 pub use error::{Error, Result};
+pub use frame::{DecodeError, WIRE_VERSION};
+pub use member::{
+    Endpoints, Member, MemberEvent, MemberEventKind, MemberState, PeerInfo, MAX_NAME_LEN,
+    MAX_URL_LEN,
+};
+pub use membership_events::MembershipEvents;
 pub use peer::Peer;
-pub use member::{Endpoints, Member, MemberEvent, MemberEventKind, MemberState, PeerInfo, MAX_NAME_LEN, MAX_URL_LEN};
 pub use publish_options::PublishOptions;
 pub use stats::Stats;
 pub use subscription::Subscription;

@@ -232,7 +232,9 @@ impl Membership {
             let misses = round.saturating_sub(e.progress_round);
             let since_change = round.saturating_sub(e.changed_round);
             let kind = match e.state {
-                MemberState::Alive | MemberState::Suspect if misses >= u64::from(cfg.miss_limit) => {
+                MemberState::Alive | MemberState::Suspect
+                    if misses >= u64::from(cfg.miss_limit) =>
+                {
                     e.state = MemberState::Failed;
                     MemberEventKind::Failed
                 }
@@ -289,7 +291,8 @@ impl Membership {
         e.state = MemberState::Left;
         e.changed_round = self.round;
         let member = e.snapshot();
-        self.actions.push_back(Action::Disconnect(member.info.clone()));
+        self.actions
+            .push_back(Action::Disconnect(member.info.clone()));
         self.actions.push_back(Action::Event(MemberEvent {
             kind: MemberEventKind::Left,
             member,
@@ -469,15 +472,30 @@ mod tests {
     }
 
     fn survey(from: &Arc<PeerInfo>, heartbeat: u64) -> Survey {
-        Survey { from: from.clone(), heartbeat, leaving: false, last_seq: 0 }
+        Survey {
+            from: from.clone(),
+            heartbeat,
+            leaving: false,
+            last_seq: 0,
+        }
     }
 
-    fn response(from: &Arc<PeerInfo>, heartbeat: u64, gossip: &[(&Arc<PeerInfo>, u64)]) -> Response {
+    fn response(
+        from: &Arc<PeerInfo>,
+        heartbeat: u64,
+        gossip: &[(&Arc<PeerInfo>, u64)],
+    ) -> Response {
         Response {
             from: from.clone(),
             heartbeat,
             last_seq: 0,
-            gossip: gossip.iter().map(|(i, h)| Gossip { info: (*i).clone(), heartbeat: *h }).collect(),
+            gossip: gossip
+                .iter()
+                .map(|(i, h)| Gossip {
+                    info: (*i).clone(),
+                    heartbeat: *h,
+                })
+                .collect(),
         }
     }
 
@@ -499,10 +517,16 @@ mod tests {
         let b = info(2, 1);
         let resp = m.on_survey(&survey(&b, 1), Instant::now());
         assert_eq!(resp.from.id, PeerId(1));
-        assert_eq!(actions(&mut m), vec![
-            Action::Connect(b.clone()),
-            Action::Event(MemberEvent { kind: Joined, member: m.member(PeerId(2)).unwrap() }),
-        ]);
+        assert_eq!(
+            actions(&mut m),
+            vec![
+                Action::Connect(b.clone()),
+                Action::Event(MemberEvent {
+                    kind: Joined,
+                    member: m.member(PeerId(2)).unwrap()
+                }),
+            ]
+        );
         assert_eq!(state(&m, 2), MemberState::Alive);
     }
 
@@ -511,14 +535,20 @@ mod tests {
         let mut m = core(MembershipConfig::default());
         let (b, c) = (info(2, 1), info(3, 1));
         m.start_round();
-        m.on_response(&response(&b, 1, &[(&c, 5), (&info(1, 1), 1)]), Instant::now());
+        m.on_response(
+            &response(&b, 1, &[(&c, 5), (&info(1, 1), 1)]),
+            Instant::now(),
+        );
         assert_eq!(events(&mut m), vec![(Joined, 2), (Joined, 3)]);
         assert_eq!(m.live_ids().collect::<Vec<_>>(), [PeerId(2), PeerId(3)]);
     }
 
     #[test]
     fn silence_makes_suspect_then_failed_then_forgotten() {
-        let cfg = MembershipConfig { tombstone_rounds: 5, ..Default::default() };
+        let cfg = MembershipConfig {
+            tombstone_rounds: 5,
+            ..Default::default()
+        };
         let mut m = core(cfg);
         let b = info(2, 1);
         m.start_round();
@@ -526,7 +556,11 @@ mod tests {
         m.end_round();
         actions(&mut m);
         silent_rounds(&mut m, 1);
-        assert_eq!(state(&m, 2), MemberState::Alive, "one quiet round is normal jitter");
+        assert_eq!(
+            state(&m, 2),
+            MemberState::Alive,
+            "one quiet round is normal jitter"
+        );
         silent_rounds(&mut m, 1);
         assert_eq!(events(&mut m), vec![(Suspect, 2)]);
         silent_rounds(&mut m, 1);
@@ -591,10 +625,13 @@ mod tests {
         assert_eq!(state(&m, 2), MemberState::Failed);
         // b heard directly again (partition healed): same incarnation rejoins.
         m.on_survey(&survey(&b, 12), Instant::now());
-        assert_eq!(actions(&mut m), vec![Action::Event(MemberEvent {
-            kind: Rejoined,
-            member: m.member(PeerId(2)).unwrap(),
-        })]);
+        assert_eq!(
+            actions(&mut m),
+            vec![Action::Event(MemberEvent {
+                kind: Rejoined,
+                member: m.member(PeerId(2)).unwrap(),
+            })]
+        );
         assert_eq!(state(&m, 2), MemberState::Alive);
     }
 
@@ -625,7 +662,10 @@ mod tests {
         m.on_survey(&survey(&info(2, 5), 1), Instant::now());
         actions(&mut m);
         m.on_survey(&survey(&info(2, 4), 100), Instant::now());
-        m.on_response(&response(&info(3, 1), 1, &[(&info(2, 3), 100)]), Instant::now());
+        m.on_response(
+            &response(&info(3, 1), 1, &[(&info(2, 3), 100)]),
+            Instant::now(),
+        );
         assert_eq!(events(&mut m), vec![(Joined, 3)]);
         assert_eq!(m.member(PeerId(2)).unwrap().info.incarnation, 5);
         assert_eq!(m.refused().stale, 2);
@@ -640,10 +680,16 @@ mod tests {
         let mut bye = survey(&b, 2);
         bye.leaving = true;
         m.on_survey(&bye, Instant::now());
-        assert_eq!(actions(&mut m), vec![
-            Action::Disconnect(b.clone()),
-            Action::Event(MemberEvent { kind: Left, member: m.member(PeerId(2)).unwrap() }),
-        ]);
+        assert_eq!(
+            actions(&mut m),
+            vec![
+                Action::Disconnect(b.clone()),
+                Action::Event(MemberEvent {
+                    kind: Left,
+                    member: m.member(PeerId(2)).unwrap()
+                }),
+            ]
+        );
         m.on_survey(&bye, Instant::now());
         m.on_survey(&survey(&b, 50), Instant::now());
         m.on_response(&response(&info(3, 1), 1, &[(&b, 60)]), Instant::now());
@@ -683,7 +729,10 @@ mod tests {
 
     #[test]
     fn the_table_is_bounded_and_tombstones_make_room() {
-        let cfg = MembershipConfig { max_members: 3, ..Default::default() };
+        let cfg = MembershipConfig {
+            max_members: 3,
+            ..Default::default()
+        };
         let mut m = core(cfg);
         for id in 2..=4 {
             m.on_survey(&survey(&info(id, 1), 1), Instant::now());
@@ -702,7 +751,10 @@ mod tests {
 
     #[test]
     fn gossip_rotates_over_live_members() {
-        let cfg = MembershipConfig { gossip_entries: 16, ..Default::default() };
+        let cfg = MembershipConfig {
+            gossip_entries: 16,
+            ..Default::default()
+        };
         let mut m = core(cfg);
         for id in 2..42 {
             m.on_survey(&survey(&info(id, 1), 1), Instant::now());

@@ -11,12 +11,15 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::builder::PeerBuilder;
+use crate::discovery::{DiscoveryCmd, View};
 use crate::envelope::{encoded_len_bound, PeerId};
 use crate::error::{Error, Result};
+use crate::member::{Member, MemberEvent, PeerInfo};
+use crate::membership_events::MembershipEvents;
 use crate::publish_options::PublishOptions;
 use crate::publisher::{Outgoing, PubCmd};
 use crate::receiver::SubCmd;
@@ -26,14 +29,15 @@ use crate::topic::{validate_topic, Pattern};
 
 /// What [`PeerBuilder::start`] hands over to a new [`Peer`].
 pub(crate) struct Parts {
-    pub id: PeerId,
-    pub incarnation: u64,
+    pub info: Arc<PeerInfo>,
     pub config: PeerBuilder,
-    pub local_url: String,
     pub counters: Arc<Counters>,
     pub registry: Arc<Registry>,
+    pub view: View,
+    pub events: broadcast::Sender<MemberEvent>,
     pub pub_tx: mpsc::Sender<PubCmd>,
-    pub sub_tx: mpsc::Sender<SubCmd>,
+    pub sub_tx: mpsc::UnboundedSender<SubCmd>,
+    pub disc_tx: mpsc::Sender<DiscoveryCmd>,
     pub tasks: Vec<JoinHandle<()>>,
 }
 
@@ -53,9 +57,9 @@ struct Inner {
 /// # async fn f() -> chorus::Result<()> {
 /// use futures::StreamExt;
 /// let a = chorus::Peer::builder().name("orders").start().await?;
-/// let b = chorus::Peer::builder().name("billing").start().await?;
-/// b.connect(a.local_url()).await?;
+/// let b = chorus::Peer::builder().name("billing").seed(a.local_url()).start().await?;
 /// let mut placed = b.subscribe::<OrderPlaced>("orders.>")?;
+/// // ... once `a` sees `b` as a member (see `membership()`):
 /// a.publish("orders.placed", &OrderPlaced { id: 7 }).await?;
 /// let delivery = placed.next().await.unwrap();
 /// assert_eq!(delivery.value.id, 7);
@@ -95,43 +99,47 @@ impl Peer {
 
     /// This peer's id.
     pub fn id(&self) -> PeerId {
-        self.inner.parts.id
+        self.inner.parts.info.id
     }
 
     /// This peer's incarnation: its start time in µs since the Unix epoch,
     /// so a restarted peer always has a larger one.
     pub fn incarnation(&self) -> u64 {
-        self.inner.parts.incarnation
+        self.inner.parts.info.incarnation
     }
 
     /// The service name given at build time.
     pub fn name(&self) -> &str {
-        &self.inner.parts.config.name
+        &self.inner.parts.info.name
     }
 
-    /// The URL other peers dial to receive from this one (the real port when
-    /// the peer was told to listen on port 0).
+    /// This peer's public address (its heartbeat surveyor): what other peers
+    /// use as a seed. The real port when told to listen on port 0.
     pub fn local_url(&self) -> &str {
-        &self.inner.parts.local_url
+        &self.inner.parts.info.endpoints.survey
+    }
+
+    /// Everything this peer advertises to the bus.
+    pub fn info(&self) -> &Arc<PeerInfo> {
+        &self.inner.parts.info
+    }
+
+    /// A snapshot of the member table: every other peer known, live or
+    /// remembered as Failed/Left, with its state and when it was last seen.
+    pub fn members(&self) -> Vec<Member> {
+        self.inner.parts.view.read().as_ref().clone()
+    }
+
+    /// Membership changes from now on, as a stream. Call
+    /// [`members`](Self::members) for the state at this point.
+    pub fn membership(&self) -> MembershipEvents {
+        let parts = &self.inner.parts;
+        MembershipEvents::new(parts.events.subscribe(), parts.counters.clone())
     }
 
     /// A snapshot of this peer's counters.
     pub fn stats(&self) -> Stats {
         self.inner.parts.counters.snapshot()
-    }
-
-    /// Starts receiving from the peer publishing at `url`. Returns once the
-    /// dial is under way; NNG connects in the background and reconnects if
-    /// the link breaks. Connecting twice to the same URL is a no-op.
-    pub async fn connect(&self, url: &str) -> Result<()> {
-        let (tx, rx) = oneshot::channel();
-        self.inner
-            .parts
-            .sub_tx
-            .send(SubCmd::Dial(url.to_owned(), tx))
-            .await
-            .map_err(|_| Error::Shutdown)?;
-        rx.await.map_err(|_| Error::Shutdown)?
     }
 
     /// Publishes `value`, serialized as MessagePack (named fields), on `topic`.
@@ -226,20 +234,26 @@ impl Peer {
         .ok_or(Error::Shutdown)
     }
 
-    /// Stops the peer: sends what was queued, closes its sockets and ends
-    /// every open subscription stream. Later calls return at once; `publish`
-    /// and `subscribe` then fail with [`Error::Shutdown`].
+    /// Stops the peer: announces Left to the members (so they drop it within
+    /// a round trip instead of the failure bound), sends what was queued,
+    /// closes its sockets and ends every open subscription stream. Later
+    /// calls return at once; `publish` and `subscribe` then fail with
+    /// [`Error::Shutdown`].
     pub async fn shutdown(&self) {
         if self.inner.shut_down.swap(true, Ordering::AcqRel) {
             return;
         }
         let parts = &self.inner.parts;
+        let (left, left_wait) = oneshot::channel();
+        if parts.disc_tx.send(DiscoveryCmd::Leave(left)).await.is_ok() {
+            let _ = left_wait.await;
+        }
         let (pub_done, pub_wait) = oneshot::channel();
         let (sub_done, sub_wait) = oneshot::channel();
         if parts.pub_tx.send(PubCmd::Shutdown(pub_done)).await.is_ok() {
             let _ = pub_wait.await;
         }
-        if parts.sub_tx.send(SubCmd::Shutdown(sub_done)).await.is_ok() {
+        if parts.sub_tx.send(SubCmd::Shutdown(sub_done)).is_ok() {
             let _ = sub_wait.await;
         }
         let tasks = std::mem::take(&mut *self.inner.tasks.lock());

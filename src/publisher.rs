@@ -6,6 +6,7 @@
 //! channel makes `publish` wait. Pub0 itself never blocks: NNG queues up to
 //! `send_buffer` messages per subscriber pipe and drops the oldest beyond.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -38,6 +39,8 @@ pub(crate) struct Publisher {
     pub origin: PeerId,
     pub incarnation: u64,
     pub counters: Arc<Counters>,
+    /// Last sequence number sent, advertised in heartbeats.
+    pub last_seq: Arc<AtomicU64>,
 }
 
 impl Publisher {
@@ -60,6 +63,7 @@ impl Publisher {
                         headers: out.headers,
                         payload: out.payload,
                     };
+                    self.last_seq.store(next_seq, Ordering::Relaxed);
                     next_seq += 1;
                     buf.clear();
                     env.encode_into(&mut buf);

@@ -15,7 +15,6 @@ use tokio::sync::{mpsc, oneshot};
 use crate::bad_input::BadInputLog;
 use crate::envelope::Envelope;
 use crate::frame::DecodeError;
-use crate::error::Result;
 use crate::stats::Counters;
 use crate::subscription::{Dispatched, Registry};
 use crate::topic::validate_topic;
@@ -27,7 +26,9 @@ const RECV_BATCH: usize = 64;
 /// Messages to the receive driver.
 pub(crate) enum SubCmd {
     /// Dial a publisher (idempotent per URL).
-    Dial(String, oneshot::Sender<Result<()>>),
+    Dial(String),
+    /// Stop dialing a publisher.
+    Undial(String),
     /// Stop, close the socket and end every subscription.
     Shutdown(oneshot::Sender<()>),
 }
@@ -43,7 +44,7 @@ pub(crate) struct Receiver {
 
 impl Receiver {
     /// Runs until told to shut down or until every `Peer` handle is gone.
-    pub(crate) async fn run(mut self, mut rx: mpsc::Receiver<SubCmd>) {
+    pub(crate) async fn run(mut self, mut rx: mpsc::UnboundedReceiver<SubCmd>) {
         let mut ack = None;
         match RecvReady::new(&self.socket) {
             Ok(ready) => {
@@ -60,8 +61,12 @@ impl Receiver {
                             }
                         }
                         cmd = rx.recv() => match cmd {
-                            Some(SubCmd::Dial(url, reply)) => {
-                                let _ = reply.send(self.dial(url));
+                            Some(SubCmd::Dial(url)) => self.dial(url),
+                            Some(SubCmd::Undial(url)) => {
+                                if let Some(d) = self.dialers.remove(&url) {
+                                    tracing::debug!(%url, "no longer dialing publisher");
+                                    d.close();
+                                }
                             }
                             Some(SubCmd::Shutdown(done)) => {
                                 ack = Some(done);
@@ -82,13 +87,17 @@ impl Receiver {
         }
     }
 
-    fn dial(&mut self, url: String) -> Result<()> {
-        if !self.dialers.contains_key(&url) {
-            let dialer = transport::dial(&self.socket, &url)?;
-            tracing::debug!(%url, "dialing publisher");
-            self.dialers.insert(url, dialer);
+    fn dial(&mut self, url: String) {
+        if self.dialers.contains_key(&url) {
+            return;
         }
-        Ok(())
+        match transport::dial(&self.socket, &url) {
+            Ok(dialer) => {
+                tracing::debug!(%url, "dialing publisher");
+                self.dialers.insert(url, dialer);
+            }
+            Err(e) => tracing::warn!(%url, error = %e, "cannot dial a member's publisher"),
+        }
     }
 
     async fn handle(&mut self, mut msg: nng::Message) {

@@ -50,6 +50,24 @@ stats! {
     links_out,
     /// Gauge: NNG pipes on the sub socket (publishers this peer receives from).
     links_in,
+    /// Gauge: live (Alive or Suspect) members, not counting this peer.
+    members,
+    /// Heartbeat rounds (surveys) started.
+    heartbeat_rounds,
+    /// Valid responses received to this peer's surveys.
+    heartbeat_responses,
+    /// Other members' surveys answered.
+    surveys_answered,
+    /// Heartbeat frames (surveys or responses) rejected as malformed, oversized or unsupported.
+    heartbeat_malformed,
+    /// Heartbeat traffic of an older incarnation than the one known.
+    heartbeat_stale,
+    /// Heartbeats contradicting a member's advertised info or claiming this peer's id.
+    heartbeat_conflicts,
+    /// New members refused because the member table was full.
+    members_refused,
+    /// Membership events a slow `membership()` stream missed.
+    membership_events_lagged,
 }
 
 impl Counters {

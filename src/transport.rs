@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nng::options::{Options, ReconnectMaxTime, ReconnectMinTime, RecvFd, RecvMaxSize};
-use nng::{Dialer, Listener, PipeEvent, Protocol, Socket};
+use nng::{Aio, AioResult, Dialer, Listener, PipeEvent, Protocol, Socket};
 use parking_lot::Mutex;
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
@@ -95,6 +95,44 @@ pub(crate) fn sub_socket(cfg: &SocketConfig, counters: Arc<Counters>) -> Result<
     Ok(s)
 }
 
+/// Opens the heartbeat surveyor; responses after `deadline` are discarded.
+pub(crate) fn surveyor_socket(cfg: &SocketConfig, deadline: Duration) -> Result<Socket> {
+    let s = Socket::new(Protocol::Surveyor0)
+        .map_err(|e| Error::transport("open surveyor socket", e))?;
+    let opt = |e| Error::transport("set surveyor socket options", e);
+    s.set_opt::<nng::options::protocol::survey::SurveyTime>(Some(deadline))
+        .map_err(opt)?;
+    s.set_opt::<RecvMaxSize>(cfg.recv_max_size).map_err(opt)?;
+    s.set_opt::<nng::options::RecvBufferSize>(cfg.recv_buffer)
+        .map_err(opt)?;
+    Ok(s)
+}
+
+/// Opens the heartbeat respondent, which dials other members' surveyors.
+pub(crate) fn respondent_socket(cfg: &SocketConfig) -> Result<Socket> {
+    let s = Socket::new(Protocol::Respondent0)
+        .map_err(|e| Error::transport("open respondent socket", e))?;
+    let opt = |e| Error::transport("set respondent socket options", e);
+    s.set_opt::<RecvMaxSize>(cfg.recv_max_size).map_err(opt)?;
+    s.set_opt::<ReconnectMinTime>(Some(cfg.reconnect_min))
+        .map_err(opt)?;
+    s.set_opt::<ReconnectMaxTime>(Some(cfg.reconnect_max))
+        .map_err(opt)?;
+    Ok(s)
+}
+
+/// The URL of a second endpoint derived from a peer's public URL: tcp gets a
+/// free port on the same host, ipc and inproc get a suffix.
+pub(crate) fn derive_url(public: &str, suffix: &str) -> String {
+    match public
+        .strip_prefix("tcp://")
+        .and_then(|r| r.rsplit_once(':'))
+    {
+        Some((host, _)) => format!("tcp://{host}:0"),
+        None => format!("{public}.{suffix}"),
+    }
+}
+
 /// Keeps the gauge chosen by `gauge` equal to the number of pipes currently
 /// added to `socket`. The callback runs on an NNG thread with the socket lock
 /// held: it only touches its own set and the atomic.
@@ -145,6 +183,48 @@ pub(crate) fn dial(socket: &Socket, url: &str) -> Result<Dialer> {
     Dialer::new(socket, url, true).map_err(|e| Error::transport(format!("dial {url}"), e))
 }
 
+/// Sends through an [`Aio`] and awaits completion: the way to reply on
+/// respondent and rep sockets, whose non-blocking send loses replies in
+/// NNG 1.4 (NNG-NOTES.md). One send at a time.
+pub(crate) struct AioSend {
+    aio: Aio,
+    done: tokio::sync::mpsc::UnboundedReceiver<std::result::Result<(), nng::Error>>,
+}
+
+impl AioSend {
+    pub(crate) fn new(timeout: Duration) -> Result<Self> {
+        let (tx, done) = tokio::sync::mpsc::unbounded_channel();
+        // The callback holds only the channel, never the Aio itself.
+        let aio = Aio::new(move |_aio, result| {
+            if let AioResult::Send(r) = result {
+                let _ = tx.send(r.map_err(|(_, e)| e));
+            }
+        })
+        .map_err(|e| Error::transport("create an aio", e))?;
+        aio.set_timeout(Some(timeout))
+            .map_err(|e| Error::transport("set an aio timeout", e))?;
+        Ok(AioSend { aio, done })
+    }
+
+    /// Sends `msg` on `socket`, waiting at most the timeout given at creation.
+    pub(crate) async fn send(
+        &mut self,
+        socket: &Socket,
+        msg: nng::Message,
+    ) -> std::result::Result<(), nng::Error> {
+        socket.send_async(&self.aio, msg).map_err(|(_, e)| e)?;
+        self.done.recv().await.unwrap_or(Err(nng::Error::Closed))
+    }
+}
+
+impl Drop for AioSend {
+    fn drop(&mut self) {
+        // NNG-NOTES.md: never drop an Aio that may still run its callback.
+        self.aio.cancel();
+        self.aio.wait();
+    }
+}
+
 /// The NNG receive-notification descriptor, owned by NNG: never closed here.
 struct NngFd(RawFd);
 
@@ -186,7 +266,11 @@ impl RecvReady {
             while out.len() < max {
                 match socket.try_recv() {
                     Ok(m) => out.push(m),
-                    Err(nng::Error::TryAgain) => {
+                    // A surveyor with no survey outstanding, or past its
+                    // deadline, has nothing to receive: not an error.
+                    Err(
+                        nng::Error::TryAgain | nng::Error::IncorrectState | nng::Error::TimedOut,
+                    ) => {
                         guard.clear_ready();
                         break;
                     }

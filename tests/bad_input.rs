@@ -1,5 +1,5 @@
 //! Bad input from the network: counted, logged, dropped, and valid traffic
-//! on the same socket keeps flowing. The sender is a raw NNG pub socket.
+//! on the same socket keeps flowing. The sender is a fake member made of raw NNG sockets.
 
 mod common;
 
@@ -8,8 +8,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use chorus::{Envelope, Headers, Peer, PeerId};
 use common::*;
-use nng::options::{Options, SendBufferSize};
-use nng::{Protocol, Socket};
 
 fn frame(seq: u64, topic: &str, payload: Vec<u8>) -> Vec<u8> {
     Envelope {
@@ -30,28 +28,21 @@ fn valid(seq: u64) -> Vec<u8> {
     frame(seq, "t.ok", rmp_serde::to_vec(&(seq as u32)).unwrap())
 }
 
-/// A raw pub socket listening on a free loopback port, and its URL.
-fn raw_publisher() -> (Socket, String) {
-    let s = Socket::new(Protocol::Pub0).unwrap();
-    s.set_opt::<SendBufferSize>(1024).unwrap();
-    let l = nng::Listener::new(&s, "tcp://127.0.0.1:0").unwrap();
-    let port = l
-        .get_opt::<nng::options::transport::tcp::BoundPort>()
+/// A victim peer with a fake member (raw NNG sockets) joined to it.
+async fn victim(max: usize) -> (Peer, FakeMember) {
+    let b = fast("victim", "tcp://127.0.0.1:0")
+        .max_message_size(max)
+        .start()
+        .await
         .unwrap();
-    (s, format!("tcp://127.0.0.1:{port}"))
-}
-
-async fn victim(max: usize, raw_url: &str) -> Peer {
-    let b = Peer::builder().max_message_size(max).start().await.unwrap();
-    b.connect(raw_url).await.unwrap();
-    wait_for("link from raw publisher", || b.stats().links_in == 1).await;
-    b
+    let fake = FakeMember::honest(b.local_url(), 77);
+    wait_for("link from the fake member", || b.stats().links_in == 1).await;
+    (b, fake)
 }
 
 #[tokio::test]
 async fn every_kind_of_bad_frame_is_counted_and_valid_ones_flow() {
-    let (raw, url) = raw_publisher();
-    let b = victim(4096, &url).await;
+    let (b, raw) = victim(4096).await;
     let mut sub = b.subscribe::<u32>("t.>").unwrap();
 
     let good = valid(1);
@@ -77,7 +68,7 @@ async fn every_kind_of_bad_frame_is_counted_and_valid_ones_flow() {
         valid(6),
     ];
     for m in sends {
-        raw.send(nng::Message::from(&m[..])).unwrap();
+        raw.send(&m);
     }
     assert_eq!(next("valid 1", &mut sub).await.value, 1);
     assert_eq!(next("valid 6", &mut sub).await.value, 6);
@@ -89,23 +80,20 @@ async fn every_kind_of_bad_frame_is_counted_and_valid_ones_flow() {
     assert_eq!(s.undecodable, 1, "{s:?}");
     assert_eq!(s.delivered, 2, "{s:?}");
     b.shutdown().await;
-    raw.close();
 }
 
 #[tokio::test]
 async fn a_frame_beyond_the_transport_cap_costs_a_reconnect_not_the_peer() {
-    let (raw, url) = raw_publisher();
-    let b = victim(4096, &url).await;
+    let (b, raw) = victim(4096).await;
     let mut sub = b.subscribe::<u32>("t.>").unwrap();
     // 3x the limit: NNG refuses it and drops the link; the dialer reconnects.
-    raw.send(nng::Message::from(&frame(1, "t.huge", vec![7; 12_000])[..]))
-        .unwrap();
+    raw.send(&frame(1, "t.huge", vec![7; 12_000]));
     // Valid traffic resumes: resend until one arrives (messages sent while
     // the link is down are lost, as pub/sub does).
     let got = within("traffic after the oversized frame", async {
         let mut seq = 2;
         loop {
-            raw.send(nng::Message::from(&valid(seq)[..])).unwrap();
+            raw.send(&valid(seq));
             seq += 1;
             if let Ok(Some(d)) = tokio::time::timeout(
                 Duration::from_millis(50),
@@ -120,13 +108,11 @@ async fn a_frame_beyond_the_transport_cap_costs_a_reconnect_not_the_peer() {
     .await;
     assert!(got >= 2);
     b.shutdown().await;
-    raw.close();
 }
 
 #[tokio::test]
 async fn a_garbage_flood_does_not_stop_valid_traffic() {
-    let (raw, url) = raw_publisher();
-    let b = victim(1 << 20, &url).await;
+    let (b, raw) = victim(1 << 20).await;
     let mut sub = b.subscribe::<u32>("t.>").unwrap();
     let mut rng = 0x2545_f491_4f6c_dd1du64;
     let mut sent = 0;
@@ -135,10 +121,10 @@ async fn a_garbage_flood_does_not_stop_valid_traffic() {
         rng ^= rng >> 7;
         rng ^= rng << 17;
         let junk: Vec<u8> = (0..(rng % 200)).map(|k| (rng >> (k % 56)) as u8).collect();
-        raw.send(nng::Message::from(&junk[..])).unwrap();
+        raw.send(&junk);
         sent += 1;
         if i % 100 == 0 {
-            raw.send(nng::Message::from(&valid(i)[..])).unwrap();
+            raw.send(&valid(i));
             sent += 1;
             // Pace so NNG's own queues never drop: this test is about decoding.
             wait_for("victim to catch up", || b.stats().received == sent).await;
@@ -151,5 +137,4 @@ async fn a_garbage_flood_does_not_stop_valid_traffic() {
     assert_eq!(s.delivered, 20);
     assert!(s.malformed + s.unsupported >= 1900, "{s:?}");
     b.shutdown().await;
-    raw.close();
 }

@@ -37,10 +37,11 @@ fn python_available() -> bool {
     true
 }
 
-fn spawn_python(mode: &str, url: &str, count: usize) -> (Child, BufReader<ChildStdout>) {
+fn spawn_python(args: &[&str]) -> (Child, BufReader<ChildStdout>) {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/pynng_peer.py");
     let mut child = Command::new("python3")
-        .args([script, mode, url, &count.to_string()])
+        .arg(script)
+        .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -68,13 +69,17 @@ async fn python_publisher_to_chorus_subscriber() {
         return;
     }
     const N: usize = 50;
-    let (mut child, mut out) = spawn_python("publish", "tcp://127.0.0.1:0", N);
-    let hello = line(&mut out).await;
-    let url = hello.strip_prefix("listening ").expect(&hello).to_owned();
-
-    let b = Peer::builder().name("rust-sub").start().await.unwrap();
+    let b = fast("rust-sub", "tcp://127.0.0.1:0").start().await.unwrap();
     let mut sub = b.subscribe::<Hello>("interop.>").unwrap();
-    b.connect(&url).await.unwrap();
+    let mut joined = b.membership();
+    // The Python peer joins through b by answering b's heartbeat surveys.
+    let n = N.to_string();
+    let (mut child, mut out) = spawn_python(&["publish", "tcp://127.0.0.1:0", b.local_url(), &n]);
+    let hello = line(&mut out).await;
+    assert!(hello.starts_with("listening tcp://"), "{hello}");
+    let e = next("python peer joins", &mut joined).await;
+    assert_eq!(e.kind, chorus::MemberEventKind::Joined);
+    assert_eq!(e.member.name(), "pynng-publisher");
     for i in 0..N as u32 {
         let d = next("python message", &mut sub).await;
         assert_eq!(
@@ -112,7 +117,8 @@ async fn chorus_publisher_to_python_subscriber() {
     }
     const N: usize = 20;
     let a = Peer::builder().name("rust-pub").start().await.unwrap();
-    let (mut child, mut out) = spawn_python("subscribe", a.local_url(), N);
+    let n = N.to_string();
+    let (mut child, mut out) = spawn_python(&["subscribe", &a.info().endpoints.publish, &n]);
     assert_eq!(line(&mut out).await, "ready");
     wait_for("python subscriber link", || a.stats().links_out == 1).await;
     for i in 0..N as u32 {

@@ -140,7 +140,10 @@ impl Sim {
 
     /// Peers whose live set differs from the set of other live peers.
     fn unconverged(&self) -> Vec<usize> {
-        let live: BTreeSet<PeerId> = (0..PEERS).filter(|&i| self.alive[i]).map(|i| info(i).id).collect();
+        let live: BTreeSet<PeerId> = (0..PEERS)
+            .filter(|&i| self.alive[i])
+            .map(|i| info(i).id)
+            .collect();
         (0..PEERS)
             .filter(|&i| self.alive[i])
             .filter(|&i| {
@@ -180,7 +183,11 @@ fn run(seed: u64) {
     // Stable for a while under loss.
     for _ in 0..20 {
         sim.round();
-        assert!(sim.unconverged().is_empty(), "seed {seed}: view diverged at round {}", sim.round);
+        assert!(
+            sim.unconverged().is_empty(),
+            "seed {seed}: view diverged at round {}",
+            sim.round
+        );
     }
 
     // Kill 10 %.
@@ -202,11 +209,17 @@ fn run(seed: u64) {
     let failed_in = sim.round - kill_round;
     for _ in 0..10 {
         sim.round();
-        assert!(sim.unconverged().is_empty(), "seed {seed}: view diverged after the kill");
+        assert!(
+            sim.unconverged().is_empty(),
+            "seed {seed}: view diverged after the kill"
+        );
     }
     for x in (0..PEERS).filter(|&x| sim.alive[x]) {
         for &v in &victims {
-            assert!(sim.failed_seen[x].contains(&v), "seed {seed}: {x} never reported {v} Failed");
+            assert!(
+                sim.failed_seen[x].contains(&v),
+                "seed {seed}: {x} never reported {v} Failed"
+            );
         }
     }
     assert!(

@@ -24,9 +24,7 @@ fn order(n: u64) -> OrderPlaced {
 }
 
 async fn typed_round_trip(scheme: &str) {
-    let a = peer("orders", &unique_url(scheme, "rt-a")).await.unwrap();
-    let b = peer("billing", &unique_url(scheme, "rt-b")).await.unwrap();
-    link(&a, &b).await;
+    let (a, b) = pair(scheme).await;
     let mut sub = b.subscribe::<OrderPlaced>("orders.placed").unwrap();
 
     let opts = PublishOptions::new()
@@ -92,9 +90,7 @@ async fn tcp_port_zero_advertises_the_bound_port() {
 
 #[tokio::test]
 async fn pattern_matching_star_rest_exact() {
-    let a = peer("a", "tcp://127.0.0.1:0").await.unwrap();
-    let b = peer("b", "tcp://127.0.0.1:0").await.unwrap();
-    link(&a, &b).await;
+    let (a, b) = pair("tcp").await;
     let mut star = b.subscribe::<u32>("orders.*").unwrap();
     let mut rest = b.subscribe::<u32>("orders.>").unwrap();
     let mut exact = b.subscribe::<u32>("orders.created").unwrap();
@@ -134,9 +130,7 @@ async fn pattern_matching_star_rest_exact() {
 
 #[tokio::test]
 async fn several_subscribers_on_one_peer_each_get_every_message() {
-    let a = peer("a", &unique_url("inproc", "multi-a")).await.unwrap();
-    let b = peer("b", &unique_url("inproc", "multi-b")).await.unwrap();
-    link(&a, &b).await;
+    let (a, b) = pair("inproc").await;
     let mut s1 = b.subscribe::<OrderPlaced>("orders.>").unwrap();
     let mut s2 = b.subscribe::<OrderPlaced>("orders.>").unwrap();
     let mut raw = b.subscribe_bytes("orders.placed").unwrap();
@@ -157,9 +151,7 @@ async fn several_subscribers_on_one_peer_each_get_every_message() {
 
 #[tokio::test]
 async fn bytes_round_trip_and_dropping_a_subscription_unsubscribes() {
-    let a = peer("a", "tcp://127.0.0.1:0").await.unwrap();
-    let b = peer("b", "tcp://127.0.0.1:0").await.unwrap();
-    link(&a, &b).await;
+    let (a, b) = pair("tcp").await;
     let dropped = b.subscribe_bytes("raw.>").unwrap();
     drop(dropped);
     let mut kept = b.subscribe_bytes("raw.data").unwrap();
@@ -175,9 +167,7 @@ async fn bytes_round_trip_and_dropping_a_subscription_unsubscribes() {
 
 #[tokio::test]
 async fn shutdown_with_subscriptions_open_ends_streams() {
-    let a = peer("a", "tcp://127.0.0.1:0").await.unwrap();
-    let b = peer("b", "tcp://127.0.0.1:0").await.unwrap();
-    link(&a, &b).await;
+    let (a, b) = pair("tcp").await;
     let mut s1 = b.subscribe::<u32>(">").unwrap();
     let mut s2 = b.subscribe::<u32>("x.*").unwrap();
     a.publish("x.y", &1u32).await.unwrap();
@@ -195,10 +185,6 @@ async fn shutdown_with_subscriptions_open_ends_streams() {
         Err(Error::Shutdown)
     ));
     assert!(matches!(b.subscribe::<u32>(">"), Err(Error::Shutdown)));
-    assert!(matches!(
-        b.connect(a.local_url()).await,
-        Err(Error::Shutdown)
-    ));
     // The other peer is unaffected.
     a.publish("x.y", &3u32).await.unwrap();
     a.shutdown().await;
@@ -206,9 +192,7 @@ async fn shutdown_with_subscriptions_open_ends_streams() {
 
 #[tokio::test]
 async fn dropping_every_handle_stops_the_peer() {
-    let a = peer("a", "tcp://127.0.0.1:0").await.unwrap();
-    let b = peer("b", "tcp://127.0.0.1:0").await.unwrap();
-    link(&a, &b).await;
+    let (a, b) = pair("tcp").await;
     let mut sub = b.subscribe::<u32>(">").unwrap();
     drop(b);
     assert!(within("stream end after drop", sub.next()).await.is_none());
@@ -229,7 +213,11 @@ async fn caller_errors_are_clear() {
     );
     let e = a.subscribe::<u32>("orders.>.x").unwrap_err();
     assert!(matches!(e, Error::InvalidPattern { .. }), "{e}");
-    let e = a.connect("http://example").await.unwrap_err();
+    let e = chorus::Peer::builder()
+        .seed("http://example")
+        .start()
+        .await
+        .unwrap_err();
     assert!(matches!(e, Error::InvalidUrl { .. }), "{e}");
 
     let big = vec![0u8; 2 << 20];
@@ -266,20 +254,4 @@ async fn caller_errors_are_clear() {
         .unwrap_err();
     assert!(e.to_string().contains(a.local_url()), "{e}");
     a.shutdown().await;
-}
-
-#[tokio::test]
-async fn connect_is_idempotent() {
-    let a = peer("a", "tcp://127.0.0.1:0").await.unwrap();
-    let b = peer("b", "tcp://127.0.0.1:0").await.unwrap();
-    link(&a, &b).await;
-    b.connect(a.local_url()).await.unwrap();
-    let mut sub = b.subscribe::<u32>(">").unwrap();
-    a.publish("t", &1u32).await.unwrap();
-    a.publish("t", &2u32).await.unwrap();
-    assert_eq!(next("1", &mut sub).await.value, 1);
-    assert_eq!(next("2", &mut sub).await.value, 2);
-    assert_eq!(b.stats().links_in, 1);
-    a.shutdown().await;
-    b.shutdown().await;
 }

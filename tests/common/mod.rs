@@ -4,9 +4,15 @@
 #![allow(dead_code)]
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
-use chorus::{Peer, Result};
+use chorus::heartbeat::{Response, Survey};
+use chorus::{Endpoints, PeerId, PeerInfo};
+use nng::options::Options;
+
+use chorus::{Peer, PeerBuilder, Result};
 use futures::{Stream, StreamExt};
 
 /// Generous bound for anything that should happen "soon" on a loaded CI box.
@@ -35,21 +41,43 @@ pub async fn next<S: Stream + Unpin>(what: &str, s: &mut S) -> S::Item {
         .unwrap_or_else(|| panic!("stream ended while waiting for {what}"))
 }
 
-/// Starts a peer listening on `url`.
-pub async fn peer(name: &str, url: &str) -> Result<Peer> {
-    Peer::builder().name(name).listen(url).start().await
+/// A builder with test-friendly heartbeats (100 ms rounds).
+pub fn fast(name: &str, url: &str) -> PeerBuilder {
+    Peer::builder()
+        .name(name)
+        .listen(url)
+        .heartbeat_interval(Duration::from_millis(100))
+        .heartbeat_deadline(Duration::from_millis(50))
 }
 
-/// Makes `receiver` receive from `publisher` and waits until the link is up
-/// on both ends, so nothing published afterwards is lost to a late join.
-pub async fn link(publisher: &Peer, receiver: &Peer) {
-    let before_out = publisher.stats().links_out;
-    let before_in = receiver.stats().links_in;
-    receiver.connect(publisher.local_url()).await.unwrap();
-    wait_for("pub/sub link", || {
-        publisher.stats().links_out > before_out && receiver.stats().links_in > before_in
+/// Starts a peer listening on `url`, joining through `seed` if given.
+pub async fn peer(name: &str, url: &str) -> Result<Peer> {
+    fast(name, url).start().await
+}
+
+/// Waits until every peer sees all the others as live members and has its
+/// pub/sub links up, so nothing published afterwards is lost to a late join.
+pub async fn wait_mesh(peers: &[&Peer]) {
+    let others = peers.len() as u64 - 1;
+    wait_for("full mesh", || {
+        peers.iter().all(|p| {
+            let s = p.stats();
+            s.members == others && s.links_in >= others && s.links_out >= others
+        })
     })
     .await;
+}
+
+/// Two peers on `scheme`, `b` joined through `a`, fully linked.
+pub async fn pair(scheme: &str) -> (Peer, Peer) {
+    let a = peer("a", &unique_url(scheme, "a")).await.unwrap();
+    let b = fast("b", &unique_url(scheme, "b"))
+        .seed(a.local_url())
+        .start()
+        .await
+        .unwrap();
+    wait_mesh(&[&a, &b]).await;
+    (a, b)
 }
 
 /// A unique inproc or ipc URL for this test process.
@@ -65,5 +93,103 @@ pub fn unique_url(scheme: &str, tag: &str) -> String {
             std::env::temp_dir().display()
         ),
         _ => "tcp://127.0.0.1:0".to_string(),
+    }
+}
+
+/// A member written by hand from docs/WIRE.md: a raw pub socket for events
+/// and a raw respondent that answers surveys through `answer`.
+pub struct FakeMember {
+    pub info: Arc<PeerInfo>,
+    pub publisher: nng::Socket,
+    respondent: nng::Socket,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Builds the reply to one survey, as raw bytes (or none).
+pub type Answer = Box<dyn FnMut(&Survey) -> Option<Vec<u8>> + Send>;
+
+impl FakeMember {
+    /// A fake member that joins through `seed` and answers with `answer`.
+    pub fn start(seed: &str, id: u64, answer: impl FnOnce(Arc<PeerInfo>) -> Answer) -> Self {
+        let publisher = nng::Socket::new(nng::Protocol::Pub0).unwrap();
+        publisher
+            .set_opt::<nng::options::SendBufferSize>(1024)
+            .unwrap();
+        let l = nng::Listener::new(&publisher, "tcp://127.0.0.1:0").unwrap();
+        let port = l
+            .get_opt::<nng::options::transport::tcp::BoundPort>()
+            .unwrap();
+        let info = Arc::new(PeerInfo {
+            id: PeerId(id),
+            incarnation: 1,
+            name: "fake".into(),
+            endpoints: Endpoints {
+                // Nobody listens here: discovery must cope with a dead endpoint.
+                survey: "tcp://127.0.0.1:1".into(),
+                publish: format!("tcp://127.0.0.1:{port}"),
+            },
+        });
+        let respondent = nng::Socket::new(nng::Protocol::Respondent0).unwrap();
+        respondent
+            .set_opt::<nng::options::RecvTimeout>(Some(Duration::from_millis(20)))
+            .unwrap();
+        nng::Dialer::new(&respondent, seed, true).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut answer = answer(info.clone());
+        let (r, halt) = (respondent.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            while !halt.load(Ordering::Relaxed) {
+                let Ok(msg) = r.recv() else { continue };
+                let Ok(survey) = Survey::decode(msg.as_slice(), 1 << 20) else {
+                    continue;
+                };
+                if let Some(reply) = answer(&survey) {
+                    let _ = r.send(nng::Message::from(&reply[..]));
+                }
+            }
+        });
+        FakeMember {
+            info,
+            publisher,
+            respondent,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// A fake member that answers every survey truthfully.
+    pub fn honest(seed: &str, id: u64) -> Self {
+        Self::start(seed, id, |info| {
+            let mut heartbeat = 0;
+            Box::new(move |_| {
+                heartbeat += 1;
+                Some(
+                    Response {
+                        from: info.clone(),
+                        heartbeat,
+                        last_seq: 0,
+                        gossip: vec![],
+                    }
+                    .encode(),
+                )
+            })
+        })
+    }
+
+    /// Publishes raw bytes.
+    pub fn send(&self, bytes: &[u8]) {
+        self.publisher.send(nng::Message::from(bytes)).unwrap();
+    }
+}
+
+impl Drop for FakeMember {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        self.respondent.close();
+        self.publisher.close();
     }
 }

@@ -5,11 +5,12 @@ publish URL N   listen on URL (pub0; tcp port 0 allowed), print "listening URL";
                 N valid envelopes (payload {"n": i, "text": ...}) interleaved
                 with garbage, wrong-version, invalid-topic and undecodable
                 frames; then wait for a line on stdin before closing.
-subscribe URL N dial URL (sub0), print "ready", receive N envelopes, check
+subscribe URL N dial URL (a chorus publisher, sub0), print "ready", receive N envelopes, check
                 each against WIRE.md and print it as one JSON line.
 """
 import json
 import sys
+import threading
 import time
 
 import msgpack
@@ -25,12 +26,41 @@ def envelope(seq, topic, payload, msg_id=None, correlation=None, headers=None):
     return msgpack.packb([1, 0, body], use_bin_type=True)
 
 
-def publish(url, n):
-    with pynng.Pub0() as pub:
-        listener = pub.listen(url)
-        # str() of the address is right; its .port is byte-swapped (NNG-NOTES.md).
-        port = str(listener.local_address).rsplit(":", 1)[1]
-        print(f"listening {url.rsplit(':', 1)[0]}:{port}", flush=True)
+def listen(sock, url):
+    """Listens on url and returns the URL with the real port."""
+    listener = sock.listen(url)
+    # str() of the address is right; its .port is byte-swapped (NNG-NOTES.md).
+    port = str(listener.local_address).rsplit(":", 1)[1]
+    return f"{url.rsplit(':', 1)[0]}:{port}"
+
+
+def answer_surveys(seed, info, stop):
+    """Be a member: answer every survey from the seed with our PeerInfo."""
+    with pynng.Respondent0(dial=seed, recv_timeout=100) as resp:
+        heartbeat = 0
+        while not stop.is_set():
+            try:
+                frame = msgpack.unpackb(resp.recv(), raw=False)
+            except pynng.Timeout:
+                continue
+            version, kind, body = frame
+            if version != 1 or kind != 1:
+                continue
+            heartbeat += 1
+            # Response: [from PeerInfo, heartbeat, last_seq, gossip]
+            resp.send(msgpack.packb([1, 2, [info, heartbeat, 0, []]], use_bin_type=True))
+
+
+def publish(url, seed, n):
+    with pynng.Pub0() as pub, pynng.Surveyor0() as surveyor:
+        pub_url = listen(pub, url)
+        survey_url = listen(surveyor, url)  # never surveys; chorus may dial it
+        print(f"listening {pub_url}", flush=True)
+        # PeerInfo: [id, incarnation, name, [survey URL, publish URL]]
+        info = [ORIGIN, INCARNATION, "pynng-publisher", [survey_url, pub_url]]
+        stop = threading.Event()
+        member = threading.Thread(target=answer_surveys, args=(seed, info, stop))
+        member.start()
         deadline = time.time() + 20
         while not pub.pipes:
             if time.time() > deadline:
@@ -51,6 +81,8 @@ def publish(url, n):
             time.sleep(0.002)
         print("sent", flush=True)
         sys.stdin.readline()
+        stop.set()
+        member.join()
 
 
 def subscribe(url, n):
@@ -77,5 +109,7 @@ def subscribe(url, n):
 
 
 if __name__ == "__main__":
-    mode, url, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    {"publish": publish, "subscribe": subscribe}[mode](url, count)
+    if sys.argv[1] == "publish":
+        publish(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+    else:
+        subscribe(sys.argv[2], int(sys.argv[3]))
