@@ -147,6 +147,33 @@ mod tests {
     }
 
     #[test]
+    fn survey_layout_matches_wire_doc() {
+        let from = Arc::new(PeerInfo {
+            id: PeerId(1),
+            incarnation: 2,
+            name: "a".into(),
+            endpoints: Endpoints {
+                survey: "inproc://a".into(),
+                publish: "inproc://a.pub".into(),
+            },
+        });
+        let s = Survey {
+            from,
+            heartbeat: 5,
+            leaving: false,
+            last_seq: 0,
+        };
+        let mut expected = vec![
+            0x93, 0x01, 0x01, 0x94, 0x94, 0x01, 0x02, 0xa1, b'a', 0x92, 0xaa,
+        ];
+        expected.extend_from_slice(b"inproc://a");
+        expected.push(0xae);
+        expected.extend_from_slice(b"inproc://a.pub");
+        expected.extend_from_slice(&[0x05, 0xc2, 0x00]);
+        assert_eq!(s.encode(), expected);
+    }
+
+    #[test]
     fn kinds_are_not_interchangeable() {
         let s = Survey {
             from: info(1),
