@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# README's first command: installs what is missing, then runs the main demo.
+# README's first command: installs what is missing, builds the examples and
+# runs the discovery demo (five peers as separate processes, one killed and
+# restarted). Extra arguments go to the demo (--interval-ms, --miss-limit).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
-cargo run --release --example quickstart -- "$@"
+cargo build --release --examples
+exec target/release/examples/discovery_demo "$@"

@@ -187,8 +187,11 @@ impl Discovery {
     }
 
     /// Carries out the core's actions and mirrors its refusal counters.
+    /// The member snapshot is updated before events go out, so a reader
+    /// reacting to an event sees at least that change in `members()`.
     fn apply(&mut self) {
         let mut changed = false;
+        let mut events = Vec::new();
         while let Some(action) = self.core.poll_action() {
             changed = true;
             match action {
@@ -217,7 +220,7 @@ impl Discovery {
                     } else {
                         tracing::info!(event = ?e.kind, id = %m.id(), name = m.name(), incarnation = m.info.incarnation, "membership");
                     }
-                    let _ = self.events.send(e);
+                    events.push(e);
                 }
             }
         }
@@ -227,6 +230,9 @@ impl Discovery {
         Counters::set(&self.counters.members_refused, refused.over_capacity);
         if changed {
             self.publish_view();
+        }
+        for e in events {
+            let _ = self.events.send(e);
         }
     }
 

@@ -28,11 +28,19 @@ async fn start(name: &str, seed: Option<&str>) -> Peer {
 }
 
 fn live_ids(p: &Peer) -> BTreeSet<PeerId> {
-    p.members().iter().filter(|m| m.state.is_live()).map(|m| m.id()).collect()
+    p.members()
+        .iter()
+        .filter(|m| m.state.is_live())
+        .map(|m| m.id())
+        .collect()
 }
 
 /// Waits until `watcher` reports `kind` for `id`, returning when it did.
-async fn wait_event(watcher: &mut chorus::MembershipEvents, kind: MemberEventKind, id: PeerId) -> Instant {
+async fn wait_event(
+    watcher: &mut chorus::MembershipEvents,
+    kind: MemberEventKind,
+    id: PeerId,
+) -> Instant {
     within(&format!("{kind:?} of {id}"), async {
         loop {
             let e = watcher.next().await.expect("membership stream ended");
@@ -88,12 +96,22 @@ async fn a_peer_dropped_without_goodbye_is_failed_by_all_within_the_bound() {
         let at = wait_event(w, MemberEventKind::Failed, id).await;
         worst = worst.max(at - killed);
     }
-    eprintln!("failure detected by all 3 in {worst:?} (bound {:?})", failure_bound());
+    eprintln!(
+        "failure detected by all 3 in {worst:?} (bound {:?})",
+        failure_bound()
+    );
     // Twice the bound: a margin for a loaded CI machine, still far below
     // anything a broken detector would produce.
-    assert!(worst <= failure_bound() * 2, "{worst:?} > 2 x {:?}", failure_bound());
+    assert!(
+        worst <= failure_bound() * 2,
+        "{worst:?} > 2 x {:?}",
+        failure_bound()
+    );
     for p in [&a, &b, &c] {
-        assert_eq!(p.members().iter().find(|m| m.id() == id).unwrap().state, MemberState::Failed);
+        assert_eq!(
+            p.members().iter().find(|m| m.id() == id).unwrap().state,
+            MemberState::Failed
+        );
         assert_eq!(p.stats().members, 2);
     }
     for p in [a, b, c] {
@@ -116,7 +134,10 @@ async fn graceful_shutdown_is_seen_as_left_not_failed() {
     // And it stays Left: no Failed follows once the miss limit has passed.
     tokio::time::sleep(failure_bound()).await;
     for p in [&a, &b] {
-        assert_eq!(p.members().iter().find(|m| m.id() == id).unwrap().state, MemberState::Left);
+        assert_eq!(
+            p.members().iter().find(|m| m.id() == id).unwrap().state,
+            MemberState::Left
+        );
     }
     a.shutdown().await;
     b.shutdown().await;
@@ -128,13 +149,21 @@ async fn a_restarted_peer_at_the_same_address_rejoins() {
     let b = start("b", Some(a.local_url())).await;
     let first = start("phoenix", Some(a.local_url())).await;
     wait_mesh(&[&a, &b, &first]).await;
-    let (id, url, incarnation) = (first.id(), first.local_url().to_owned(), first.incarnation());
+    let (id, url, incarnation) = (
+        first.id(),
+        first.local_url().to_owned(),
+        first.incarnation(),
+    );
     let (mut wa, mut wb) = (a.membership(), b.membership());
     drop(first);
     wait_event(&mut wa, MemberEventKind::Failed, id).await;
     wait_event(&mut wb, MemberEventKind::Failed, id).await;
 
-    let again = fast("phoenix", &url).seed(a.local_url()).start().await.unwrap();
+    let again = fast("phoenix", &url)
+        .seed(a.local_url())
+        .start()
+        .await
+        .unwrap();
     assert_eq!(again.id(), id, "same name and address keep the id");
     assert!(again.incarnation() > incarnation);
     wait_event(&mut wa, MemberEventKind::Rejoined, id).await;
@@ -158,7 +187,11 @@ async fn a_restarted_peer_at_the_same_address_rejoins() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_seed_that_is_down_is_retried() {
     // Reserve a free port, then release it for the seed to use later.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let seed_url = format!("tcp://127.0.0.1:{port}");
     let b = start("early", Some(&seed_url)).await;
     tokio::time::sleep(INTERVAL * 3).await; // b dials a seed that is not there yet
@@ -180,7 +213,17 @@ async fn an_impostor_answering_with_a_members_id_changes_nothing() {
         let mut fake = (*real).clone();
         fake.endpoints.publish = mine.endpoints.publish.clone();
         let fake = std::sync::Arc::new(fake);
-        Box::new(move |_| Some(Response { from: fake.clone(), heartbeat: 1 << 40, last_seq: 0, gossip: vec![] }.encode()))
+        Box::new(move |_| {
+            Some(
+                Response {
+                    from: fake.clone(),
+                    heartbeat: 1 << 40,
+                    last_seq: 0,
+                    gossip: vec![],
+                }
+                .encode(),
+            )
+        })
     });
     wait_for("conflicts counted", || a.stats().heartbeat_conflicts >= 3).await;
     // c is untouched and stays alive through the failure bound.
@@ -189,7 +232,10 @@ async fn an_impostor_answering_with_a_members_id_changes_nothing() {
     let m = a.members().into_iter().find(|m| m.id() == c.id()).unwrap();
     assert_eq!(m.info, *c.info());
     assert_eq!(m.state, MemberState::Alive);
-    assert!(futures::FutureExt::now_or_never(watch.next()).is_none(), "no membership change");
+    assert!(
+        futures::FutureExt::now_or_never(watch.next()).is_none(),
+        "no membership change"
+    );
     drop(impostor);
     a.shutdown().await;
     c.shutdown().await;
@@ -211,7 +257,10 @@ async fn malformed_heartbeats_are_counted_and_harmless() {
             })
         })
     });
-    wait_for("malformed heartbeats counted", || a.stats().heartbeat_malformed >= 6).await;
+    wait_for("malformed heartbeats counted", || {
+        a.stats().heartbeat_malformed >= 6
+    })
+    .await;
     tokio::time::sleep(failure_bound()).await;
     assert_eq!(live_ids(&a), BTreeSet::from([c.id()]));
     assert_eq!(a.members().len(), 1, "garbage never became a member");
@@ -222,8 +271,14 @@ async fn malformed_heartbeats_are_counted_and_harmless() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_member_table_is_bounded() {
-    let small = fast("small", "tcp://127.0.0.1:0").max_members(2).start().await.unwrap();
-    let others: Vec<FakeMember> = (0..4).map(|i| FakeMember::honest(small.local_url(), 500 + i)).collect();
+    let small = fast("small", "tcp://127.0.0.1:0")
+        .max_members(2)
+        .start()
+        .await
+        .unwrap();
+    let others: Vec<FakeMember> = (0..4)
+        .map(|i| FakeMember::honest(small.local_url(), 500 + i))
+        .collect();
     wait_for("refusals counted", || small.stats().members_refused >= 2).await;
     assert_eq!(small.members().len(), 2);
     assert_eq!(small.stats().members, 2);

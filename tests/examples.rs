@@ -30,3 +30,23 @@ fn quickstart_runs_and_delivers() {
         "{stdout}"
     );
 }
+
+#[test]
+fn discovery_demo_kills_detects_and_rejoins() {
+    // Five `heartbeat` processes; the demo exits non-zero if a step misses its bound.
+    let out = Command::new(example("discovery_demo")).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "discovery demo failed:\n{stdout}");
+    for expected in [
+        "SIGKILL peer-3",
+        "event Failed peer-3",
+        "event Rejoined peer-3",
+        "event Left peer-5",
+        "result: OK",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "missing {expected:?} in:\n{stdout}"
+        );
+    }
+}
