@@ -40,6 +40,7 @@
 
 mod bad_input;
 mod builder;
+pub mod dedup;
 mod delivery;
 mod discovery;
 mod envelope;
