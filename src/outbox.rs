@@ -1,0 +1,276 @@
+//! The publisher's reliability core: retained envelopes and ack watermarks.
+//!
+//! Owns: the bounded retransmit buffer of one origin incarnation, the
+//! "received through" watermark each live member reported for it, freeing
+//! what every live member has, and answering NAKs. Sans-IO: the publish
+//! driver feeds it and sends what it returns.
+//!
+//! Policy when full: the buffer never drops an envelope a live member has
+//! not acknowledged. [`Outbox::is_full`] tells the driver to stop taking new
+//! messages (so `publish` waits, or fails fast if configured) until acks
+//! arrive or the lagging member fails. A member whose watermark is not known
+//! yet (just joined, or an implementation that sends no acks) does not hold
+//! the buffer; if it later asks for what was freed, it is answered "gone".
+
+use std::collections::{HashMap, HashSet, VecDeque};
+
+use bytes::Bytes;
+
+use crate::envelope::PeerId;
+use crate::repair::{Nak, Repair, MAX_RANGES};
+
+/// Sizing of an [`Outbox`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutboxConfig {
+    /// Envelopes retained at most.
+    pub capacity: usize,
+    /// Largest repair answer, in bytes of retained frames.
+    pub max_reply_bytes: usize,
+    /// Most sequence numbers looked at for one NAK.
+    pub max_nak_seqs: u64,
+}
+
+impl Default for OutboxConfig {
+    fn default() -> Self {
+        OutboxConfig {
+            capacity: 8192,
+            max_reply_bytes: 512 * 1024,
+            max_nak_seqs: 4096,
+        }
+    }
+}
+
+/// Input the outbox ignored, by reason.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OutboxRefused {
+    /// Acks from peers that are not live members, or for another incarnation.
+    pub acks: u64,
+    /// NAKs for another origin or incarnation.
+    pub naks: u64,
+    /// Sequence numbers asked for that were never published.
+    pub unpublished: u64,
+}
+
+/// See the module documentation.
+#[derive(Debug)]
+pub struct Outbox {
+    origin: PeerId,
+    incarnation: u64,
+    cfg: OutboxConfig,
+    last_seq: u64,
+    /// `(seq, frame)`, ascending and contiguous.
+    retained: VecDeque<(u64, Bytes)>,
+    retained_bytes: usize,
+    members: HashSet<PeerId>,
+    acks: HashMap<PeerId, u64>,
+    refused: OutboxRefused,
+}
+
+impl Outbox {
+    /// An empty outbox for this origin incarnation.
+    pub fn new(origin: PeerId, incarnation: u64, cfg: OutboxConfig) -> Self {
+        Outbox {
+            origin,
+            incarnation,
+            cfg,
+            last_seq: 0,
+            retained: VecDeque::new(),
+            retained_bytes: 0,
+            members: HashSet::new(),
+            acks: HashMap::new(),
+            refused: OutboxRefused::default(),
+        }
+    }
+
+    /// Last sequence number pushed (0 before the first).
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+
+    /// Envelopes retained now.
+    pub fn len(&self) -> usize {
+        self.retained.len()
+    }
+
+    /// Whether nothing is retained.
+    pub fn is_empty(&self) -> bool {
+        self.retained.is_empty()
+    }
+
+    /// Bytes of retained frames.
+    pub fn bytes(&self) -> usize {
+        self.retained_bytes
+    }
+
+    /// Input ignored so far.
+    pub fn refused(&self) -> OutboxRefused {
+        self.refused
+    }
+
+    /// True when a new envelope cannot be retained without dropping one a
+    /// live member has not acknowledged.
+    pub fn is_full(&self) -> bool {
+        self.retained.len() >= self.cfg.capacity
+    }
+
+    /// Retains the next envelope (sequence number `last_seq() + 1`). The
+    /// caller checks [`is_full`](Self::is_full) first.
+    pub fn push(&mut self, frame: Bytes) -> u64 {
+        debug_assert!(!self.is_full(), "push into a full outbox");
+        self.last_seq += 1;
+        self.retained_bytes += frame.len();
+        self.retained.push_back((self.last_seq, frame));
+        self.free();
+        self.last_seq
+    }
+
+    /// The live members changed: only their acks count from now on.
+    pub fn set_members(&mut self, live: impl IntoIterator<Item = PeerId>) {
+        self.members = live.into_iter().collect();
+        self.acks.retain(|id, _| self.members.contains(id));
+        self.free();
+    }
+
+    /// `member` reports it has received everything of `incarnation` through `seq`.
+    pub fn on_ack(&mut self, member: PeerId, incarnation: u64, seq: u64) {
+        if incarnation != self.incarnation || !self.members.contains(&member) {
+            self.refused.acks += 1;
+            return;
+        }
+        let seq = seq.min(self.last_seq);
+        let ack = self.acks.entry(member).or_insert(0);
+        *ack = (*ack).max(seq);
+        self.free();
+    }
+
+    /// Frees what every live member with a known watermark has received.
+    fn free(&mut self) {
+        let floor = self.acks.values().copied().min().unwrap_or(u64::MAX);
+        while let Some((seq, frame)) = self.retained.front() {
+            if *seq > floor {
+                break;
+            }
+            self.retained_bytes -= frame.len();
+            self.retained.pop_front();
+        }
+    }
+
+    /// Answers a NAK: retained frames (up to the reply size), ranges no
+    /// longer retained as `gone`, never-published numbers ignored. The work
+    /// is bounded by `max_nak_seqs` whatever the ranges say.
+    pub fn answer(&mut self, nak: &Nak) -> Repair {
+        let mut repair = Repair {
+            origin: self.origin,
+            incarnation: self.incarnation,
+            last_seq: self.last_seq,
+            frames: Vec::new(),
+            gone: Vec::new(),
+        };
+        if nak.origin != self.origin || nak.incarnation != self.incarnation {
+            self.refused.naks += 1;
+            return repair;
+        }
+        // Everything below this was freed (or never retained).
+        let oldest = self.retained.front().map_or(self.last_seq + 1, |(s, _)| *s);
+        let (mut budget, mut bytes) = (self.cfg.max_nak_seqs, 0usize);
+        for &(first, last) in nak.ranges.iter().take(MAX_RANGES) {
+            if budget == 0 || bytes >= self.cfg.max_reply_bytes {
+                break;
+            }
+            if last > self.last_seq {
+                self.refused.unpublished += last - first.max(self.last_seq + 1) + 1;
+            }
+            let last = last.min(self.last_seq);
+            if first > last {
+                continue;
+            }
+            if first < oldest {
+                repair.gone.push((first, last.min(oldest - 1)));
+            }
+            let mut seq = first.max(oldest);
+            while seq <= last && budget > 0 && bytes < self.cfg.max_reply_bytes {
+                let (_, frame) = &self.retained[(seq - oldest) as usize];
+                bytes += frame.len();
+                repair.frames.push(frame.clone());
+                seq += 1;
+                budget -= 1;
+            }
+        }
+        repair
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outbox(capacity: usize) -> Outbox {
+        Outbox::new(PeerId(1), 9, OutboxConfig { capacity, max_reply_bytes: 100, max_nak_seqs: 50 })
+    }
+
+    fn frame(seq: u64) -> Bytes {
+        Bytes::from(format!("frame-{seq:04}")) // 10 bytes
+    }
+
+    fn nak(ranges: &[(u64, u64)]) -> Nak {
+        Nak { origin: PeerId(1), incarnation: 9, ranges: ranges.to_vec() }
+    }
+
+    #[test]
+    fn frees_what_every_live_member_acked_and_fills_otherwise() {
+        let mut o = outbox(4);
+        o.set_members([PeerId(2), PeerId(3)]);
+        o.on_ack(PeerId(2), 9, 0);
+        o.on_ack(PeerId(3), 9, 0);
+        for s in 1..=4 {
+            assert_eq!(o.push(frame(s)), s);
+        }
+        assert!(o.is_full());
+        o.on_ack(PeerId(2), 9, 3);
+        o.on_ack(PeerId(3), 9, 1);
+        assert_eq!(o.len(), 3, "only what both have: seq 1");
+        assert!(!o.is_full());
+        // The lagging member fails: its watermark stops counting.
+        o.set_members([PeerId(2)]);
+        assert_eq!(o.len(), 1);
+        assert_eq!(o.bytes(), 10);
+    }
+
+    #[test]
+    fn unknown_watermarks_and_strangers_do_not_hold_the_buffer() {
+        let mut o = outbox(4);
+        o.set_members([PeerId(2)]);
+        o.push(frame(1));
+        assert_eq!(o.len(), 0, "no live member has reported a watermark");
+        o.on_ack(PeerId(99), 9, 0); // not a member
+        o.on_ack(PeerId(2), 8, 0); // wrong incarnation
+        assert_eq!(o.refused().acks, 2);
+        o.on_ack(PeerId(2), 9, 1);
+        o.push(frame(2));
+        assert_eq!(o.len(), 1);
+    }
+
+    #[test]
+    fn answers_naks_with_frames_gone_and_bounds() {
+        let mut o = outbox(100);
+        o.set_members([PeerId(2)]);
+        o.on_ack(PeerId(2), 9, 0);
+        for s in 1..=30 {
+            o.push(frame(s));
+        }
+        o.on_ack(PeerId(2), 9, 10); // frees 1..=10
+        let r = o.answer(&nak(&[(5, 12), (40, 50)]));
+        assert_eq!(r.gone, vec![(5, 10)]);
+        assert_eq!(r.frames, vec![frame(11), frame(12)]);
+        assert_eq!(r.last_seq, 30);
+        assert_eq!(o.refused().unpublished, 11);
+        // Reply size bound: 100 bytes = 10 frames.
+        assert_eq!(o.answer(&nak(&[(11, 30)])).frames.len(), 10);
+        // A NAK for someone else, or an absurd range, is cheap.
+        let wrong = Nak { incarnation: 8, ..nak(&[(1, 2)]) };
+        assert!(o.answer(&wrong).frames.is_empty());
+        let huge = o.answer(&nak(&[(1, u64::MAX)]));
+        assert_eq!(huge.gone, vec![(1, 10)]);
+        assert!(huge.frames.len() <= 10);
+    }
+}

@@ -1,0 +1,119 @@
+//! Repair messages: a receiver's NAK and the origin's answer (req0 → rep0).
+//!
+//! Owns: the [`Nak`] and [`Repair`] bodies, their frame kinds and bounds.
+//! No sockets, no clock. See `docs/WIRE.md`.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::envelope::PeerId;
+use crate::frame::{self, DecodeError};
+
+/// Frame kind of a NAK (receiver → origin's repair endpoint).
+pub const KIND_NAK: u8 = 3;
+/// Frame kind of a repair answer (origin → receiver).
+pub const KIND_REPAIR: u8 = 4;
+/// Most ranges in one NAK or one answer's `gone` list.
+pub const MAX_RANGES: usize = 64;
+
+/// "Send me these sequence numbers again."
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Nak {
+    /// The origin asked (must be the peer receiving the NAK).
+    pub origin: PeerId,
+    /// The origin incarnation the ranges belong to.
+    pub incarnation: u64,
+    /// Inclusive `(first, last)` ranges, ascending.
+    pub ranges: Vec<(u64, u64)>,
+}
+
+/// The origin's answer to a [`Nak`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Repair {
+    /// The answering origin.
+    pub origin: PeerId,
+    /// Its current incarnation; differs from the NAK's if it restarted.
+    pub incarnation: u64,
+    /// The last sequence number it has published.
+    pub last_seq: u64,
+    /// Retained event frames, each a complete kind-0 frame, ascending.
+    pub frames: Vec<Bytes>,
+    /// Ranges asked for that are no longer retained: lost for good.
+    pub gone: Vec<(u64, u64)>,
+}
+
+fn check_ranges(ranges: &[(u64, u64)]) -> Result<(), DecodeError> {
+    if ranges.len() > MAX_RANGES {
+        return Err(DecodeError::Malformed(format!("{} ranges, at most {MAX_RANGES}", ranges.len())));
+    }
+    if ranges.iter().any(|(a, b)| a > b || *a == 0) {
+        return Err(DecodeError::Malformed("range with first > last or seq 0".into()));
+    }
+    Ok(())
+}
+
+impl Nak {
+    /// Encodes as a complete frame.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut buf = Vec::with_capacity(32 + 20 * self.ranges.len());
+        frame::encode_into(&mut buf, KIND_NAK, self);
+        buf
+    }
+
+    /// Decodes and checks a NAK frame. Never panics.
+    pub fn decode(bytes: &[u8], max_size: usize) -> Result<Self, DecodeError> {
+        let n: Nak = frame::decode(bytes, max_size, KIND_NAK)?;
+        check_ranges(&n.ranges)?;
+        Ok(n)
+    }
+}
+
+impl Repair {
+    /// Encodes as a complete frame.
+    pub fn encode(&self) -> Vec<u8> {
+        let size: usize = self.frames.iter().map(|f| f.len() + 5).sum();
+        let mut buf = Vec::with_capacity(64 + size);
+        frame::encode_into(&mut buf, KIND_REPAIR, self);
+        buf
+    }
+
+    /// Decodes and checks a repair frame (the inner frames are decoded by
+    /// the receiver, each on its own). Never panics.
+    pub fn decode(bytes: &[u8], max_size: usize) -> Result<Self, DecodeError> {
+        let r: Repair = frame::decode(bytes, max_size, KIND_REPAIR)?;
+        check_ranges(&r.gone)?;
+        Ok(r)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn round_trips_and_bounds() {
+        let n = Nak { origin: PeerId(7), incarnation: 3, ranges: vec![(1, 4), (9, 9)] };
+        assert_eq!(Nak::decode(&n.encode(), 1 << 20).unwrap(), n);
+        let r = Repair {
+            origin: PeerId(7),
+            incarnation: 3,
+            last_seq: 12,
+            frames: vec![Bytes::from_static(b"\x93\x01\x00")],
+            gone: vec![(1, 2)],
+        };
+        assert_eq!(Repair::decode(&r.encode(), 1 << 20).unwrap(), r);
+        let bad = Nak { ranges: vec![(5, 4)], ..n.clone() };
+        assert!(Nak::decode(&bad.encode(), 1 << 20).is_err());
+        let many = Nak { ranges: (1..=MAX_RANGES as u64 + 1).map(|i| (i, i)).collect(), ..n };
+        assert!(Nak::decode(&many.encode(), 1 << 20).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn decoders_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..300)) {
+            let _ = Nak::decode(&bytes, usize::MAX);
+            let _ = Repair::decode(&bytes, usize::MAX);
+        }
+    }
+}
