@@ -47,6 +47,7 @@ mod envelope;
 mod error;
 mod frame;
 pub mod heartbeat;
+pub mod inbox;
 mod member;
 pub mod membership;
 mod membership_events;

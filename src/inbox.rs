@@ -1,0 +1,431 @@
+//! The receiver's reliability core: gaps, NAKs, ordering and explicit loss.
+//!
+//! Owns, per origin incarnation: the [`SeqWindow`] of what arrived, the
+//! envelopes held back until the gap before them is repaired or declared
+//! lost, the highest sequence number known to exist (from envelopes and
+//! heartbeats, which is how tail loss is noticed), and when to NAK. Sans-IO:
+//! time comes in as `now`, decisions go out as [`InboxEvent`]s.
+//!
+//! Guarantees: each `(origin, incarnation, seq)` is delivered at most once;
+//! in ordered mode, in sequence order; a number that will never arrive (the
+//! origin answered "gone", restarted, or left the bus) is reported as
+//! [`InboxEvent::Lost`] before anything after it is delivered. Nothing is
+//! ever skipped silently. Work and memory per origin are bounded
+//! (`max_held` envelopes, a fixed window, `max_nak_ranges` per NAK), and the
+//! number of origins by `max_origins`.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::dedup::{Seen, SeqWindow, WINDOW};
+use crate::envelope::{Envelope, PeerId};
+use crate::repair::Nak;
+
+/// Tuning of an [`Inbox`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InboxConfig {
+    /// Deliver each origin's envelopes in sequence order (default), or as they arrive.
+    pub ordered: bool,
+    /// Envelopes held back per origin waiting for a gap (ordered mode).
+    pub max_held: usize,
+    /// Minimum time between two NAKs to one origin.
+    pub nak_interval: Duration,
+    /// Ranges per NAK.
+    pub max_nak_ranges: usize,
+    /// Origins tracked at once.
+    pub max_origins: usize,
+}
+
+impl Default for InboxConfig {
+    fn default() -> Self {
+        InboxConfig {
+            ordered: true,
+            max_held: 4096,
+            nak_interval: Duration::from_millis(20),
+            max_nak_ranges: 32,
+            max_origins: 1024,
+        }
+    }
+}
+
+/// What the driver must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InboxEvent {
+    /// Hand this envelope to the subscriptions.
+    Deliver(Arc<Envelope>),
+    /// These sequence numbers of this origin will never be delivered.
+    Lost {
+        /// The origin.
+        origin: PeerId,
+        /// Its incarnation.
+        incarnation: u64,
+        /// First lost sequence number.
+        first: u64,
+        /// Last lost sequence number (inclusive).
+        last: u64,
+    },
+    /// Ask the origin for these ranges.
+    Nak(Nak),
+}
+
+/// What the inbox counted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct InboxCounters {
+    /// Envelopes already delivered (or held) that arrived again.
+    pub duplicates: u64,
+    /// Envelopes of an older incarnation than the one tracked.
+    pub stale: u64,
+    /// Envelopes too far ahead of the window to track yet (NAKed later).
+    pub too_far_ahead: u64,
+    /// Out-of-order envelopes dropped because the hold buffer was full (NAKed later).
+    pub held_overflow: u64,
+    /// Envelopes from a new origin refused because `max_origins` were tracked.
+    pub origins_refused: u64,
+    /// NAKs emitted.
+    pub naks: u64,
+    /// Sequence numbers declared lost.
+    pub lost: u64,
+}
+
+#[derive(Debug)]
+struct Stream {
+    incarnation: u64,
+    window: SeqWindow,
+    held: BTreeMap<u64, Arc<Envelope>>,
+    highest: u64,
+    last_nak: Option<Instant>,
+}
+
+impl Stream {
+    fn new(incarnation: u64, base: u64) -> Self {
+        Stream {
+            incarnation,
+            window: SeqWindow::new(base),
+            held: BTreeMap::new(),
+            highest: base,
+            last_nak: None,
+        }
+    }
+}
+
+/// See the module documentation.
+#[derive(Debug, Default)]
+pub struct Inbox {
+    cfg: InboxConfig,
+    streams: HashMap<PeerId, Stream>,
+    events: VecDeque<InboxEvent>,
+    counters: InboxCounters,
+}
+
+impl Inbox {
+    /// An inbox tracking no origin yet.
+    pub fn new(cfg: InboxConfig) -> Self {
+        Inbox {
+            cfg,
+            ..Default::default()
+        }
+    }
+
+    /// Counts so far.
+    pub fn counters(&self) -> InboxCounters {
+        self.counters
+    }
+
+    /// Envelopes held back, over all origins.
+    pub fn held(&self) -> usize {
+        self.streams.values().map(|s| s.held.len()).sum()
+    }
+
+    /// Next event for the driver.
+    pub fn poll(&mut self) -> Option<InboxEvent> {
+        self.events.pop_front()
+    }
+
+    /// `(origin, incarnation, received through)` for every origin: the ack
+    /// watermarks carried in heartbeats.
+    pub fn acks(&self) -> impl Iterator<Item = (PeerId, u64, u64)> + '_ {
+        self.streams
+            .iter()
+            .map(|(id, s)| (*id, s.incarnation, s.window.contiguous()))
+    }
+
+    /// An envelope arrived (from pub/sub or a repair).
+    pub fn on_envelope(&mut self, env: Arc<Envelope>, now: Instant) {
+        let (origin, seq) = (env.origin, env.seq);
+        if !self.open(origin, env.incarnation, seq.saturating_sub(1)) {
+            return;
+        }
+        let (cfg, st) = (self.cfg, self.streams.get_mut(&origin).expect("opened"));
+        if st.window.contains(seq) {
+            self.counters.duplicates += 1;
+            return;
+        }
+        st.highest = st.highest.max(seq);
+        if seq > st.window.contiguous() + WINDOW {
+            self.counters.too_far_ahead += 1;
+        } else if cfg.ordered && seq > st.window.contiguous() + 1 && st.held.len() >= cfg.max_held {
+            self.counters.held_overflow += 1;
+        } else {
+            match st.window.insert(seq) {
+                Seen::Fresh if cfg.ordered => {
+                    st.held.insert(seq, env);
+                    Self::release(st, &mut self.events);
+                }
+                Seen::Fresh => self.events.push_back(InboxEvent::Deliver(env)),
+                Seen::Duplicate => self.counters.duplicates += 1,
+                Seen::TooFarAhead => self.counters.too_far_ahead += 1,
+            }
+        }
+        self.nak(origin, now);
+    }
+
+    /// A heartbeat from `origin` said it has published through `last_seq`:
+    /// anything missing up to there is asked for (tail loss).
+    pub fn on_heartbeat(&mut self, origin: PeerId, incarnation: u64, last_seq: u64, now: Instant) {
+        if !self.open(origin, incarnation, last_seq) {
+            return;
+        }
+        let st = self.streams.get_mut(&origin).expect("opened");
+        st.highest = st.highest.max(last_seq);
+        self.nak(origin, now);
+    }
+
+    /// The origin answered a NAK: `envelopes` (already checked to be its
+    /// own) and ranges it no longer has, which are declared lost.
+    pub fn on_repair(
+        &mut self,
+        origin: PeerId,
+        incarnation: u64,
+        envelopes: Vec<Arc<Envelope>>,
+        gone: &[(u64, u64)],
+        now: Instant,
+    ) {
+        match self.streams.get(&origin) {
+            Some(st) if st.incarnation == incarnation => {}
+            _ => {
+                self.counters.stale += 1;
+                return;
+            }
+        }
+        for env in envelopes {
+            self.on_envelope(env, now);
+        }
+        let st = self.streams.get_mut(&origin).expect("checked");
+        for &(_, last) in gone {
+            let last = last.min(st.highest);
+            for (first, end) in st.window.missing(last, usize::MAX) {
+                self.counters.lost += end - first + 1;
+                self.events.push_back(InboxEvent::Lost { origin, incarnation, first, last: end });
+            }
+            st.window.skip_through(last);
+            Self::release(st, &mut self.events);
+        }
+    }
+
+    /// Re-sends NAKs whose answer did not close the gap.
+    pub fn on_tick(&mut self, now: Instant) {
+        let origins: Vec<PeerId> = self.streams.keys().copied().collect();
+        for origin in origins {
+            self.nak(origin, now);
+        }
+    }
+
+    /// The origin left or failed: what is still missing is lost, what is
+    /// held is delivered, and the origin is no longer tracked.
+    pub fn forget(&mut self, origin: PeerId) {
+        let Some(mut st) = self.streams.remove(&origin) else {
+            return;
+        };
+        for (first, last) in st.window.missing(st.highest, usize::MAX) {
+            self.counters.lost += last - first + 1;
+            self.events.push_back(InboxEvent::Lost { origin, incarnation: st.incarnation, first, last });
+        }
+        st.window.skip_through(st.highest);
+        Self::release(&mut st, &mut self.events);
+        // Envelopes held beyond the window's reach go out in order too.
+        for (_, env) in std::mem::take(&mut st.held) {
+            self.events.push_back(InboxEvent::Deliver(env));
+        }
+    }
+
+    /// Makes sure `origin` is tracked at `incarnation`; false if the input
+    /// must be dropped (stale incarnation, or too many origins).
+    fn open(&mut self, origin: PeerId, incarnation: u64, base: u64) -> bool {
+        match self.streams.get(&origin).map(|s| s.incarnation) {
+            Some(known) if incarnation < known => {
+                self.counters.stale += 1;
+                false
+            }
+            Some(known) if incarnation == known => true,
+            Some(_) => {
+                // A restart: the old incarnation's gaps are lost; we knew the
+                // origin, so the new incarnation is wanted from its first seq.
+                self.forget(origin);
+                self.streams.insert(origin, Stream::new(incarnation, 0));
+                true
+            }
+            None if self.streams.len() >= self.cfg.max_origins => {
+                self.counters.origins_refused += 1;
+                false
+            }
+            None => {
+                self.streams.insert(origin, Stream::new(incarnation, base));
+                true
+            }
+        }
+    }
+
+    /// Delivers held envelopes the watermark has reached, in order.
+    fn release(st: &mut Stream, events: &mut VecDeque<InboxEvent>) {
+        while let Some(entry) = st.held.first_entry() {
+            if *entry.key() > st.window.contiguous() {
+                break;
+            }
+            events.push_back(InboxEvent::Deliver(entry.remove()));
+        }
+    }
+
+    /// NAKs what is missing, at most once per `nak_interval` per origin.
+    fn nak(&mut self, origin: PeerId, now: Instant) {
+        let cfg = self.cfg;
+        let Some(st) = self.streams.get_mut(&origin) else {
+            return;
+        };
+        if st.last_nak.is_some_and(|t| now.saturating_duration_since(t) < cfg.nak_interval) {
+            return;
+        }
+        let ranges = st.window.missing(st.highest, cfg.max_nak_ranges);
+        if ranges.is_empty() {
+            return;
+        }
+        st.last_nak = Some(now);
+        self.counters.naks += 1;
+        self.events.push_back(InboxEvent::Nak(Nak { origin, incarnation: st.incarnation, ranges }));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::Headers;
+    use bytes::Bytes;
+
+    fn env(origin: u64, incarnation: u64, seq: u64) -> Arc<Envelope> {
+        Arc::new(Envelope {
+            origin: PeerId(origin),
+            incarnation,
+            seq,
+            id: None,
+            topic: "t".into(),
+            timestamp_us: 0,
+            correlation_id: None,
+            headers: Headers::new(),
+            payload: Bytes::new(),
+        })
+    }
+
+    fn drain(i: &mut Inbox) -> Vec<String> {
+        std::iter::from_fn(|| i.poll())
+            .map(|e| match e {
+                InboxEvent::Deliver(e) => format!("d{}", e.seq),
+                InboxEvent::Lost { first, last, .. } => format!("lost{first}-{last}"),
+                InboxEvent::Nak(n) => format!("nak{:?}", n.ranges),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn holds_behind_a_gap_naks_and_delivers_in_order_once_repaired() {
+        let t = Instant::now();
+        let mut i = Inbox::new(InboxConfig::default());
+        i.on_envelope(env(1, 1, 5), t); // first contact: starts here
+        i.on_envelope(env(1, 1, 7), t);
+        i.on_envelope(env(1, 1, 8), t);
+        assert_eq!(drain(&mut i), ["d5", "nak[(6, 6)]"]);
+        i.on_envelope(env(1, 1, 8), t);
+        assert_eq!(i.counters().duplicates, 1);
+        i.on_repair(PeerId(1), 1, vec![env(1, 1, 6)], &[], t);
+        assert_eq!(drain(&mut i), ["d6", "d7", "d8"]);
+        assert_eq!(i.acks().collect::<Vec<_>>(), [(PeerId(1), 1, 8)]);
+    }
+
+    #[test]
+    fn tail_loss_from_heartbeat_and_nak_pacing() {
+        let t = Instant::now();
+        let mut i = Inbox::new(InboxConfig::default());
+        i.on_heartbeat(PeerId(1), 1, 10, t); // joined when 10 were out: baseline
+        i.on_envelope(env(1, 1, 11), t);
+        i.on_heartbeat(PeerId(1), 1, 13, t);
+        assert_eq!(drain(&mut i), ["d11", "nak[(12, 13)]"]);
+        i.on_tick(t + Duration::from_millis(5));
+        assert!(drain(&mut i).is_empty(), "paced");
+        i.on_tick(t + Duration::from_millis(25));
+        assert_eq!(drain(&mut i), ["nak[(12, 13)]"]);
+    }
+
+    #[test]
+    fn gone_is_declared_lost_before_later_deliveries() {
+        let t = Instant::now();
+        let mut i = Inbox::new(InboxConfig::default());
+        i.on_envelope(env(1, 1, 1), t);
+        i.on_envelope(env(1, 1, 5), t);
+        drain(&mut i);
+        i.on_repair(PeerId(1), 1, vec![env(1, 1, 4)], &[(2, 3)], t);
+        assert_eq!(drain(&mut i), ["lost2-3", "d4", "d5"]);
+        assert_eq!(i.counters().lost, 2);
+    }
+
+    #[test]
+    fn restart_and_departure_make_gaps_explicit() {
+        let t = Instant::now();
+        let mut i = Inbox::new(InboxConfig::default());
+        i.on_envelope(env(1, 1, 1), t);
+        i.on_envelope(env(1, 1, 3), t);
+        drain(&mut i);
+        i.on_envelope(env(1, 2, 2), t); // restarted: incarnation 2
+        assert_eq!(drain(&mut i), ["lost2-2", "d3", "nak[(1, 1)]"]);
+        i.on_envelope(env(1, 1, 9), t);
+        assert_eq!(i.counters().stale, 1);
+        i.forget(PeerId(1));
+        assert_eq!(drain(&mut i), ["lost1-1", "d2"]);
+        assert_eq!(i.acks().count(), 0);
+    }
+
+    #[test]
+    fn unordered_mode_delivers_at_once_and_still_dedups() {
+        let t = Instant::now();
+        let mut i = Inbox::new(InboxConfig { ordered: false, ..Default::default() });
+        for s in [1, 3, 2, 3, 1] {
+            i.on_envelope(env(1, 1, s), t);
+        }
+        assert_eq!(drain(&mut i), ["d1", "d3", "nak[(2, 2)]", "d2"]);
+        assert_eq!(i.counters().duplicates, 2);
+    }
+
+    #[test]
+    fn bounded_under_abuse() {
+        let t = Instant::now();
+        let cfg = InboxConfig { max_held: 4, max_origins: 2, ..Default::default() };
+        let mut i = Inbox::new(cfg);
+        i.on_envelope(env(1, 1, 1), t);
+        for s in 3..20 {
+            i.on_envelope(env(1, 1, s), t);
+        }
+        assert_eq!(i.held(), 4);
+        assert_eq!(i.counters().held_overflow, 13);
+        i.on_envelope(env(1, 1, 5_000_000_000), t); // a jump by billions
+        assert_eq!(i.counters().too_far_ahead, 1);
+        let naks: Vec<_> = std::iter::from_fn(|| i.poll())
+            .filter_map(|e| if let InboxEvent::Nak(n) = e { Some(n) } else { None })
+            .collect();
+        assert!(naks.iter().all(|n| n.ranges.len() <= 32));
+        i.on_envelope(env(2, 1, 1), t);
+        i.on_envelope(env(3, 1, 1), t);
+        assert_eq!(i.counters().origins_refused, 1);
+        // Repairs for an unknown origin or another incarnation do nothing.
+        i.on_repair(PeerId(9), 1, vec![], &[(1, u64::MAX)], t);
+        i.on_repair(PeerId(1), 7, vec![], &[(1, u64::MAX)], t);
+        assert_eq!(i.counters().lost, 0);
+    }
+}
