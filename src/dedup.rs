@@ -110,7 +110,11 @@ impl SeqWindow {
         for k in 0..WORDS {
             let lo = self.bits.get(k + words).copied().unwrap_or(0);
             let hi = self.bits.get(k + words + 1).copied().unwrap_or(0);
-            self.bits[k] = if bits == 0 { lo } else { (lo >> bits) | (hi << (64 - bits)) };
+            self.bits[k] = if bits == 0 {
+                lo
+            } else {
+                (lo >> bits) | (hi << (64 - bits))
+            };
         }
     }
 
@@ -247,7 +251,10 @@ mod tests {
         assert_eq!(c.len(), 3);
         assert!(!c.contains("a", t0), "oldest evicted by count");
         assert!(c.contains("d", t0));
-        assert!(!c.contains("d", t0 + Duration::from_secs(10)), "expired by age");
+        assert!(
+            !c.contains("d", t0 + Duration::from_secs(10)),
+            "expired by age"
+        );
         assert!(c.is_empty());
     }
 

@@ -216,7 +216,12 @@ impl Inbox {
             let last = last.min(st.highest);
             for (first, end) in st.window.missing(last, usize::MAX) {
                 self.counters.lost += end - first + 1;
-                self.events.push_back(InboxEvent::Lost { origin, incarnation, first, last: end });
+                self.events.push_back(InboxEvent::Lost {
+                    origin,
+                    incarnation,
+                    first,
+                    last: end,
+                });
             }
             st.window.skip_through(last);
             Self::release(st, &mut self.events);
@@ -239,7 +244,12 @@ impl Inbox {
         };
         for (first, last) in st.window.missing(st.highest, usize::MAX) {
             self.counters.lost += last - first + 1;
-            self.events.push_back(InboxEvent::Lost { origin, incarnation: st.incarnation, first, last });
+            self.events.push_back(InboxEvent::Lost {
+                origin,
+                incarnation: st.incarnation,
+                first,
+                last,
+            });
         }
         st.window.skip_through(st.highest);
         Self::release(&mut st, &mut self.events);
@@ -292,7 +302,10 @@ impl Inbox {
         let Some(st) = self.streams.get_mut(&origin) else {
             return;
         };
-        if st.last_nak.is_some_and(|t| now.saturating_duration_since(t) < cfg.nak_interval) {
+        if st
+            .last_nak
+            .is_some_and(|t| now.saturating_duration_since(t) < cfg.nak_interval)
+        {
             return;
         }
         let ranges = st.window.missing(st.highest, cfg.max_nak_ranges);
@@ -301,7 +314,11 @@ impl Inbox {
         }
         st.last_nak = Some(now);
         self.counters.naks += 1;
-        self.events.push_back(InboxEvent::Nak(Nak { origin, incarnation: st.incarnation, ranges }));
+        self.events.push_back(InboxEvent::Nak(Nak {
+            origin,
+            incarnation: st.incarnation,
+            ranges,
+        }));
     }
 }
 
@@ -395,7 +412,10 @@ mod tests {
     #[test]
     fn unordered_mode_delivers_at_once_and_still_dedups() {
         let t = Instant::now();
-        let mut i = Inbox::new(InboxConfig { ordered: false, ..Default::default() });
+        let mut i = Inbox::new(InboxConfig {
+            ordered: false,
+            ..Default::default()
+        });
         for s in [1, 3, 2, 3, 1] {
             i.on_envelope(env(1, 1, s), t);
         }
@@ -406,7 +426,11 @@ mod tests {
     #[test]
     fn bounded_under_abuse() {
         let t = Instant::now();
-        let cfg = InboxConfig { max_held: 4, max_origins: 2, ..Default::default() };
+        let cfg = InboxConfig {
+            max_held: 4,
+            max_origins: 2,
+            ..Default::default()
+        };
         let mut i = Inbox::new(cfg);
         i.on_envelope(env(1, 1, 1), t);
         for s in 3..20 {
@@ -417,7 +441,13 @@ mod tests {
         i.on_envelope(env(1, 1, 5_000_000_000), t); // a jump by billions
         assert_eq!(i.counters().too_far_ahead, 1);
         let naks: Vec<_> = std::iter::from_fn(|| i.poll())
-            .filter_map(|e| if let InboxEvent::Nak(n) = e { Some(n) } else { None })
+            .filter_map(|e| {
+                if let InboxEvent::Nak(n) = e {
+                    Some(n)
+                } else {
+                    None
+                }
+            })
             .collect();
         assert!(naks.iter().all(|n| n.ranges.len() <= 32));
         i.on_envelope(env(2, 1, 1), t);

@@ -205,7 +205,15 @@ mod tests {
     use super::*;
 
     fn outbox(capacity: usize) -> Outbox {
-        Outbox::new(PeerId(1), 9, OutboxConfig { capacity, max_reply_bytes: 100, max_nak_seqs: 50 })
+        Outbox::new(
+            PeerId(1),
+            9,
+            OutboxConfig {
+                capacity,
+                max_reply_bytes: 100,
+                max_nak_seqs: 50,
+            },
+        )
     }
 
     fn frame(seq: u64) -> Bytes {
@@ -213,7 +221,11 @@ mod tests {
     }
 
     fn nak(ranges: &[(u64, u64)]) -> Nak {
-        Nak { origin: PeerId(1), incarnation: 9, ranges: ranges.to_vec() }
+        Nak {
+            origin: PeerId(1),
+            incarnation: 9,
+            ranges: ranges.to_vec(),
+        }
     }
 
     #[test]
@@ -267,7 +279,10 @@ mod tests {
         // Reply size bound: 100 bytes = 10 frames.
         assert_eq!(o.answer(&nak(&[(11, 30)])).frames.len(), 10);
         // A NAK for someone else, or an absurd range, is cheap.
-        let wrong = Nak { incarnation: 8, ..nak(&[(1, 2)]) };
+        let wrong = Nak {
+            incarnation: 8,
+            ..nak(&[(1, 2)])
+        };
         assert!(o.answer(&wrong).frames.is_empty());
         let huge = o.answer(&nak(&[(1, u64::MAX)]));
         assert_eq!(huge.gone, vec![(1, 10)]);

@@ -44,10 +44,15 @@ pub struct Repair {
 
 fn check_ranges(ranges: &[(u64, u64)]) -> Result<(), DecodeError> {
     if ranges.len() > MAX_RANGES {
-        return Err(DecodeError::Malformed(format!("{} ranges, at most {MAX_RANGES}", ranges.len())));
+        return Err(DecodeError::Malformed(format!(
+            "{} ranges, at most {MAX_RANGES}",
+            ranges.len()
+        )));
     }
     if ranges.iter().any(|(a, b)| a > b || *a == 0) {
-        return Err(DecodeError::Malformed("range with first > last or seq 0".into()));
+        return Err(DecodeError::Malformed(
+            "range with first > last or seq 0".into(),
+        ));
     }
     Ok(())
 }
@@ -93,7 +98,11 @@ mod tests {
 
     #[test]
     fn round_trips_and_bounds() {
-        let n = Nak { origin: PeerId(7), incarnation: 3, ranges: vec![(1, 4), (9, 9)] };
+        let n = Nak {
+            origin: PeerId(7),
+            incarnation: 3,
+            ranges: vec![(1, 4), (9, 9)],
+        };
         assert_eq!(Nak::decode(&n.encode(), 1 << 20).unwrap(), n);
         let r = Repair {
             origin: PeerId(7),
@@ -103,9 +112,15 @@ mod tests {
             gone: vec![(1, 2)],
         };
         assert_eq!(Repair::decode(&r.encode(), 1 << 20).unwrap(), r);
-        let bad = Nak { ranges: vec![(5, 4)], ..n.clone() };
+        let bad = Nak {
+            ranges: vec![(5, 4)],
+            ..n.clone()
+        };
         assert!(Nak::decode(&bad.encode(), 1 << 20).is_err());
-        let many = Nak { ranges: (1..=MAX_RANGES as u64 + 1).map(|i| (i, i)).collect(), ..n };
+        let many = Nak {
+            ranges: (1..=MAX_RANGES as u64 + 1).map(|i| (i, i)).collect(),
+            ..n
+        };
         assert!(Nak::decode(&many.encode(), 1 << 20).is_err());
     }
 
