@@ -8,7 +8,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, watch};
 
 use crate::bad_input::BadInputLog;
 use crate::discovery::{Discovery, View};
@@ -297,6 +297,7 @@ impl PeerBuilder {
             last_seq: last_seq.clone(),
         };
         let (sub_tx, sub_rx) = mpsc::unbounded_channel();
+        let (stopping, stopping_rx) = watch::channel(false);
         let receiver = Receiver {
             socket: sub_socket,
             registry: registry.clone(),
@@ -304,6 +305,7 @@ impl PeerBuilder {
             max_message_size: self.max_message_size,
             dialers: HashMap::new(),
             bad: BadInputLog::default(),
+            stopping: stopping_rx,
         };
         let (disc_tx, disc_rx) = mpsc::channel(4);
         let discovery = Discovery {
@@ -338,6 +340,7 @@ impl PeerBuilder {
             pub_tx,
             sub_tx,
             disc_tx,
+            stopping,
             tasks,
         }))
     }

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::builder::PeerBuilder;
@@ -38,6 +38,7 @@ pub(crate) struct Parts {
     pub pub_tx: mpsc::Sender<PubCmd>,
     pub sub_tx: mpsc::UnboundedSender<SubCmd>,
     pub disc_tx: mpsc::Sender<DiscoveryCmd>,
+    pub stopping: watch::Sender<bool>,
     pub tasks: Vec<JoinHandle<()>>,
 }
 
@@ -244,6 +245,7 @@ impl Peer {
             return;
         }
         let parts = &self.inner.parts;
+        parts.stopping.send_replace(true);
         let (left, left_wait) = oneshot::channel();
         if parts.disc_tx.send(DiscoveryCmd::Leave(left)).await.is_ok() {
             let _ = left_wait.await;

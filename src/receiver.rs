@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use nng::options::{Options, RemAddr};
 use nng::{Dialer, Socket};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::bad_input::BadInputLog;
 use crate::envelope::Envelope;
@@ -40,6 +40,8 @@ pub(crate) struct Receiver {
     pub max_message_size: usize,
     pub dialers: HashMap<String, Dialer>,
     pub bad: BadInputLog,
+    /// Becomes true when the peer shuts down: ends a wait on a full subscription.
+    pub stopping: watch::Receiver<bool>,
 }
 
 impl Receiver {
@@ -57,7 +59,9 @@ impl Receiver {
                                 break;
                             }
                             for msg in batch.drain(..) {
-                                self.handle(msg).await;
+                                if !self.handle(msg).await {
+                                    break;
+                                }
                             }
                         }
                         cmd = rx.recv() => match cmd {
@@ -100,7 +104,9 @@ impl Receiver {
         }
     }
 
-    async fn handle(&mut self, mut msg: nng::Message) {
+    /// Decodes and dispatches one frame; false if the peer began shutting
+    /// down while a full subscription was being waited for.
+    async fn handle(&mut self, mut msg: nng::Message) -> bool {
         Counters::add(&self.counters.received, 1);
         let decoded = Envelope::decode(msg.as_slice(), self.max_message_size).and_then(|env| {
             validate_topic(&env.topic)
@@ -119,7 +125,7 @@ impl Receiver {
                 };
                 Counters::add(counter, 1);
                 self.bad.reject(kind, &source_of(&mut msg), &e);
-                return;
+                return true;
             }
         };
         match self.registry.dispatch(&env) {
@@ -127,11 +133,15 @@ impl Receiver {
             Dispatched::Done => {}
             Dispatched::Full(waiting) => {
                 for tx in waiting {
-                    // An error means the subscription was dropped meanwhile: nothing to do.
-                    let _ = tx.send(env.clone()).await;
+                    // A send error means the subscription was dropped meanwhile.
+                    tokio::select! {
+                        _ = tx.send(env.clone()) => {}
+                        _ = self.stopping.wait_for(|stop| *stop) => return false,
+                    }
                 }
             }
         }
+        true
     }
 }
 

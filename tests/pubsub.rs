@@ -255,3 +255,16 @@ async fn caller_errors_are_clear() {
     assert!(e.to_string().contains(a.local_url()), "{e}");
     a.shutdown().await;
 }
+
+#[tokio::test]
+async fn shutdown_does_not_wait_for_a_full_unread_subscription() {
+    let (a, b) = pair("inproc").await;
+    let _never_read = b.subscribe::<u32>(">").unwrap();
+    // More than the subscription buffer (1024): the receive path blocks on it.
+    for i in 0..1500u32 {
+        a.publish("t", &i).await.unwrap();
+    }
+    wait_for("the subscription to fill", || b.stats().received >= 1025).await;
+    within("shutdown with a full subscription", b.shutdown()).await;
+    a.shutdown().await;
+}
