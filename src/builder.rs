@@ -14,6 +14,7 @@ use crate::bad_input::BadInputLog;
 use crate::discovery::{Discovery, View};
 use crate::envelope::PeerId;
 use crate::error::{Error, Result};
+use crate::faults::{FaultInjector, LinkFaults};
 use crate::member::{Endpoints, PeerInfo, MAX_NAME_LEN};
 use crate::membership::{Membership, MembershipConfig};
 use crate::membership_events::EVENT_BUFFER;
@@ -45,6 +46,7 @@ pub const MAX_NNG_BUFFER: usize = 8192;
 /// | `subscription_buffer` | 1024 | deliveries queued per subscription before the receive path waits |
 /// | `publish_queue` | 1024 | messages queued between `publish` and the socket before `publish` waits |
 /// | `max_message_size` | 1 MiB | largest encoded frame sent or accepted |
+/// | `link_faults` | none | injected drop/duplicate/reorder/delay on receive (tests, demos) |
 ///
 /// **Failure-detection bound.** A member that dies is reported Failed by
 /// every other member within `(miss_limit + 2) × heartbeat_interval +
@@ -79,6 +81,7 @@ pub struct PeerBuilder {
     pub(crate) subscription_buffer: usize,
     pub(crate) publish_queue: usize,
     pub(crate) max_message_size: usize,
+    pub(crate) link_faults: LinkFaults,
 }
 
 impl Default for PeerBuilder {
@@ -97,6 +100,7 @@ impl Default for PeerBuilder {
             subscription_buffer: 1024,
             publish_queue: 1024,
             max_message_size: 1 << 20,
+            link_faults: LinkFaults::default(),
         }
     }
 }
@@ -200,6 +204,13 @@ impl PeerBuilder {
         self
     }
 
+    /// Injects seeded link faults (drop, duplicate, reorder, delay) on this
+    /// peer's event receive path. Off by default; for tests and demos.
+    pub fn link_faults(mut self, faults: LinkFaults) -> Self {
+        self.link_faults = faults;
+        self
+    }
+
     fn check(&self) -> Result<()> {
         let range = |what: &str, v: usize, lo: usize, hi: usize| {
             if (lo..=hi).contains(&v) {
@@ -237,6 +248,7 @@ impl PeerBuilder {
                 "name longer than {MAX_NAME_LEN} bytes"
             )));
         }
+        self.link_faults.check().map_err(Error::Config)?;
         transport::validate_url(&self.listen)?;
         for url in self.seeds.iter().chain(&self.publish_url) {
             transport::validate_url(url)?;
@@ -306,6 +318,10 @@ impl PeerBuilder {
             dialers: HashMap::new(),
             bad: BadInputLog::default(),
             stopping: stopping_rx,
+            faults: self
+                .link_faults
+                .is_active()
+                .then(|| FaultInjector::new(self.link_faults)),
         };
         let (disc_tx, disc_rx) = mpsc::channel(4);
         let discovery = Discovery {

@@ -45,6 +45,7 @@ mod delivery;
 mod discovery;
 mod envelope;
 mod error;
+pub mod faults;
 mod frame;
 pub mod heartbeat;
 pub mod inbox;

@@ -14,6 +14,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::bad_input::BadInputLog;
 use crate::envelope::Envelope;
+use crate::faults::FaultInjector;
 use crate::frame::DecodeError;
 use crate::stats::Counters;
 use crate::subscription::{Dispatched, Registry};
@@ -42,6 +43,8 @@ pub(crate) struct Receiver {
     pub bad: BadInputLog,
     /// Becomes true when the peer shuts down: ends a wait on a full subscription.
     pub stopping: watch::Receiver<bool>,
+    /// Injected link faults (tests and demos), if configured.
+    pub faults: Option<FaultInjector<nng::Message>>,
 }
 
 impl Receiver {
@@ -51,18 +54,31 @@ impl Receiver {
         match RecvReady::new(&self.socket) {
             Ok(ready) => {
                 let mut batch = Vec::with_capacity(RECV_BATCH);
+                let mut frames = Vec::with_capacity(RECV_BATCH);
                 loop {
+                    let due = self.faults.as_ref().and_then(|f| f.next_due());
                     tokio::select! {
                         r = ready.recv_batch(&self.socket, &mut batch, RECV_BATCH) => {
                             if let Err(e) = r {
                                 tracing::error!(error = %e, "sub socket stopped receiving");
                                 break;
                             }
-                            for msg in batch.drain(..) {
-                                if !self.handle(msg).await {
-                                    break;
+                            match &mut self.faults {
+                                Some(f) => {
+                                    let now = std::time::Instant::now();
+                                    for msg in batch.drain(..) {
+                                        f.on_frame(msg, now, &mut frames);
+                                    }
                                 }
+                                None => frames.append(&mut batch),
                             }
+                            self.process(&mut frames).await;
+                        }
+                        _ = tokio::time::sleep_until(due.map_or_else(tokio::time::Instant::now, Into::into)), if due.is_some() => {
+                            if let Some(f) = &mut self.faults {
+                                f.release_due(std::time::Instant::now(), &mut frames);
+                            }
+                            self.process(&mut frames).await;
                         }
                         cmd = rx.recv() => match cmd {
                             Some(SubCmd::Dial(url)) => self.dial(url),
@@ -88,6 +104,22 @@ impl Receiver {
         self.registry.close();
         if let Some(done) = ack {
             let _ = done.send(());
+        }
+    }
+
+    /// Handles `frames` in order (all of them are taken).
+    async fn process(&mut self, frames: &mut Vec<nng::Message>) {
+        for msg in frames.drain(..) {
+            if !self.handle(msg).await {
+                break;
+            }
+        }
+        if let Some(f) = &self.faults {
+            let c = f.counts();
+            Counters::set(&self.counters.faults_dropped, c.dropped);
+            Counters::set(&self.counters.faults_duplicated, c.duplicated);
+            Counters::set(&self.counters.faults_reordered, c.reordered);
+            Counters::set(&self.counters.faults_delayed, c.delayed);
         }
     }
 

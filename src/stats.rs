@@ -68,6 +68,14 @@ stats! {
     members_refused,
     /// Membership events a slow `membership()` stream missed.
     membership_events_lagged,
+    /// Frames dropped by injected link faults (`PeerBuilder::link_faults`).
+    faults_dropped,
+    /// Extra copies made by injected link faults.
+    faults_duplicated,
+    /// Frames delivered after a later one by injected link faults.
+    faults_reordered,
+    /// Frames delayed by injected link faults.
+    faults_delayed,
 }
 
 impl Counters {
