@@ -4,22 +4,26 @@
 //! order in which a peer comes up (open sockets, listen, spawn drivers).
 
 use std::collections::HashMap;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{broadcast, mpsc, watch};
 
 use crate::bad_input::BadInputLog;
+use crate::dedup::KeyCache;
 use crate::discovery::{Discovery, View};
 use crate::envelope::PeerId;
 use crate::error::{Error, Result};
+use crate::events::EVENT_BUFFER;
 use crate::faults::{FaultInjector, LinkFaults};
+use crate::inbox::{Inbox, InboxConfig};
 use crate::member::{Endpoints, PeerInfo, MAX_NAME_LEN};
 use crate::membership::{Membership, MembershipConfig};
-use crate::membership_events::EVENT_BUFFER;
+use crate::outbox::{Outbox, OutboxConfig};
 use crate::peer::Peer;
 use crate::publisher::{now_us, Publisher};
+use crate::receiver::AckView;
 use crate::receiver::Receiver;
 use crate::stats::Counters;
 use crate::subscription::Registry;
@@ -46,6 +50,10 @@ pub const MAX_NNG_BUFFER: usize = 8192;
 /// | `subscription_buffer` | 1024 | deliveries queued per subscription before the receive path waits |
 /// | `publish_queue` | 1024 | messages queued between `publish` and the socket before `publish` waits |
 /// | `max_message_size` | 1 MiB | largest encoded frame sent or accepted |
+/// | `retransmit_buffer` | 8192 | envelopes kept until every live member acknowledged them |
+/// | `backpressure` | `Wait` | `publish` waits while that buffer is full (`FailFast`: error) |
+/// | `ordered_delivery` | true | per-origin sequence order, gaps held back until repaired or lost |
+/// | `duplicate_window` | 65536 keys, 120 s | idempotency keys remembered to drop repeats |
 /// | `link_faults` | none | injected drop/duplicate/reorder/delay on receive (tests, demos) |
 ///
 /// **Failure-detection bound.** A member that dies is reported Failed by
@@ -82,6 +90,22 @@ pub struct PeerBuilder {
     pub(crate) publish_queue: usize,
     pub(crate) max_message_size: usize,
     pub(crate) link_faults: LinkFaults,
+    pub(crate) retransmit_buffer: usize,
+    pub(crate) backpressure: Backpressure,
+    pub(crate) ordered: bool,
+    pub(crate) dedup_keys: usize,
+    pub(crate) dedup_window: Duration,
+}
+
+/// What `publish` does while the retransmit buffer is full of envelopes a
+/// live member has not acknowledged yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Backpressure {
+    /// Wait until acknowledgements free room (or the lagging member fails).
+    #[default]
+    Wait,
+    /// Return [`Error::BufferFull`] at once.
+    FailFast,
 }
 
 impl Default for PeerBuilder {
@@ -101,6 +125,11 @@ impl Default for PeerBuilder {
             publish_queue: 1024,
             max_message_size: 1 << 20,
             link_faults: LinkFaults::default(),
+            retransmit_buffer: 8192,
+            backpressure: Backpressure::Wait,
+            ordered: true,
+            dedup_keys: 65536,
+            dedup_window: Duration::from_secs(120),
         }
     }
 }
@@ -211,6 +240,35 @@ impl PeerBuilder {
         self
     }
 
+    /// Envelopes kept for retransmission until every live member has
+    /// acknowledged them (≥ 16). Full: see [`backpressure`](Self::backpressure).
+    pub fn retransmit_buffer(mut self, envelopes: usize) -> Self {
+        self.retransmit_buffer = envelopes;
+        self
+    }
+
+    /// What `publish` does while the retransmit buffer is full.
+    pub fn backpressure(mut self, policy: Backpressure) -> Self {
+        self.backpressure = policy;
+        self
+    }
+
+    /// Deliver each origin's events in sequence order, holding later ones
+    /// back until a gap is repaired or declared lost (default `true`), or
+    /// deliver them as they arrive (`false`). Both deliver each at most once.
+    pub fn ordered_delivery(mut self, ordered: bool) -> Self {
+        self.ordered = ordered;
+        self
+    }
+
+    /// Idempotency keys (`PublishOptions::id`) remembered to drop repeats:
+    /// at most `keys` of them, each for `window`.
+    pub fn duplicate_window(mut self, keys: usize, window: Duration) -> Self {
+        self.dedup_keys = keys;
+        self.dedup_window = window;
+        self
+    }
+
     fn check(&self) -> Result<()> {
         let range = |what: &str, v: usize, lo: usize, hi: usize| {
             if (lo..=hi).contains(&v) {
@@ -227,6 +285,8 @@ impl PeerBuilder {
         range("publish_queue", self.publish_queue, 1, 1 << 20)?;
         range("max_message_size", self.max_message_size, 1024, 1 << 30)?;
         range("max_members", self.membership.max_members, 1, 1 << 16)?;
+        range("retransmit_buffer", self.retransmit_buffer, 16, 1 << 24)?;
+        range("duplicate_window keys", self.dedup_keys, 1, 1 << 24)?;
         let m = self.membership;
         if m.suspect_after == 0 || m.miss_limit < m.suspect_after {
             return Err(Error::Config(format!(
@@ -280,6 +340,9 @@ impl PeerBuilder {
             .unwrap_or_else(|| transport::derive_url(&survey_url, "pub"));
         let publish_url = transport::listen(&pub_socket, &pub_wanted)?;
         let sub_socket = transport::sub_socket(&sockets, counters.clone())?;
+        let rep_socket = transport::rep_socket(&sockets)?;
+        let repair_url =
+            transport::listen(&rep_socket, &transport::derive_url(&survey_url, "repair"))?;
         let respondent = transport::respondent_socket(&sockets)?;
 
         let id = self
@@ -292,6 +355,7 @@ impl PeerBuilder {
             endpoints: Endpoints {
                 survey: survey_url,
                 publish: publish_url,
+                repair: repair_url,
             },
         });
         info.validate().map_err(Error::Config)?;
@@ -301,27 +365,51 @@ impl PeerBuilder {
         let (events, _) = broadcast::channel(EVENT_BUFFER);
 
         let (pub_tx, pub_rx) = mpsc::channel(self.publish_queue);
+        let (pub_ctl, pub_ctl_rx) = mpsc::unbounded_channel();
+        let full = Arc::new(AtomicBool::new(false));
+        let outbox = OutboxConfig {
+            capacity: self.retransmit_buffer,
+            max_reply_bytes: self.max_message_size / 2,
+            ..OutboxConfig::default()
+        };
         let publisher = Publisher {
             socket: pub_socket,
+            rep: rep_socket,
+            outbox: Outbox::new(id, info.incarnation, outbox),
             origin: id,
             incarnation: info.incarnation,
+            max_message_size: self.max_message_size,
             counters: counters.clone(),
             last_seq: last_seq.clone(),
+            full: full.clone(),
+        };
+        let acks: AckView = Default::default();
+        let (losses, _) = broadcast::channel(EVENT_BUFFER);
+        let inbox = InboxConfig {
+            ordered: self.ordered,
+            ..InboxConfig::default()
         };
         let (sub_tx, sub_rx) = mpsc::unbounded_channel();
         let (stopping, stopping_rx) = watch::channel(false);
         let receiver = Receiver {
             socket: sub_socket,
+            sockets,
             registry: registry.clone(),
             counters: counters.clone(),
             max_message_size: self.max_message_size,
-            dialers: HashMap::new(),
             bad: BadInputLog::default(),
             stopping: stopping_rx,
             faults: self
                 .link_faults
                 .is_active()
                 .then(|| FaultInjector::new(self.link_faults)),
+            inbox: Inbox::new(inbox),
+            nak_interval: inbox.nak_interval,
+            keys: KeyCache::new(self.dedup_keys, self.dedup_window),
+            acks: acks.clone(),
+            losses: losses.clone(),
+            dialers: HashMap::new(),
+            repairers: HashMap::new(),
         };
         let (disc_tx, disc_rx) = mpsc::channel(4);
         let discovery = Discovery {
@@ -337,12 +425,14 @@ impl PeerBuilder {
             view: view.clone(),
             counters: counters.clone(),
             last_seq,
+            acks,
+            pub_ctl: pub_ctl.clone(),
             dialers: HashMap::new(),
             bad: BadInputLog::default(),
         };
         let tasks = vec![
             tokio::spawn(discovery.run(disc_rx)),
-            tokio::spawn(publisher.run(pub_rx)),
+            tokio::spawn(publisher.run(pub_rx, pub_ctl_rx)),
             tokio::spawn(receiver.run(sub_rx)),
         ];
         tracing::info!(%id, name = %self.name, url = %info.endpoints.survey, "peer started");
@@ -354,6 +444,9 @@ impl PeerBuilder {
             view,
             events,
             pub_tx,
+            pub_ctl,
+            full,
+            losses,
             sub_tx,
             disc_tx,
             stopping,

@@ -88,3 +88,25 @@ impl<T> Delivery<T> {
         self.value
     }
 }
+
+/// Sequence numbers of one origin that will never be delivered: the origin
+/// no longer retained them when asked, restarted, or left. Yielded by
+/// [`Peer::losses`](crate::Peer::losses) and counted in `Stats::lost`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Loss {
+    /// The publishing peer.
+    pub origin: PeerId,
+    /// Its incarnation.
+    pub incarnation: u64,
+    /// First lost sequence number.
+    pub first: u64,
+    /// Last lost sequence number (inclusive).
+    pub last: u64,
+}
+
+impl Loss {
+    /// How many messages were lost.
+    pub fn count(&self) -> u64 {
+        self.last - self.first + 1
+    }
+}

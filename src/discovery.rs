@@ -19,10 +19,11 @@ use tokio::time::{sleep_until, Instant, MissedTickBehavior};
 
 use crate::bad_input::BadInputLog;
 use crate::frame::DecodeError;
-use crate::heartbeat::{Response, Survey};
-use crate::member::{Member, MemberEvent, MemberEventKind};
+use crate::heartbeat::{Ack, Response, Survey};
+use crate::member::{Member, MemberEvent, MemberEventKind, PeerInfo};
 use crate::membership::{Action, Membership};
-use crate::receiver::SubCmd;
+use crate::publisher::PubCtl;
+use crate::receiver::{AckView, SubCmd};
 use crate::stats::Counters;
 use crate::transport::{self, AioSend, RecvReady};
 
@@ -51,6 +52,10 @@ pub(crate) struct Discovery {
     pub view: View,
     pub counters: Arc<Counters>,
     pub last_seq: Arc<AtomicU64>,
+    /// What this peer has received from each origin (kept by the receiver).
+    pub acks: AckView,
+    /// Acks and membership for the publisher's retransmit buffer.
+    pub pub_ctl: mpsc::UnboundedSender<PubCtl>,
     pub dialers: HashMap<String, Dialer>,
     pub bad: BadInputLog,
 }
@@ -135,6 +140,7 @@ impl Discovery {
     fn start_round(&mut self) {
         let mut survey = self.core.start_round();
         survey.last_seq = self.last_seq.load(Ordering::Relaxed);
+        survey.acks = self.acks.read().as_ref().clone();
         Counters::add(&self.counters.heartbeat_rounds, 1);
         if let Err((_, e)) = self
             .surveyor
@@ -156,6 +162,7 @@ impl Discovery {
                 Counters::add(&self.counters.heartbeat_responses, 1);
                 self.core.on_response(&r, std::time::Instant::now());
                 self.apply();
+                self.forward(&r.from, r.last_seq, &r.acks);
             }
             Err(e) => self.reject("response", &mut msg, e),
         }
@@ -168,6 +175,7 @@ impl Discovery {
         };
         let mut response = self.core.on_survey(&survey, std::time::Instant::now());
         response.last_seq = self.last_seq.load(Ordering::Relaxed);
+        response.acks = self.acks.read().as_ref().clone();
         match aio
             .send(&self.respondent, nng::Message::from(&response.encode()[..]))
             .await
@@ -176,6 +184,28 @@ impl Discovery {
             Err(e) => tracing::debug!(error = %e, "survey response not sent"),
         }
         self.apply();
+        if !survey.leaving {
+            self.forward(&survey.from, survey.last_seq, &survey.acks);
+        }
+    }
+
+    /// Passes a live member's heartbeat on: its last published sequence
+    /// number to the receiver (tail loss), its ack of our events to the
+    /// publisher (retransmit buffer). Heartbeats of non-members are ignored.
+    fn forward(&self, from: &PeerInfo, last_seq: u64, acks: &[Ack]) {
+        let member = self.core.member(from.id);
+        if !member.is_some_and(|m| m.state.is_live() && m.info.incarnation == from.incarnation) {
+            return;
+        }
+        let _ = self
+            .sub_tx
+            .send(SubCmd::Heartbeat(from.id, from.incarnation, last_seq));
+        let me = self.core.me();
+        if let Some(a) = acks.iter().find(|a| a.origin == me.id) {
+            let _ = self
+                .pub_ctl
+                .send(PubCtl::Ack(from.id, a.incarnation, a.seq));
+        }
     }
 
     fn reject(&mut self, what: &'static str, msg: &mut nng::Message, e: DecodeError) {
@@ -197,9 +227,7 @@ impl Discovery {
             match action {
                 Action::Connect(info) => {
                     self.dial(&info.endpoints.survey);
-                    let _ = self
-                        .sub_tx
-                        .send(SubCmd::Dial(info.endpoints.publish.clone()));
+                    let _ = self.sub_tx.send(SubCmd::Connect(info));
                 }
                 Action::Disconnect(info) => {
                     if !self.seeds.contains(&info.endpoints.survey) {
@@ -207,9 +235,7 @@ impl Discovery {
                             d.close();
                         }
                     }
-                    let _ = self
-                        .sub_tx
-                        .send(SubCmd::Undial(info.endpoints.publish.clone()));
+                    let _ = self.sub_tx.send(SubCmd::Disconnect(info));
                 }
                 Action::Event(e) => {
                     let m = &e.member;
@@ -219,6 +245,9 @@ impl Discovery {
                         tracing::warn!(event = ?e.kind, id = %m.id(), name = m.name(), incarnation = m.info.incarnation, "membership");
                     } else {
                         tracing::info!(event = ?e.kind, id = %m.id(), name = m.name(), incarnation = m.info.incarnation, "membership");
+                    }
+                    if e.kind == MemberEventKind::Left {
+                        let _ = self.sub_tx.send(SubCmd::Left(m.id()));
                     }
                     events.push(e);
                 }
@@ -230,6 +259,9 @@ impl Discovery {
         Counters::set(&self.counters.members_refused, refused.over_capacity);
         if changed {
             self.publish_view();
+            let _ = self
+                .pub_ctl
+                .send(PubCtl::Members(self.core.live_ids().collect()));
         }
         for e in events {
             let _ = self.events.send(e);

@@ -62,6 +62,10 @@ pub enum Error {
         #[source]
         source: nng::Error,
     },
+    /// The retransmit buffer is full of messages a live member has not
+    /// acknowledged yet, and the peer was built with `Backpressure::FailFast`.
+    #[error("publish buffer full: a live member has not acknowledged earlier messages yet; retry later or use Backpressure::Wait")]
+    BufferFull,
     /// The peer was shut down; create a new one.
     #[error("the peer has been shut down")]
     Shutdown,

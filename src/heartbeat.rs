@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::envelope::PeerId;
 use crate::frame::{self, DecodeError};
 use crate::member::PeerInfo;
 
@@ -30,6 +31,8 @@ pub struct Survey {
     pub leaving: bool,
     /// Last event sequence number the surveyor published (0: none yet).
     pub last_seq: u64,
+    /// What the surveyor has received from each origin.
+    pub acks: Vec<Ack>,
 }
 
 /// A respondent's answer: its own heartbeat plus gossip about other members.
@@ -44,6 +47,20 @@ pub struct Response {
     /// Some live members the respondent knows, with the highest heartbeat
     /// counter it has seen for each.
     pub gossip: Vec<Gossip>,
+    /// What the respondent has received from each origin.
+    pub acks: Vec<Ack>,
+}
+
+/// "I have received everything `origin` published in `incarnation` up to
+/// and including `seq`": what lets an origin free its retransmit buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ack {
+    /// The publishing peer.
+    pub origin: PeerId,
+    /// Its incarnation.
+    pub incarnation: u64,
+    /// Received through this sequence number.
+    pub seq: u64,
 }
 
 /// One member as another peer has seen it.
@@ -53,6 +70,16 @@ pub struct Gossip {
     pub info: Arc<PeerInfo>,
     /// Highest heartbeat counter of that member the gossiper has seen.
     pub heartbeat: u64,
+}
+
+fn check_acks(acks: &[Ack]) -> Result<(), DecodeError> {
+    if acks.len() > MAX_GOSSIP {
+        return Err(DecodeError::Malformed(format!(
+            "{} acks, at most {MAX_GOSSIP} accepted",
+            acks.len()
+        )));
+    }
+    Ok(())
 }
 
 impl Survey {
@@ -66,6 +93,7 @@ impl Survey {
     /// Decodes and validates a survey frame. Never panics.
     pub fn decode(bytes: &[u8], max_size: usize) -> Result<Self, DecodeError> {
         let s: Survey = frame::decode(bytes, max_size, KIND_SURVEY)?;
+        check_acks(&s.acks)?;
         s.from.validate().map_err(DecodeError::Malformed)?;
         Ok(s)
     }
@@ -88,6 +116,7 @@ impl Response {
                 r.gossip.len()
             )));
         }
+        check_acks(&r.acks)?;
         r.from.validate().map_err(DecodeError::Malformed)?;
         for g in &r.gossip {
             g.info.validate().map_err(DecodeError::Malformed)?;
@@ -99,7 +128,6 @@ impl Response {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::envelope::PeerId;
     use crate::member::Endpoints;
     use proptest::prelude::*;
 
@@ -111,6 +139,7 @@ mod tests {
             endpoints: Endpoints {
                 survey: format!("tcp://127.0.0.1:{}", 7000 + id),
                 publish: format!("tcp://127.0.0.1:{}", 8000 + id),
+                repair: format!("tcp://127.0.0.1:{}", 9000 + id),
             },
         })
     }
@@ -130,6 +159,11 @@ mod tests {
                     heartbeat: 5,
                 },
             ],
+            acks: vec![Ack {
+                origin: PeerId(2),
+                incarnation: 1,
+                seq: 99,
+            }],
         }
     }
 
@@ -140,6 +174,7 @@ mod tests {
             heartbeat: 7,
             leaving: true,
             last_seq: 12,
+            acks: vec![],
         };
         assert_eq!(Survey::decode(&s.encode(), 1 << 20).unwrap(), s);
         let r = response();
@@ -155,6 +190,7 @@ mod tests {
             endpoints: Endpoints {
                 survey: "inproc://a".into(),
                 publish: "inproc://a.pub".into(),
+                repair: "inproc://a.repair".into(),
             },
         });
         let s = Survey {
@@ -162,14 +198,21 @@ mod tests {
             heartbeat: 5,
             leaving: false,
             last_seq: 0,
+            acks: vec![Ack {
+                origin: PeerId(3),
+                incarnation: 4,
+                seq: 6,
+            }],
         };
         let mut expected = vec![
-            0x93, 0x01, 0x01, 0x94, 0x94, 0x01, 0x02, 0xa1, b'a', 0x92, 0xaa,
+            0x93, 0x01, 0x01, 0x95, 0x94, 0x01, 0x02, 0xa1, b'a', 0x93, 0xaa,
         ];
         expected.extend_from_slice(b"inproc://a");
         expected.push(0xae);
         expected.extend_from_slice(b"inproc://a.pub");
-        expected.extend_from_slice(&[0x05, 0xc2, 0x00]);
+        expected.push(0xb1);
+        expected.extend_from_slice(b"inproc://a.repair");
+        expected.extend_from_slice(&[0x05, 0xc2, 0x00, 0x91, 0x93, 0x03, 0x04, 0x06]);
         assert_eq!(s.encode(), expected);
     }
 
@@ -180,6 +223,7 @@ mod tests {
             heartbeat: 7,
             leaving: false,
             last_seq: 0,
+            acks: vec![],
         };
         assert_eq!(
             Response::decode(&s.encode(), 1 << 20),

@@ -45,34 +45,35 @@ mod delivery;
 mod discovery;
 mod envelope;
 mod error;
+mod events;
 pub mod faults;
 mod frame;
 pub mod heartbeat;
 pub mod inbox;
 mod member;
 pub mod membership;
-mod membership_events;
 pub mod outbox;
 mod peer;
 mod publish_options;
 mod publisher;
 mod receiver;
 pub mod repair;
+mod repairer;
 mod stats;
 mod subscription;
 mod topic;
 mod transport;
 
-pub use builder::{PeerBuilder, MAX_NNG_BUFFER};
-pub use delivery::Delivery;
+pub use builder::{Backpressure, PeerBuilder, MAX_NNG_BUFFER};
+pub use delivery::{Delivery, Loss};
 pub use envelope::{Envelope, Headers, PeerId, KIND_EVENT};
 pub use error::{Error, Result};
+pub use events::{Events, MembershipEvents};
 pub use frame::{DecodeError, WIRE_VERSION};
 pub use member::{
     Endpoints, Member, MemberEvent, MemberEventKind, MemberState, PeerInfo, MAX_NAME_LEN,
     MAX_URL_LEN,
 };
-pub use membership_events::MembershipEvents;
 pub use peer::Peer;
 pub use publish_options::PublishOptions;
 pub use stats::Stats;

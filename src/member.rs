@@ -24,6 +24,8 @@ pub struct Endpoints {
     pub survey: String,
     /// Event publisher (pub0).
     pub publish: String,
+    /// Repair endpoint (rep0) answering NAKs for this peer's events.
+    pub repair: String,
 }
 
 /// What a peer advertises about itself in every heartbeat.
@@ -52,7 +54,8 @@ impl PeerInfo {
         if self.name.len() > MAX_NAME_LEN {
             return Err(format!("name longer than {MAX_NAME_LEN} bytes"));
         }
-        for url in [&self.endpoints.survey, &self.endpoints.publish] {
+        let e = &self.endpoints;
+        for url in [&e.survey, &e.publish, &e.repair] {
             if url.len() > MAX_URL_LEN {
                 return Err(format!("endpoint longer than {MAX_URL_LEN} bytes"));
             }

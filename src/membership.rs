@@ -185,6 +185,7 @@ impl Membership {
             heartbeat: self.heartbeat,
             leaving: false,
             last_seq: 0,
+            acks: vec![],
         }
     }
 
@@ -195,6 +196,7 @@ impl Membership {
             heartbeat: self.heartbeat,
             leaving: true,
             last_seq: 0,
+            acks: vec![],
         }
     }
 
@@ -210,6 +212,7 @@ impl Membership {
             from: self.me.clone(),
             heartbeat: self.heartbeat,
             last_seq: 0,
+            acks: vec![],
             gossip: self.gossip_sample(),
         }
     }
@@ -449,6 +452,7 @@ mod tests {
             endpoints: Endpoints {
                 survey: format!("inproc://s{id}"),
                 publish: format!("inproc://p{id}"),
+                repair: format!("inproc://r{id}"),
             },
         })
     }
@@ -477,6 +481,7 @@ mod tests {
             heartbeat,
             leaving: false,
             last_seq: 0,
+            acks: vec![],
         }
     }
 
@@ -489,6 +494,7 @@ mod tests {
             from: from.clone(),
             heartbeat,
             last_seq: 0,
+            acks: vec![],
             gossip: gossip
                 .iter()
                 .map(|(i, h)| Gossip {

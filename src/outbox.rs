@@ -5,12 +5,15 @@
 //! what every live member has, and answering NAKs. Sans-IO: the publish
 //! driver feeds it and sends what it returns.
 //!
-//! Policy when full: the buffer never drops an envelope a live member has
-//! not acknowledged. [`Outbox::is_full`] tells the driver to stop taking new
-//! messages (so `publish` waits, or fails fast if configured) until acks
-//! arrive or the lagging member fails. A member whose watermark is not known
-//! yet (just joined, or an implementation that sends no acks) does not hold
-//! the buffer; if it later asks for what was freed, it is answered "gone".
+//! Policy: when every live member has reported a watermark, what all of
+//! them have is freed at once. Otherwise (a member just joined, or speaks a
+//! dialect that sends no acks) the buffer keeps the newest `capacity`
+//! envelopes as a ring, so such a member can still be repaired; it never
+//! holds the buffer back, and what it asks for after eviction is "gone".
+//! The buffer never drops an envelope a member with a known watermark has
+//! not acknowledged: [`Outbox::is_full`] then tells the driver to stop
+//! taking new messages (so `publish` waits, or fails fast if configured)
+//! until acks arrive or the lagging member fails.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
@@ -111,16 +114,41 @@ impl Outbox {
     /// live member has not acknowledged.
     pub fn is_full(&self) -> bool {
         self.retained.len() >= self.cfg.capacity
+            && self
+                .retained
+                .front()
+                .is_some_and(|(seq, _)| *seq > self.floor())
+    }
+
+    /// Highest sequence number every member with a known watermark has.
+    fn floor(&self) -> u64 {
+        self.acks.values().copied().min().unwrap_or(u64::MAX)
     }
 
     /// Retains the next envelope (sequence number `last_seq() + 1`). The
     /// caller checks [`is_full`](Self::is_full) first.
     pub fn push(&mut self, frame: Bytes) -> u64 {
         debug_assert!(!self.is_full(), "push into a full outbox");
+        if self.retained.len() >= self.cfg.capacity {
+            let (_, old) = self.retained.pop_front().expect("at capacity");
+            self.retained_bytes -= old.len();
+        }
         self.last_seq += 1;
         self.retained_bytes += frame.len();
         self.retained.push_back((self.last_seq, frame));
         self.free();
+        self.last_seq
+    }
+
+    /// Uses the next sequence number without retaining the envelope (only
+    /// at shutdown, for what was queued while full): a NAK for it is
+    /// answered "gone".
+    pub fn skip(&mut self) -> u64 {
+        self.last_seq += 1;
+        // Retained frames must stay contiguous: older ones can no longer be
+        // answered in order, so they are released too.
+        self.retained.clear();
+        self.retained_bytes = 0;
         self.last_seq
     }
 
@@ -143,9 +171,13 @@ impl Outbox {
         self.free();
     }
 
-    /// Frees what every live member with a known watermark has received.
+    /// Frees what every live member has received, once all their
+    /// watermarks are known.
     fn free(&mut self) {
-        let floor = self.acks.values().copied().min().unwrap_or(u64::MAX);
+        if !self.members.iter().all(|m| self.acks.contains_key(m)) {
+            return;
+        }
+        let floor = self.floor();
         while let Some((seq, frame)) = self.retained.front() {
             if *seq > floor {
                 break;
@@ -252,14 +284,18 @@ mod tests {
     fn unknown_watermarks_and_strangers_do_not_hold_the_buffer() {
         let mut o = outbox(4);
         o.set_members([PeerId(2)]);
-        o.push(frame(1));
-        assert_eq!(o.len(), 0, "no live member has reported a watermark");
+        for s in 1..=6 {
+            o.push(frame(s));
+        }
+        assert_eq!(o.len(), 4, "watermark unknown: kept as a ring, never full");
+        assert!(!o.is_full());
         o.on_ack(PeerId(99), 9, 0); // not a member
         o.on_ack(PeerId(2), 8, 0); // wrong incarnation
         assert_eq!(o.refused().acks, 2);
-        o.on_ack(PeerId(2), 9, 1);
-        o.push(frame(2));
-        assert_eq!(o.len(), 1);
+        o.on_ack(PeerId(2), 9, 5);
+        assert_eq!(o.len(), 1, "known now: freed up to the watermark");
+        o.set_members([]);
+        assert_eq!(o.len(), 0, "nobody left to repair");
     }
 
     #[test]

@@ -14,14 +14,16 @@ use serde::Serialize;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
+use crate::builder::Backpressure;
 use crate::builder::PeerBuilder;
+use crate::delivery::Loss;
 use crate::discovery::{DiscoveryCmd, View};
 use crate::envelope::{encoded_len_bound, PeerId};
 use crate::error::{Error, Result};
+use crate::events::{Events, MembershipEvents};
 use crate::member::{Member, MemberEvent, PeerInfo};
-use crate::membership_events::MembershipEvents;
 use crate::publish_options::PublishOptions;
-use crate::publisher::{Outgoing, PubCmd};
+use crate::publisher::{Outgoing, PubCtl};
 use crate::receiver::SubCmd;
 use crate::stats::{Counters, Stats};
 use crate::subscription::{decode_msgpack, decode_raw, Registry, Subscription};
@@ -35,7 +37,10 @@ pub(crate) struct Parts {
     pub registry: Arc<Registry>,
     pub view: View,
     pub events: broadcast::Sender<MemberEvent>,
-    pub pub_tx: mpsc::Sender<PubCmd>,
+    pub pub_tx: mpsc::Sender<Outgoing>,
+    pub pub_ctl: mpsc::UnboundedSender<PubCtl>,
+    pub full: Arc<AtomicBool>,
+    pub losses: broadcast::Sender<Loss>,
     pub sub_tx: mpsc::UnboundedSender<SubCmd>,
     pub disc_tx: mpsc::Sender<DiscoveryCmd>,
     pub stopping: watch::Sender<bool>,
@@ -145,8 +150,10 @@ impl Peer {
 
     /// Publishes `value`, serialized as MessagePack (named fields), on `topic`.
     ///
-    /// Waits if the publish queue is full. Returns once the message is queued
-    /// for sending: delivery is best effort in this version (no repair yet).
+    /// Returns once the message is queued for sending. Waits while the
+    /// publish queue or the retransmit buffer is full (see
+    /// [`PeerBuilder::backpressure`]). Every live member receives it at least
+    /// once (repaired on loss) and processes it at most once.
     pub async fn publish<T: Serialize + ?Sized>(&self, topic: &str, value: &T) -> Result<()> {
         self.publish_with(topic, value, PublishOptions::default())
             .await
@@ -198,12 +205,27 @@ impl Peer {
             correlation_id: options.correlation_id,
             headers: options.headers,
         };
-        self.inner
-            .parts
-            .pub_tx
-            .send(PubCmd::Event(out))
-            .await
-            .map_err(|_| Error::Shutdown)
+        let parts = &self.inner.parts;
+        match parts.config.backpressure {
+            Backpressure::Wait => parts.pub_tx.send(out).await.map_err(|_| Error::Shutdown),
+            Backpressure::FailFast => {
+                if parts.full.load(Ordering::Relaxed) {
+                    return Err(Error::BufferFull);
+                }
+                parts.pub_tx.try_send(out).map_err(|e| match e {
+                    mpsc::error::TrySendError::Full(_) => Error::BufferFull,
+                    mpsc::error::TrySendError::Closed(_) => Error::Shutdown,
+                })
+            }
+        }
+    }
+
+    /// Explicit losses from now on: sequence numbers of some origin that
+    /// will never be delivered here (no longer retained by the origin when
+    /// asked, or the origin restarted or left with them missing).
+    pub fn losses(&self) -> Events<Loss> {
+        let parts = &self.inner.parts;
+        Events::new(parts.losses.subscribe(), parts.counters.clone())
     }
 
     /// Subscribes to `pattern` (`orders.created`, `orders.*`, `orders.>`),
@@ -252,7 +274,7 @@ impl Peer {
         }
         let (pub_done, pub_wait) = oneshot::channel();
         let (sub_done, sub_wait) = oneshot::channel();
-        if parts.pub_tx.send(PubCmd::Shutdown(pub_done)).await.is_ok() {
+        if parts.pub_ctl.send(PubCtl::Shutdown(pub_done)).is_ok() {
             let _ = pub_wait.await;
         }
         if parts.sub_tx.send(SubCmd::Shutdown(sub_done)).is_ok() {

@@ -1,21 +1,27 @@
-//! The publish driver: the tokio task that owns the pub0 socket.
+//! The publish driver: the tokio task that owns the pub0 and rep0 sockets.
 //!
 //! Owns: sequence numbering (so sequence order equals send order), stamping,
-//! encoding and sending. `Peer::publish` validates and serializes in the
-//! caller's task and hands an [`Outgoing`] over a bounded channel; a full
-//! channel makes `publish` wait. Pub0 itself never blocks: NNG queues up to
-//! `send_buffer` messages per subscriber pipe and drops the oldest beyond.
+//! encoding, sending, the [`Outbox`] (retransmit buffer and ack watermarks)
+//! and answering NAKs on the repair endpoint. `Peer::publish` validates and
+//! serializes in the caller's task and hands an [`Outgoing`] over a bounded
+//! channel. While the outbox is full of unacknowledged envelopes this task
+//! stops taking new ones, so `publish` waits (or fails fast if configured).
+//! Pub0 itself never blocks: NNG queues up to `send_buffer` messages per
+//! subscriber link and drops the oldest beyond — the receivers repair that.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use nng::Socket;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::envelope::{Envelope, Headers, PeerId};
+use crate::outbox::Outbox;
+use crate::repair::Nak;
 use crate::stats::Counters;
+use crate::transport::{AioSend, RecvReady};
 
 /// An event accepted by `publish`, not yet numbered.
 #[derive(Debug)]
@@ -27,63 +33,147 @@ pub(crate) struct Outgoing {
     pub headers: Headers,
 }
 
-/// Messages to the publish driver.
-pub(crate) enum PubCmd {
-    Event(Outgoing),
-    /// Stop after everything queued before it was sent.
+/// Control messages to the publish driver (never held back by backpressure).
+pub(crate) enum PubCtl {
+    /// The live members changed.
+    Members(Vec<PeerId>),
+    /// A member's "received through" watermark for this peer's events.
+    Ack(PeerId, u64, u64),
+    /// Send what is queued, then stop.
     Shutdown(oneshot::Sender<()>),
 }
 
 pub(crate) struct Publisher {
     pub socket: Socket,
+    pub rep: Socket,
+    pub outbox: Outbox,
     pub origin: PeerId,
     pub incarnation: u64,
+    pub max_message_size: usize,
     pub counters: Arc<Counters>,
     /// Last sequence number sent, advertised in heartbeats.
     pub last_seq: Arc<AtomicU64>,
+    /// True while the outbox is full (read by fail-fast `publish`).
+    pub full: Arc<AtomicBool>,
 }
 
 impl Publisher {
     /// Runs until told to shut down or until every `Peer` handle is gone.
-    pub(crate) async fn run(self, mut rx: mpsc::Receiver<PubCmd>) {
-        let mut next_seq = 1u64;
-        let mut buf = Vec::with_capacity(4096);
+    pub(crate) async fn run(
+        mut self,
+        mut events: mpsc::Receiver<Outgoing>,
+        mut ctl: mpsc::UnboundedReceiver<PubCtl>,
+    ) {
         let mut ack = None;
-        while let Some(cmd) = rx.recv().await {
-            match cmd {
-                PubCmd::Event(out) => {
-                    let env = Envelope {
-                        origin: self.origin,
-                        incarnation: self.incarnation,
-                        seq: next_seq,
-                        id: out.id,
-                        topic: out.topic,
-                        timestamp_us: now_us(),
-                        correlation_id: out.correlation_id,
-                        headers: out.headers,
-                        payload: out.payload,
-                    };
-                    self.last_seq.store(next_seq, Ordering::Relaxed);
-                    next_seq += 1;
-                    buf.clear();
-                    env.encode_into(&mut buf);
-                    match self.socket.try_send(nng::Message::from(&buf[..])) {
-                        Ok(()) => Counters::add(&self.counters.published, 1),
-                        Err((_, e)) => {
-                            tracing::error!(error = %e, seq = env.seq, "pub socket refused a message")
+        match (
+            RecvReady::new(&self.rep),
+            AioSend::new(Duration::from_secs(1)),
+        ) {
+            (Ok(rep_ready), Ok(mut aio)) => {
+                let mut buf = Vec::with_capacity(4096);
+                let mut naks = Vec::with_capacity(1);
+                loop {
+                    tokio::select! {
+                        biased;
+                        c = ctl.recv() => match c {
+                            Some(PubCtl::Members(ids)) => self.outbox.set_members(ids),
+                            Some(PubCtl::Ack(member, incarnation, seq)) => self.outbox.on_ack(member, incarnation, seq),
+                            Some(PubCtl::Shutdown(done)) => {
+                                ack = Some(done);
+                                break;
+                            }
+                            None => break,
+                        },
+                        r = rep_ready.recv_batch(&self.rep, &mut naks, 1) => {
+                            if r.is_err() {
+                                break;
+                            }
+                            for msg in naks.drain(..) {
+                                self.answer(msg, &mut aio, &mut buf).await;
+                            }
                         }
+                        e = events.recv(), if !self.outbox.is_full() => match e {
+                            Some(out) => self.send(out, &mut buf, true),
+                            None => break,
+                        },
                     }
+                    self.update_gauges();
                 }
-                PubCmd::Shutdown(done) => {
-                    ack = Some(done);
-                    break;
-                }
+                drop((rep_ready, aio)); // before the sockets close
             }
+            _ => tracing::error!("cannot drive the repair socket; publishing stopped"),
+        }
+        // Best effort for what was queued before the shutdown.
+        events.close();
+        let mut buf = Vec::new();
+        while let Ok(out) = events.try_recv() {
+            let retain = !self.outbox.is_full();
+            self.send(out, &mut buf, retain);
         }
         self.socket.close();
+        self.rep.close();
         if let Some(done) = ack {
             let _ = done.send(());
         }
+    }
+
+    /// Numbers, encodes, retains (if `retain`) and sends one event.
+    fn send(&mut self, out: Outgoing, buf: &mut Vec<u8>, retain: bool) {
+        let seq = self.outbox.last_seq() + 1;
+        let env = Envelope {
+            origin: self.origin,
+            incarnation: self.incarnation,
+            seq,
+            id: out.id,
+            topic: out.topic,
+            timestamp_us: now_us(),
+            correlation_id: out.correlation_id,
+            headers: out.headers,
+            payload: out.payload,
+        };
+        buf.clear();
+        env.encode_into(buf);
+        let frame = Bytes::copy_from_slice(buf);
+        if retain {
+            self.outbox.push(frame);
+        } else {
+            self.outbox.skip();
+        }
+        self.last_seq.store(seq, Ordering::Relaxed);
+        match self.socket.try_send(nng::Message::from(&buf[..])) {
+            Ok(()) => Counters::add(&self.counters.published, 1),
+            Err((_, e)) => tracing::error!(error = %e, seq, "pub socket refused a message"),
+        }
+    }
+
+    /// Answers one NAK from the repair socket.
+    async fn answer(&mut self, msg: nng::Message, aio: &mut AioSend, buf: &mut Vec<u8>) {
+        Counters::add(&self.counters.naks_received, 1);
+        let nak = match Nak::decode(msg.as_slice(), self.max_message_size) {
+            Ok(n) => n,
+            Err(e) => {
+                Counters::add(&self.counters.naks_malformed, 1);
+                tracing::debug!(error = %e, "malformed NAK dropped");
+                return;
+            }
+        };
+        let repair = self.outbox.answer(&nak);
+        Counters::add(&self.counters.retransmits, repair.frames.len() as u64);
+        buf.clear();
+        buf.extend_from_slice(&repair.encode());
+        if let Err(e) = aio.send(&self.rep, nng::Message::from(&buf[..])).await {
+            tracing::debug!(error = %e, "repair answer not sent");
+        }
+    }
+
+    fn update_gauges(&self) {
+        let c = &self.counters;
+        Counters::set(&c.retransmit_buffer, self.outbox.len() as u64);
+        Counters::set(&c.retransmit_bytes, self.outbox.bytes() as u64);
+        let refused = self.outbox.refused();
+        Counters::set(&c.acks_refused, refused.acks);
+        Counters::set(&c.naks_refused, refused.naks + refused.unpublished);
+        self.full.store(self.outbox.is_full(), Ordering::Relaxed);
     }
 }
 

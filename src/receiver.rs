@@ -1,63 +1,94 @@
-//! The receive driver: the tokio task that owns the sub0 socket.
+//! The receive driver: the tokio task that owns the sub0 socket and the
+//! receiving side of reliable delivery.
 //!
-//! Owns: dialing publishers, reading frames without blocking the runtime,
-//! rejecting bad input (counted, logged once per source) and dispatching
-//! valid envelopes to the subscription registry. A full subscription makes
-//! this task wait, so NNG's own bounded queue takes the overflow.
+//! Owns: dialing members' publishers and starting their repair clients,
+//! reading frames without blocking the runtime (through the optional fault
+//! layer), rejecting bad input (counted, logged once per source), feeding
+//! the [`Inbox`] (gaps, NAKs, order, losses) and the idempotency-key cache,
+//! dispatching what the inbox releases to the subscriptions, and publishing
+//! the ack watermarks that heartbeats carry. A full subscription makes this
+//! task wait, so NNG's bounded queue takes the overflow and repair fills the
+//! gaps afterwards.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use nng::options::{Options, RemAddr};
 use nng::{Dialer, Socket};
-use tokio::sync::{mpsc, oneshot, watch};
+use parking_lot::RwLock;
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::bad_input::BadInputLog;
-use crate::envelope::Envelope;
+use crate::dedup::KeyCache;
+use crate::delivery::Loss;
+use crate::envelope::{Envelope, PeerId};
 use crate::faults::FaultInjector;
 use crate::frame::DecodeError;
+use crate::heartbeat::Ack;
+use crate::inbox::{Inbox, InboxEvent};
+use crate::member::PeerInfo;
+use crate::repair::Nak;
+use crate::repairer::{self, Repaired};
 use crate::stats::Counters;
 use crate::subscription::{Dispatched, Registry};
 use crate::topic::validate_topic;
-use crate::transport::{self, RecvReady};
+use crate::transport::{self, RecvReady, SocketConfig};
 
 /// How many frames are taken from NNG per wake-up.
 const RECV_BATCH: usize = 64;
 
 /// Messages to the receive driver.
 pub(crate) enum SubCmd {
-    /// Dial a publisher (idempotent per URL).
-    Dial(String),
-    /// Stop dialing a publisher.
-    Undial(String),
+    /// A member to receive from: dial its publisher, reach its repair endpoint.
+    Connect(Arc<PeerInfo>),
+    /// Stop receiving from this member; what is missing from it is lost.
+    Disconnect(Arc<PeerInfo>),
+    /// The member left: what is missing from it is lost, what is held is delivered.
+    Left(PeerId),
+    /// A member's heartbeat said it has published through this sequence number.
+    Heartbeat(PeerId, u64, u64),
     /// Stop, close the socket and end every subscription.
     Shutdown(oneshot::Sender<()>),
 }
 
+/// The current ack watermarks, read by the heartbeat driver.
+pub(crate) type AckView = Arc<RwLock<Arc<Vec<Ack>>>>;
+
 pub(crate) struct Receiver {
     pub socket: Socket,
+    pub sockets: SocketConfig,
     pub registry: Arc<Registry>,
     pub counters: Arc<Counters>,
     pub max_message_size: usize,
-    pub dialers: HashMap<String, Dialer>,
     pub bad: BadInputLog,
     /// Becomes true when the peer shuts down: ends a wait on a full subscription.
     pub stopping: watch::Receiver<bool>,
     /// Injected link faults (tests and demos), if configured.
     pub faults: Option<FaultInjector<nng::Message>>,
+    pub inbox: Inbox,
+    pub nak_interval: Duration,
+    pub keys: KeyCache,
+    pub acks: AckView,
+    pub losses: broadcast::Sender<Loss>,
+    pub dialers: HashMap<String, Dialer>,
+    pub repairers: HashMap<PeerId, (String, mpsc::Sender<Nak>)>,
 }
 
 impl Receiver {
     /// Runs until told to shut down or until every `Peer` handle is gone.
     pub(crate) async fn run(mut self, mut rx: mpsc::UnboundedReceiver<SubCmd>) {
         let mut ack = None;
+        let (repaired_tx, mut repaired) = mpsc::unbounded_channel();
         match RecvReady::new(&self.socket) {
             Ok(ready) => {
                 let mut batch = Vec::with_capacity(RECV_BATCH);
                 let mut frames = Vec::with_capacity(RECV_BATCH);
+                let mut tick = tokio::time::interval(self.nak_interval);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
                     let due = self.faults.as_ref().and_then(|f| f.next_due());
-                    tokio::select! {
+                    let go_on = tokio::select! {
                         r = ready.recv_batch(&self.socket, &mut batch, RECV_BATCH) => {
                             if let Err(e) = r {
                                 tracing::error!(error = %e, "sub socket stopped receiving");
@@ -65,28 +96,50 @@ impl Receiver {
                             }
                             match &mut self.faults {
                                 Some(f) => {
-                                    let now = std::time::Instant::now();
+                                    let now = Instant::now();
                                     for msg in batch.drain(..) {
                                         f.on_frame(msg, now, &mut frames);
                                     }
                                 }
                                 None => frames.append(&mut batch),
                             }
-                            self.process(&mut frames).await;
+                            self.process(&mut frames).await
                         }
                         _ = tokio::time::sleep_until(due.map_or_else(tokio::time::Instant::now, Into::into)), if due.is_some() => {
                             if let Some(f) = &mut self.faults {
-                                f.release_due(std::time::Instant::now(), &mut frames);
+                                f.release_due(Instant::now(), &mut frames);
                             }
-                            self.process(&mut frames).await;
+                            self.process(&mut frames).await
+                        }
+                        Some(r) = repaired.recv() => {
+                            let Repaired { origin, incarnation, envelopes, gone } = r;
+                            self.inbox.on_repair(origin, incarnation, envelopes, &gone, Instant::now());
+                            self.drain().await
+                        }
+                        _ = tick.tick() => {
+                            self.inbox.on_tick(Instant::now());
+                            self.drain().await
                         }
                         cmd = rx.recv() => match cmd {
-                            Some(SubCmd::Dial(url)) => self.dial(url),
-                            Some(SubCmd::Undial(url)) => {
-                                if let Some(d) = self.dialers.remove(&url) {
-                                    tracing::debug!(%url, "no longer dialing publisher");
+                            Some(SubCmd::Connect(info)) => {
+                                self.connect(&info, &repaired_tx);
+                                true
+                            }
+                            Some(SubCmd::Disconnect(info)) => {
+                                if let Some(d) = self.dialers.remove(&info.endpoints.publish) {
                                     d.close();
                                 }
+                                self.repairers.remove(&info.id);
+                                self.inbox.forget(info.id);
+                                self.drain().await
+                            }
+                            Some(SubCmd::Left(id)) => {
+                                self.inbox.forget(id);
+                                self.drain().await
+                            }
+                            Some(SubCmd::Heartbeat(id, incarnation, last_seq)) => {
+                                self.inbox.on_heartbeat(id, incarnation, last_seq, Instant::now());
+                                self.drain().await
                             }
                             Some(SubCmd::Shutdown(done)) => {
                                 ack = Some(done);
@@ -94,12 +147,16 @@ impl Receiver {
                             }
                             None => break,
                         }
+                    };
+                    if !go_on && *self.stopping.borrow() {
+                        continue; // shutting down: the Shutdown command follows
                     }
                 }
                 drop(ready); // before close: closing does not wake a poller
             }
             Err(e) => tracing::error!(error = %e, "cannot poll the sub socket"),
         }
+        self.repairers.clear();
         self.socket.close();
         self.registry.close();
         if let Some(done) = ack {
@@ -107,11 +164,43 @@ impl Receiver {
         }
     }
 
-    /// Handles `frames` in order (all of them are taken).
-    async fn process(&mut self, frames: &mut Vec<nng::Message>) {
+    /// Dials the member's publisher and (re)starts its repair client.
+    fn connect(&mut self, info: &PeerInfo, results: &mpsc::UnboundedSender<Repaired>) {
+        let url = &info.endpoints.publish;
+        if !self.dialers.contains_key(url) {
+            match transport::dial(&self.socket, url) {
+                Ok(d) => {
+                    tracing::debug!(%url, "dialing publisher");
+                    self.dialers.insert(url.clone(), d);
+                }
+                Err(e) => tracing::warn!(%url, error = %e, "cannot dial a member's publisher"),
+            }
+        }
+        let repair = &info.endpoints.repair;
+        if self
+            .repairers
+            .get(&info.id)
+            .is_none_or(|(u, _)| u != repair)
+        {
+            let tx = repairer::spawn(
+                info.id,
+                repair.clone(),
+                self.sockets,
+                self.max_message_size,
+                self.counters.clone(),
+                results.clone(),
+            );
+            self.repairers.insert(info.id, (repair.clone(), tx));
+        }
+    }
+
+    /// Decodes `frames` (all taken) into the inbox, then delivers what it
+    /// releases; false if shutdown interrupted a wait.
+    async fn process(&mut self, frames: &mut Vec<nng::Message>) -> bool {
+        let now = Instant::now();
         for msg in frames.drain(..) {
-            if !self.handle(msg).await {
-                break;
+            if let Some(env) = self.decode(msg) {
+                self.inbox.on_envelope(env, now);
             }
         }
         if let Some(f) = &self.faults {
@@ -121,32 +210,73 @@ impl Receiver {
             Counters::set(&self.counters.faults_reordered, c.reordered);
             Counters::set(&self.counters.faults_delayed, c.delayed);
         }
+        self.drain().await
     }
 
-    fn dial(&mut self, url: String) {
-        if self.dialers.contains_key(&url) {
-            return;
-        }
-        match transport::dial(&self.socket, &url) {
-            Ok(dialer) => {
-                tracing::debug!(%url, "dialing publisher");
-                self.dialers.insert(url, dialer);
+    /// Acts on everything the inbox decided; false if shutdown interrupted
+    /// a wait on a full subscription.
+    async fn drain(&mut self) -> bool {
+        let mut go_on = true;
+        while let Some(event) = self.inbox.poll() {
+            match event {
+                InboxEvent::Deliver(env) if go_on => go_on = self.deliver(env).await,
+                InboxEvent::Deliver(_) => {}
+                InboxEvent::Lost {
+                    origin,
+                    incarnation,
+                    first,
+                    last,
+                } => {
+                    let loss = Loss {
+                        origin,
+                        incarnation,
+                        first,
+                        last,
+                    };
+                    tracing::warn!(%origin, incarnation, first, last, "messages lost: no longer retained by their origin");
+                    let _ = self.losses.send(loss);
+                }
+                InboxEvent::Nak(nak) => match self.repairers.get(&nak.origin) {
+                    Some((_, tx)) => {
+                        let _ = tx.try_send(nak); // full: a newer NAK follows
+                    }
+                    None => Counters::add(&self.counters.naks_unroutable, 1),
+                },
             }
-            Err(e) => tracing::warn!(%url, error = %e, "cannot dial a member's publisher"),
         }
+        let c = self.inbox.counters();
+        let s = &self.counters;
+        Counters::set(&s.duplicates, c.duplicates);
+        Counters::set(&s.lost, c.lost);
+        Counters::set(&s.stale, c.stale);
+        Counters::set(
+            &s.held_overflow,
+            c.held_overflow + c.too_far_ahead + c.origins_refused,
+        );
+        Counters::set(&s.held, self.inbox.held() as u64);
+        let acks: Vec<Ack> = self
+            .inbox
+            .acks()
+            .map(|(origin, incarnation, seq)| Ack {
+                origin,
+                incarnation,
+                seq,
+            })
+            .collect();
+        *self.acks.write() = Arc::new(acks);
+        go_on
     }
 
-    /// Decodes and dispatches one frame; false if the peer began shutting
-    /// down while a full subscription was being waited for.
-    async fn handle(&mut self, mut msg: nng::Message) -> bool {
+    /// One frame to an envelope; bad ones are counted, logged and dropped.
+    fn decode(&mut self, mut msg: nng::Message) -> Option<Arc<Envelope>> {
         Counters::add(&self.counters.received, 1);
         let decoded = Envelope::decode(msg.as_slice(), self.max_message_size).and_then(|env| {
             validate_topic(&env.topic)
                 .map(|()| env)
                 .map_err(|e| DecodeError::Malformed(e.to_string()))
         });
-        let env = match decoded {
-            Ok(env) => Arc::new(env),
+        match decoded {
+            Ok(env) => Some(Arc::new(env)),
             Err(e) => {
                 let (counter, kind) = match e {
                     DecodeError::Oversized { .. } => (&self.counters.oversized, "oversized"),
@@ -157,9 +287,22 @@ impl Receiver {
                 };
                 Counters::add(counter, 1);
                 self.bad.reject(kind, &source_of(&mut msg), &e);
+                None
+            }
+        }
+    }
+
+    /// Drops a repeated idempotency key, else hands the envelope to every
+    /// matching subscription; false if shutdown interrupted a wait.
+    async fn deliver(&mut self, env: Arc<Envelope>) -> bool {
+        if let Some(key) = &env.id {
+            let now = Instant::now();
+            if self.keys.contains(key, now) {
+                Counters::add(&self.counters.duplicate_keys, 1);
                 return true;
             }
-        };
+            self.keys.record(key, now);
+        }
         match self.registry.dispatch(&env) {
             Dispatched::Unmatched => Counters::add(&self.counters.unmatched, 1),
             Dispatched::Done => {}

@@ -66,8 +66,44 @@ stats! {
     heartbeat_conflicts,
     /// New members refused because the member table was full.
     members_refused,
-    /// Membership events a slow `membership()` stream missed.
-    membership_events_lagged,
+    /// Events a slow `membership()` or `losses()` stream missed.
+    events_lagged,
+    /// Gauge: envelopes retained for retransmission.
+    retransmit_buffer,
+    /// Gauge: bytes of envelopes retained for retransmission.
+    retransmit_bytes,
+    /// Envelopes sent again in answer to NAKs.
+    retransmits,
+    /// NAKs received on the repair endpoint.
+    naks_received,
+    /// NAKs that did not decode.
+    naks_malformed,
+    /// Sequence numbers asked for that were never published, or NAKs for another incarnation.
+    naks_refused,
+    /// Acks from non-members or for another incarnation.
+    acks_refused,
+    /// NAKs sent to origins by this peer's repair clients.
+    naks_sent,
+    /// NAKs that got no answer before their deadline.
+    naks_unanswered,
+    /// NAKs for an origin with no repair client (not a member).
+    naks_unroutable,
+    /// Envelopes received through repair answers.
+    repaired,
+    /// Repair answers dropped as malformed or not from the origin asked.
+    repairs_malformed,
+    /// Envelopes received again after they were already delivered or held (dropped).
+    duplicates,
+    /// Envelopes dropped because their idempotency key was seen within the duplicate window.
+    duplicate_keys,
+    /// Messages declared lost (see `Peer::losses`).
+    lost,
+    /// Envelopes of an older incarnation of their origin (dropped).
+    stale,
+    /// Envelopes set aside (hold buffer full, too far ahead, too many origins): asked for again later.
+    held_overflow,
+    /// Gauge: envelopes held back waiting for a gap to be repaired.
+    held,
     /// Frames dropped by injected link faults (`PeerBuilder::link_faults`).
     faults_dropped,
     /// Extra copies made by injected link faults.

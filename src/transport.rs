@@ -121,6 +121,29 @@ pub(crate) fn respondent_socket(cfg: &SocketConfig) -> Result<Socket> {
     Ok(s)
 }
 
+/// Opens the repair server socket (rep0), answering NAKs.
+pub(crate) fn rep_socket(cfg: &SocketConfig) -> Result<Socket> {
+    let s = Socket::new(Protocol::Rep0).map_err(|e| Error::transport("open repair socket", e))?;
+    s.set_opt::<RecvMaxSize>(cfg.recv_max_size)
+        .map_err(|e| Error::transport("set repair socket options", e))?;
+    Ok(s)
+}
+
+/// Opens a repair client socket (req0) for one origin.
+pub(crate) fn req_socket(cfg: &SocketConfig) -> Result<Socket> {
+    let s = Socket::new(Protocol::Req0).map_err(|e| Error::transport("open NAK socket", e))?;
+    let opt = |e| Error::transport("set NAK socket options", e);
+    s.set_opt::<RecvMaxSize>(cfg.recv_max_size).map_err(opt)?;
+    s.set_opt::<ReconnectMinTime>(Some(cfg.reconnect_min))
+        .map_err(opt)?;
+    s.set_opt::<ReconnectMaxTime>(Some(cfg.reconnect_max))
+        .map_err(opt)?;
+    // chorus re-NAKs by itself; NNG must not resend stale requests.
+    s.set_opt::<nng::options::protocol::reqrep::ResendTime>(None)
+        .map_err(opt)?;
+    Ok(s)
+}
+
 /// The URL of a second endpoint derived from a peer's public URL: tcp gets a
 /// free port on the same host, ipc and inproc get a suffix.
 pub(crate) fn derive_url(public: &str, suffix: &str) -> String {

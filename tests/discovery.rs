@@ -219,6 +219,7 @@ async fn an_impostor_answering_with_a_members_id_changes_nothing() {
                     from: fake.clone(),
                     heartbeat: 1 << 40,
                     last_seq: 0,
+                    acks: vec![],
                     gossip: vec![],
                 }
                 .encode(),

@@ -89,7 +89,7 @@ async fn python_publisher_to_chorus_subscriber() {
                 text: format!("hello {i}")
             }
         );
-        assert_eq!(d.seq(), 1 + 3 * i as u64, "seq from python");
+        assert_eq!(d.seq(), 1 + 2 * i as u64, "seq from python");
         assert_eq!(d.origin().0, 0x5EED_0000_0000_0001);
         assert_eq!(d.id(), Some(format!("py-{i}").as_str()));
         assert_eq!(d.correlation_id(), Some("py-flow"));

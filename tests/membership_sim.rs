@@ -47,6 +47,7 @@ fn info(i: usize) -> Arc<PeerInfo> {
         endpoints: Endpoints {
             survey: format!("inproc://s{i}"),
             publish: format!("inproc://p{i}"),
+            repair: format!("inproc://r{i}"),
         },
     })
 }

@@ -128,6 +128,7 @@ impl FakeMember {
                 // Nobody listens here: discovery must cope with a dead endpoint.
                 survey: "tcp://127.0.0.1:1".into(),
                 publish: format!("tcp://127.0.0.1:{port}"),
+                repair: "tcp://127.0.0.1:1".into(),
             },
         });
         let respondent = nng::Socket::new(nng::Protocol::Respondent0).unwrap();
@@ -169,6 +170,7 @@ impl FakeMember {
                         from: info.clone(),
                         heartbeat,
                         last_seq: 0,
+                        acks: vec![],
                         gossip: vec![],
                     }
                     .encode(),

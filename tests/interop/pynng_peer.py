@@ -47,8 +47,8 @@ def answer_surveys(seed, info, stop):
             if version != 1 or kind != 1:
                 continue
             heartbeat += 1
-            # Response: [from PeerInfo, heartbeat, last_seq, gossip]
-            resp.send(msgpack.packb([1, 2, [info, heartbeat, 0, []]], use_bin_type=True))
+            # Response: [from PeerInfo, heartbeat, last_seq, gossip, acks]
+            resp.send(msgpack.packb([1, 2, [info, heartbeat, 0, [], []]], use_bin_type=True))
 
 
 def publish(url, seed, n):
@@ -56,8 +56,9 @@ def publish(url, seed, n):
         pub_url = listen(pub, url)
         survey_url = listen(surveyor, url)  # never surveys; chorus may dial it
         print(f"listening {pub_url}", flush=True)
-        # PeerInfo: [id, incarnation, name, [survey URL, publish URL]]
-        info = [ORIGIN, INCARNATION, "pynng-publisher", [survey_url, pub_url]]
+        # PeerInfo: [id, incarnation, name, [survey URL, publish URL, repair URL]]
+        # This peer keeps no retransmit buffer: its repair URL answers nothing.
+        info = [ORIGIN, INCARNATION, "pynng-publisher", [survey_url, pub_url, "tcp://127.0.0.1:1"]]
         stop = threading.Event()
         member = threading.Thread(target=answer_surveys, args=(seed, info, stop))
         member.start()
@@ -75,9 +76,10 @@ def publish(url, seed, n):
             # One of each kind of bad input after every valid message.
             pub.send(b"\xc1 not msgpack at all")
             pub.send(msgpack.packb([2, 0, []]))                      # wrong version
-            pub.send(envelope(seq, "interop..bad", b"\x00"))         # invalid topic
-            pub.send(envelope(seq + 1, "interop.py", msgpack.packb("not a struct")))  # undecodable
-            seq += 2
+            pub.send(envelope(999_999, "interop..bad", b"\x00"))     # invalid topic
+            # A valid envelope (the next seq: no gap) whose payload is not a Hello.
+            pub.send(envelope(seq, "interop.py", msgpack.packb("not a struct")))
+            seq += 1
             time.sleep(0.002)
         print("sent", flush=True)
         sys.stdin.readline()
