@@ -83,6 +83,10 @@ impl<T> Delivery<T> {
         &self.envelope
     }
 
+    pub(crate) fn envelope_arc(&self) -> Arc<Envelope> {
+        self.envelope.clone()
+    }
+
     /// The value, dropping the metadata.
     pub fn into_value(self) -> T {
         self.value

@@ -48,8 +48,10 @@ mod error;
 mod events;
 pub mod faults;
 mod frame;
+mod handler;
 pub mod heartbeat;
 pub mod inbox;
+mod inflight;
 mod member;
 pub mod membership;
 pub mod outbox;
@@ -70,6 +72,7 @@ pub use envelope::{Envelope, Headers, PeerId, KIND_EVENT};
 pub use error::{Error, Result};
 pub use events::{Events, MembershipEvents};
 pub use frame::{DecodeError, WIRE_VERSION};
+pub use handler::{DeadLetter, DeadLetterHook, Handler, HandlerOptions};
 pub use member::{
     Endpoints, Member, MemberEvent, MemberEventKind, MemberState, PeerInfo, MAX_NAME_LEN,
     MAX_URL_LEN,

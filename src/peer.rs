@@ -14,13 +14,17 @@ use serde::Serialize;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
+use std::future::Future;
+
 use crate::builder::Backpressure;
 use crate::builder::PeerBuilder;
+use crate::delivery::Delivery;
 use crate::delivery::Loss;
 use crate::discovery::{DiscoveryCmd, View};
 use crate::envelope::{encoded_len_bound, PeerId};
 use crate::error::{Error, Result};
 use crate::events::{Events, MembershipEvents};
+use crate::handler::{Handler, HandlerOptions};
 use crate::member::{Member, MemberEvent, PeerInfo};
 use crate::publish_options::PublishOptions;
 use crate::publisher::{Outgoing, PubCtl};
@@ -171,6 +175,19 @@ impl Peer {
         self.publish_bytes_with(topic, payload, options).await
     }
 
+    /// Publishes `value` with an application idempotency key: receivers drop
+    /// a message whose key they processed within their duplicate window, so
+    /// an application may retry a publish safely.
+    pub async fn publish_with_id<T: Serialize + ?Sized>(
+        &self,
+        key: impl Into<String>,
+        topic: &str,
+        value: &T,
+    ) -> Result<()> {
+        self.publish_with(topic, value, PublishOptions::new().id(key))
+            .await
+    }
+
     /// Publishes raw bytes on `topic`; subscribers read them with
     /// [`subscribe_bytes`](Self::subscribe_bytes).
     pub async fn publish_bytes(&self, topic: &str, payload: impl Into<Bytes>) -> Result<()> {
@@ -235,6 +252,51 @@ impl Peer {
         self.register(pattern, decode_msgpack::<T>)
     }
 
+    /// Runs `handler` for every delivery matching `pattern`, one at a time
+    /// in order, with the default [`HandlerOptions`] (5 attempts with
+    /// backoff, then a dead letter). A delivery is acknowledged to its origin
+    /// only once the handler succeeded or it was dead-lettered.
+    ///
+    /// ```no_run
+    /// # async fn f(peer: chorus::Peer) -> chorus::Result<()> {
+    /// let handler = peer.subscribe_with("orders.>", |d: chorus::Delivery<u64>| async move {
+    ///     println!("order {}", d.value);
+    ///     Ok::<(), std::io::Error>(())
+    /// })?;
+    /// # Ok(()) }
+    /// ```
+    pub fn subscribe_with<T, F, Fut, E>(&self, pattern: &str, handler: F) -> Result<Handler>
+    where
+        T: DeserializeOwned + Clone + Send + 'static,
+        F: Fn(Delivery<T>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = std::result::Result<(), E>> + Send + 'static,
+        E: std::fmt::Display + Send + 'static,
+    {
+        self.subscribe_with_options(pattern, HandlerOptions::default(), handler)
+    }
+
+    /// [`subscribe_with`](Self::subscribe_with) with a retry policy and dead-letter hook.
+    pub fn subscribe_with_options<T, F, Fut, E>(
+        &self,
+        pattern: &str,
+        options: HandlerOptions,
+        handler: F,
+    ) -> Result<Handler>
+    where
+        T: DeserializeOwned + Clone + Send + 'static,
+        F: Fn(Delivery<T>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = std::result::Result<(), E>> + Send + 'static,
+        E: std::fmt::Display + Send + 'static,
+    {
+        let sub = self.register_tracked(pattern, decode_msgpack::<T>, true)?;
+        Ok(crate::handler::spawn(
+            sub,
+            options,
+            self.inner.parts.counters.clone(),
+            handler,
+        ))
+    }
+
     /// Subscribes to `pattern`, yielding payloads as raw bytes.
     pub fn subscribe_bytes(&self, pattern: &str) -> Result<Subscription<Bytes>> {
         self.register(pattern, decode_raw)
@@ -245,6 +307,15 @@ impl Peer {
         pattern: &str,
         decode: fn(&Bytes) -> std::result::Result<T, String>,
     ) -> Result<Subscription<T>> {
+        self.register_tracked(pattern, decode, false)
+    }
+
+    fn register_tracked<T>(
+        &self,
+        pattern: &str,
+        decode: fn(&Bytes) -> std::result::Result<T, String>,
+        tracked: bool,
+    ) -> Result<Subscription<T>> {
         let pattern = Pattern::parse(pattern)?;
         let parts = &self.inner.parts;
         Subscription::register(
@@ -253,6 +324,7 @@ impl Peer {
             pattern,
             parts.config.subscription_buffer,
             decode,
+            tracked,
         )
         .ok_or(Error::Shutdown)
     }

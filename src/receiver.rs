@@ -254,13 +254,19 @@ impl Receiver {
             c.held_overflow + c.too_far_ahead + c.origins_refused,
         );
         Counters::set(&s.held, self.inbox.held() as u64);
+        let inflight = &self.registry.inflight;
         let acks: Vec<Ack> = self
             .inbox
             .acks()
-            .map(|(origin, incarnation, seq)| Ack {
-                origin,
-                incarnation,
-                seq,
+            .map(|(origin, incarnation, seq)| {
+                // Not acknowledged before every handler here is done with it.
+                let unfinished = inflight.oldest(origin, incarnation);
+                let seq = unfinished.map_or(seq, |oldest| seq.min(oldest - 1));
+                Ack {
+                    origin,
+                    incarnation,
+                    seq,
+                }
             })
             .collect();
         *self.acks.write() = Arc::new(acks);

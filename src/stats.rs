@@ -104,6 +104,12 @@ stats! {
     held_overflow,
     /// Gauge: envelopes held back waiting for a gap to be repaired.
     held,
+    /// Deliveries a `subscribe_with` handler processed successfully.
+    handled,
+    /// Handler runs that failed and were retried.
+    handler_retries,
+    /// Deliveries handed to the dead-letter hook after `max_attempts` failures.
+    dead_lettered,
     /// Frames dropped by injected link faults (`PeerBuilder::link_faults`).
     faults_dropped,
     /// Extra copies made by injected link faults.

@@ -20,6 +20,7 @@ use tokio::sync::mpsc;
 
 use crate::delivery::Delivery;
 use crate::envelope::Envelope;
+use crate::inflight::InFlight;
 use crate::stats::Counters;
 use crate::topic::Pattern;
 
@@ -27,6 +28,8 @@ struct Entry {
     id: u64,
     pattern: Pattern,
     tx: mpsc::Sender<Arc<Envelope>>,
+    /// A handler subscription: what it is given is in flight until it is done.
+    tracked: bool,
 }
 
 /// The set of live subscriptions of one peer.
@@ -35,6 +38,7 @@ pub(crate) struct Registry {
     entries: RwLock<Vec<Entry>>,
     next_id: AtomicU64,
     closed: std::sync::atomic::AtomicBool,
+    pub(crate) inflight: InFlight,
 }
 
 /// What [`Registry::dispatch`] did with one envelope.
@@ -52,6 +56,7 @@ impl Registry {
         &self,
         pattern: Pattern,
         capacity: usize,
+        tracked: bool,
     ) -> Option<(u64, mpsc::Receiver<Arc<Envelope>>)> {
         let mut entries = self.entries.write();
         if self.closed.load(Ordering::Acquire) {
@@ -59,19 +64,27 @@ impl Registry {
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(capacity);
-        entries.push(Entry { id, pattern, tx });
+        entries.push(Entry {
+            id,
+            pattern,
+            tx,
+            tracked,
+        });
         Some((id, rx))
     }
 
     fn remove(&self, id: u64) {
         self.entries.write().retain(|e| e.id != id);
+        self.inflight.drop_sub(id);
     }
 
     /// Drops every subscription's sender: open streams end. No new ones are accepted.
     pub(crate) fn close(&self) {
         let mut entries = self.entries.write();
         self.closed.store(true, Ordering::Release);
-        entries.clear();
+        for e in entries.drain(..) {
+            self.inflight.drop_sub(e.id);
+        }
     }
 
     /// Offers `env` to every subscription whose pattern matches its topic
@@ -83,6 +96,10 @@ impl Registry {
         let mut full = Vec::new();
         for e in entries.iter().filter(|e| e.pattern.matches(&env.topic)) {
             matched = true;
+            if e.tracked {
+                self.inflight
+                    .add(e.id, env.origin, env.incarnation, env.seq);
+            }
             if let Err(mpsc::error::TrySendError::Full(_)) = e.tx.try_send(env.clone()) {
                 full.push(e.tx.clone());
             }
@@ -120,6 +137,7 @@ pub struct Subscription<T> {
     registry: Arc<Registry>,
     counters: Arc<Counters>,
     warned: bool,
+    tracked: bool,
     _t: PhantomData<fn() -> T>,
 }
 
@@ -131,8 +149,9 @@ impl<T> Subscription<T> {
         pattern: Pattern,
         capacity: usize,
         decode: Decode<T>,
+        tracked: bool,
     ) -> Option<Self> {
-        let (id, rx) = registry.add(pattern.clone(), capacity)?;
+        let (id, rx) = registry.add(pattern.clone(), capacity, tracked)?;
         Some(Subscription {
             rx,
             decode,
@@ -141,8 +160,18 @@ impl<T> Subscription<T> {
             registry: registry.clone(),
             counters: counters.clone(),
             warned: false,
+            tracked,
             _t: PhantomData,
         })
+    }
+
+    /// Marks a delivery of a handler subscription as processed.
+    pub(crate) fn done(&self, env: &Envelope) {
+        if self.tracked {
+            self.registry
+                .inflight
+                .done(self.id, env.origin, env.incarnation, env.seq);
+        }
     }
 
     /// The pattern this subscription matches.
@@ -169,6 +198,7 @@ impl<T> Stream for Subscription<T> {
                 }
                 Err(error) => {
                     Counters::add(&this.counters.undecodable, 1);
+                    this.done(&env);
                     if !std::mem::replace(&mut this.warned, true) {
                         tracing::warn!(pattern = %this.pattern, topic = %env.topic, origin = %env.origin,
                             seq = env.seq, %error,
