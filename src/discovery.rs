@@ -201,11 +201,11 @@ impl Discovery {
             .sub_tx
             .send(SubCmd::Heartbeat(from.id, from.incarnation, last_seq));
         let me = self.core.me();
-        if let Some(a) = acks.iter().find(|a| a.origin == me.id) {
-            let _ = self
-                .pub_ctl
-                .send(PubCtl::Ack(from.id, a.incarnation, a.seq));
-        }
+        let ack = match acks.iter().find(|a| a.origin == me.id) {
+            Some(a) => PubCtl::Ack(from.id, a.incarnation, a.seq),
+            None => PubCtl::NoAck(from.id),
+        };
+        let _ = self.pub_ctl.send(ack);
     }
 
     fn reject(&mut self, what: &'static str, msg: &mut nng::Message, e: DecodeError) {

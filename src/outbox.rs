@@ -5,11 +5,15 @@
 //! what every live member has, and answering NAKs. Sans-IO: the publish
 //! driver feeds it and sends what it returns.
 //!
-//! Policy: when every live member has reported a watermark, what all of
-//! them have is freed at once. Otherwise (a member just joined, or speaks a
-//! dialect that sends no acks) the buffer keeps the newest `capacity`
-//! envelopes as a ring, so such a member can still be repaired; it never
-//! holds the buffer back, and what it asks for after eviction is "gone".
+//! Policy: a member that joins is given a provisional watermark at the last
+//! sequence number published when it joined (it is owed everything after),
+//! confirmed by its first ack. A member whose heartbeats carry no ack for
+//! [`NO_ACK_ROUNDS`] rounds (an implementation that does not ack) loses its
+//! provisional watermark. When every live member has a watermark, what all
+//! of them have is freed at once. Otherwise the buffer keeps the newest
+//! `capacity` envelopes as a ring, so a member without a watermark can still
+//! be repaired; it never holds the buffer back, and what it asks for after
+//! eviction is "gone".
 //! The buffer never drops an envelope a member with a known watermark has
 //! not acknowledged: [`Outbox::is_full`] then tells the driver to stop
 //! taking new messages (so `publish` waits, or fails fast if configured)
@@ -21,6 +25,9 @@ use bytes::Bytes;
 
 use crate::envelope::PeerId;
 use crate::repair::{Nak, Repair, MAX_RANGES};
+
+/// Heartbeats without an ack after which a member's provisional watermark is dropped.
+pub const NO_ACK_ROUNDS: u32 = 3;
 
 /// Sizing of an [`Outbox`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,6 +73,9 @@ pub struct Outbox {
     retained_bytes: usize,
     members: HashSet<PeerId>,
     acks: HashMap<PeerId, u64>,
+    /// Members whose watermark was set at join and not yet confirmed, with
+    /// the heartbeats seen since without an ack.
+    provisional: HashMap<PeerId, u32>,
     refused: OutboxRefused,
 }
 
@@ -81,6 +91,7 @@ impl Outbox {
             retained_bytes: 0,
             members: HashSet::new(),
             acks: HashMap::new(),
+            provisional: HashMap::new(),
             refused: OutboxRefused::default(),
         }
     }
@@ -154,9 +165,28 @@ impl Outbox {
 
     /// The live members changed: only their acks count from now on.
     pub fn set_members(&mut self, live: impl IntoIterator<Item = PeerId>) {
-        self.members = live.into_iter().collect();
+        let live: HashSet<PeerId> = live.into_iter().collect();
+        for &joined in live.difference(&self.members) {
+            self.acks.insert(joined, self.last_seq);
+            self.provisional.insert(joined, 0);
+        }
+        self.members = live;
         self.acks.retain(|id, _| self.members.contains(id));
+        self.provisional.retain(|id, _| self.members.contains(id));
         self.free();
+    }
+
+    /// `member` sent a heartbeat without an ack for this origin.
+    pub fn on_no_ack(&mut self, member: PeerId) {
+        let Some(rounds) = self.provisional.get_mut(&member) else {
+            return;
+        };
+        *rounds += 1;
+        if *rounds >= NO_ACK_ROUNDS {
+            self.provisional.remove(&member);
+            self.acks.remove(&member);
+            self.free();
+        }
     }
 
     /// `member` reports it has received everything of `incarnation` through `seq`.
@@ -166,6 +196,7 @@ impl Outbox {
             return;
         }
         let seq = seq.min(self.last_seq);
+        self.provisional.remove(&member);
         let ack = self.acks.entry(member).or_insert(0);
         *ack = (*ack).max(seq);
         self.free();
@@ -263,9 +294,7 @@ mod tests {
     #[test]
     fn frees_what_every_live_member_acked_and_fills_otherwise() {
         let mut o = outbox(4);
-        o.set_members([PeerId(2), PeerId(3)]);
-        o.on_ack(PeerId(2), 9, 0);
-        o.on_ack(PeerId(3), 9, 0);
+        o.set_members([PeerId(2), PeerId(3)]); // provisional watermarks: 0
         for s in 1..=4 {
             assert_eq!(o.push(frame(s)), s);
         }
@@ -281,9 +310,40 @@ mod tests {
     }
 
     #[test]
+    fn a_member_that_never_acks_stops_holding_the_buffer() {
+        let mut o = outbox(4);
+        o.set_members([PeerId(2)]);
+        for s in 1..=4 {
+            o.push(frame(s));
+        }
+        assert!(o.is_full(), "a new member is owed what follows its join");
+        for _ in 0..NO_ACK_ROUNDS {
+            o.on_no_ack(PeerId(2));
+        }
+        assert!(!o.is_full(), "no acks: ring mode");
+        for s in 5..=6 {
+            o.push(frame(s));
+        }
+        assert_eq!(o.len(), 4);
+        // An ack confirms a watermark, which never lapses afterwards.
+        o.on_ack(PeerId(2), 9, 5);
+        assert_eq!(o.len(), 1);
+        for _ in 0..10 {
+            o.on_no_ack(PeerId(2));
+        }
+        o.push(frame(7));
+        o.push(frame(8));
+        o.push(frame(9));
+        assert!(o.is_full());
+    }
+
+    #[test]
     fn unknown_watermarks_and_strangers_do_not_hold_the_buffer() {
         let mut o = outbox(4);
         o.set_members([PeerId(2)]);
+        for _ in 0..NO_ACK_ROUNDS {
+            o.on_no_ack(PeerId(2));
+        }
         for s in 1..=6 {
             o.push(frame(s));
         }
@@ -302,7 +362,6 @@ mod tests {
     fn answers_naks_with_frames_gone_and_bounds() {
         let mut o = outbox(100);
         o.set_members([PeerId(2)]);
-        o.on_ack(PeerId(2), 9, 0);
         for s in 1..=30 {
             o.push(frame(s));
         }

@@ -39,6 +39,8 @@ pub(crate) enum PubCtl {
     Members(Vec<PeerId>),
     /// A member's "received through" watermark for this peer's events.
     Ack(PeerId, u64, u64),
+    /// A member's heartbeat carried no watermark for this peer's events.
+    NoAck(PeerId),
     /// Send what is queued, then stop.
     Shutdown(oneshot::Sender<()>),
 }
@@ -78,6 +80,7 @@ impl Publisher {
                         c = ctl.recv() => match c {
                             Some(PubCtl::Members(ids)) => self.outbox.set_members(ids),
                             Some(PubCtl::Ack(member, incarnation, seq)) => self.outbox.on_ack(member, incarnation, seq),
+                            Some(PubCtl::NoAck(member)) => self.outbox.on_no_ack(member),
                             Some(PubCtl::Shutdown(done)) => {
                                 ack = Some(done);
                                 break;

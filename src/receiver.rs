@@ -233,7 +233,9 @@ impl Receiver {
                         first,
                         last,
                     };
-                    tracing::warn!(%origin, incarnation, first, last, "messages lost: no longer retained by their origin");
+                    // Counted before it is announced: a reader sees both agree.
+                    Counters::add(&self.counters.lost, loss.count());
+                    tracing::warn!(%origin, incarnation, first, last, "messages lost: they will never arrive");
                     let _ = self.losses.send(loss);
                 }
                 InboxEvent::Nak(nak) => match self.repairers.get(&nak.origin) {
@@ -247,7 +249,6 @@ impl Receiver {
         let c = self.inbox.counters();
         let s = &self.counters;
         Counters::set(&s.duplicates, c.duplicates);
-        Counters::set(&s.lost, c.lost);
         Counters::set(&s.stale, c.stale);
         Counters::set(
             &s.held_overflow,
