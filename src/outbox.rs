@@ -57,7 +57,7 @@ pub struct OutboxRefused {
     pub acks: u64,
     /// NAKs for another origin or incarnation.
     pub naks: u64,
-    /// Sequence numbers asked for that were never published.
+    /// NAK ranges reaching past the last sequence number published.
     pub unpublished: u64,
 }
 
@@ -241,7 +241,7 @@ impl Outbox {
                 break;
             }
             if last > self.last_seq {
-                self.refused.unpublished += last - first.max(self.last_seq + 1) + 1;
+                self.refused.unpublished += 1;
             }
             let last = last.min(self.last_seq);
             if first > last {
@@ -370,7 +370,7 @@ mod tests {
         assert_eq!(r.gone, vec![(5, 10)]);
         assert_eq!(r.frames, vec![frame(11), frame(12)]);
         assert_eq!(r.last_seq, 30);
-        assert_eq!(o.refused().unpublished, 11);
+        assert_eq!(o.refused().unpublished, 1);
         // Reply size bound: 100 bytes = 10 frames.
         assert_eq!(o.answer(&nak(&[(11, 30)])).frames.len(), 10);
         // A NAK for someone else, or an absurd range, is cheap.

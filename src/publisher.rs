@@ -162,6 +162,7 @@ impl Publisher {
         };
         let repair = self.outbox.answer(&nak);
         Counters::add(&self.counters.retransmits, repair.frames.len() as u64);
+        self.update_gauges(); // counted before the answer can be seen
         buf.clear();
         buf.extend_from_slice(&repair.encode());
         if let Err(e) = aio.send(&self.rep, nng::Message::from(&buf[..])).await {

@@ -78,7 +78,7 @@ stats! {
     naks_received,
     /// NAKs that did not decode.
     naks_malformed,
-    /// Sequence numbers asked for that were never published, or NAKs for another incarnation.
+    /// NAKs for another origin or incarnation, or ranges past the last sequence number published.
     naks_refused,
     /// Acks from non-members or for another incarnation.
     acks_refused,

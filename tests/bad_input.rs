@@ -8,6 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use chorus::{Envelope, Headers, Peer, PeerId};
 use common::*;
+use nng::options::Options;
 
 fn frame(seq: u64, topic: &str, payload: Vec<u8>) -> Vec<u8> {
     Envelope {
@@ -147,5 +148,64 @@ async fn a_garbage_flood_does_not_stop_valid_traffic() {
     let s = b.stats();
     assert_eq!(s.delivered, 20);
     assert!(s.malformed + s.unsupported >= 1900, "{s:?}");
+    b.shutdown().await;
+}
+
+/// NAKs straight to a peer's repair endpoint from a raw req0 socket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_absurd_and_foreign_naks_cost_little_and_change_nothing() {
+    use chorus::repair::{Nak, Repair};
+    let (a, b) = pair("tcp").await;
+    let mut sub = b.subscribe::<u32>(">").unwrap();
+    for i in 0..10u32 {
+        a.publish("t.x", &i).await.unwrap();
+    }
+    for i in 0..10u32 {
+        assert_eq!(next("before the abuse", &mut sub).await.value, i);
+    }
+    let req = nng::Socket::new(nng::Protocol::Req0).unwrap();
+    req.set_opt::<nng::options::RecvTimeout>(Some(Duration::from_millis(500)))
+        .unwrap();
+    req.dial(&a.info().endpoints.repair).unwrap();
+    let ask = |bytes: Vec<u8>| -> Option<Repair> {
+        req.send(nng::Message::from(&bytes[..])).unwrap();
+        req.recv()
+            .ok()
+            .map(|m| Repair::decode(m.as_slice(), 1 << 20).unwrap())
+    };
+    tokio::task::block_in_place(|| {
+        assert!(
+            ask(b"\x00not a nak".to_vec()).is_none(),
+            "garbage gets no answer"
+        );
+        // The whole u64 range: bounded answer, never-published part refused.
+        let r = ask(Nak {
+            origin: a.id(),
+            incarnation: a.incarnation(),
+            ranges: vec![(1, u64::MAX)],
+        }
+        .encode())
+        .unwrap();
+        assert_eq!(r.last_seq, 10);
+        assert!(r.frames.len() <= 10);
+        // Another origin's NAK: an empty answer naming who answered.
+        let r = ask(Nak {
+            origin: chorus::PeerId(12345),
+            incarnation: 1,
+            ranges: vec![(1, 5)],
+        }
+        .encode())
+        .unwrap();
+        assert_eq!(r.origin, a.id());
+        assert!(r.frames.is_empty() && r.gone.is_empty());
+    });
+    let s = a.stats();
+    assert_eq!(s.naks_malformed, 1);
+    assert!(s.naks_refused >= 2, "{s:?}");
+    // Normal traffic is unaffected.
+    a.publish("t.x", &10u32).await.unwrap();
+    assert_eq!(next("after the abuse", &mut sub).await.value, 10);
+    req.close();
+    a.shutdown().await;
     b.shutdown().await;
 }
