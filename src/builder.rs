@@ -404,7 +404,6 @@ impl PeerBuilder {
                 .is_active()
                 .then(|| FaultInjector::new(self.link_faults)),
             inbox: Inbox::new(inbox),
-            nak_interval: inbox.nak_interval,
             keys: KeyCache::new(self.dedup_keys, self.dedup_window),
             acks: acks.clone(),
             losses: losses.clone(),
@@ -426,6 +425,7 @@ impl PeerBuilder {
             counters: counters.clone(),
             last_seq,
             acks,
+            registry: registry.clone(),
             pub_ctl: pub_ctl.clone(),
             dialers: HashMap::new(),
             bad: BadInputLog::default(),

@@ -23,8 +23,9 @@ use crate::heartbeat::{Ack, Response, Survey};
 use crate::member::{Member, MemberEvent, MemberEventKind, PeerInfo};
 use crate::membership::{Action, Membership};
 use crate::publisher::PubCtl;
-use crate::receiver::{AckView, SubCmd};
+use crate::receiver::{acks_to_send, AckView, SubCmd};
 use crate::stats::Counters;
+use crate::subscription::Registry;
 use crate::transport::{self, AioSend, RecvReady};
 
 /// How many times a graceful exit is announced to members that did not answer.
@@ -54,6 +55,8 @@ pub(crate) struct Discovery {
     pub last_seq: Arc<AtomicU64>,
     /// What this peer has received from each origin (kept by the receiver).
     pub acks: AckView,
+    /// Subscriptions, for what handlers have not finished yet.
+    pub registry: Arc<Registry>,
     /// Acks and membership for the publisher's retransmit buffer.
     pub pub_ctl: mpsc::UnboundedSender<PubCtl>,
     pub dialers: HashMap<String, Dialer>,
@@ -140,7 +143,7 @@ impl Discovery {
     fn start_round(&mut self) {
         let mut survey = self.core.start_round();
         survey.last_seq = self.last_seq.load(Ordering::Relaxed);
-        survey.acks = self.acks.read().as_ref().clone();
+        survey.acks = acks_to_send(&self.acks, &self.registry);
         Counters::add(&self.counters.heartbeat_rounds, 1);
         if let Err((_, e)) = self
             .surveyor
@@ -175,7 +178,7 @@ impl Discovery {
         };
         let mut response = self.core.on_survey(&survey, std::time::Instant::now());
         response.last_seq = self.last_seq.load(Ordering::Relaxed);
-        response.acks = self.acks.read().as_ref().clone();
+        response.acks = acks_to_send(&self.acks, &self.registry);
         match aio
             .send(&self.respondent, nng::Message::from(&response.encode()[..]))
             .await

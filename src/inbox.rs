@@ -228,6 +228,16 @@ impl Inbox {
         }
     }
 
+    /// When [`on_tick`](Self::on_tick) next has a NAK to repeat: `None` while
+    /// no origin has a gap (so an idle receiver needs no timer).
+    pub fn next_tick(&self) -> Option<Instant> {
+        self.streams
+            .values()
+            .filter(|s| s.highest > s.window.contiguous())
+            .filter_map(|s| s.last_nak.map(|t| t + self.cfg.nak_interval))
+            .min()
+    }
+
     /// Re-sends NAKs whose answer did not close the gap.
     pub fn on_tick(&mut self, now: Instant) {
         let origins: Vec<PeerId> = self.streams.keys().copied().collect();
@@ -377,8 +387,12 @@ mod tests {
         assert_eq!(drain(&mut i), ["d11", "nak[(12, 13)]"]);
         i.on_tick(t + Duration::from_millis(5));
         assert!(drain(&mut i).is_empty(), "paced");
+        assert_eq!(i.next_tick(), Some(t + Duration::from_millis(20)));
         i.on_tick(t + Duration::from_millis(25));
         assert_eq!(drain(&mut i), ["nak[(12, 13)]"]);
+        i.on_envelope(env(1, 1, 12), t);
+        i.on_envelope(env(1, 1, 13), t);
+        assert_eq!(i.next_tick(), None, "no gap, no timer");
     }
 
     #[test]

@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use nng::options::{Options, RemAddr};
 use nng::{Dialer, Socket};
@@ -52,8 +52,23 @@ pub(crate) enum SubCmd {
     Shutdown(oneshot::Sender<()>),
 }
 
-/// The current ack watermarks, read by the heartbeat driver.
+/// What the inbox has received from each origin, read by the heartbeat driver.
 pub(crate) type AckView = Arc<RwLock<Arc<Vec<Ack>>>>;
+
+/// The watermarks to advertise: received, and finished by every handler
+/// here (a delivery still with a handler is not acknowledged yet). Computed
+/// when a heartbeat is built, so handler progress needs no timer.
+pub(crate) fn acks_to_send(view: &AckView, registry: &Registry) -> Vec<Ack> {
+    let received = view.read().clone();
+    received
+        .iter()
+        .map(|a| {
+            let unfinished = registry.inflight.oldest(a.origin, a.incarnation);
+            let seq = unfinished.map_or(a.seq, |oldest| a.seq.min(oldest - 1));
+            Ack { seq, ..*a }
+        })
+        .collect()
+}
 
 pub(crate) struct Receiver {
     pub socket: Socket,
@@ -67,7 +82,6 @@ pub(crate) struct Receiver {
     /// Injected link faults (tests and demos), if configured.
     pub faults: Option<FaultInjector<nng::Message>>,
     pub inbox: Inbox,
-    pub nak_interval: Duration,
     pub keys: KeyCache,
     pub acks: AckView,
     pub losses: broadcast::Sender<Loss>,
@@ -84,10 +98,9 @@ impl Receiver {
             Ok(ready) => {
                 let mut batch = Vec::with_capacity(RECV_BATCH);
                 let mut frames = Vec::with_capacity(RECV_BATCH);
-                let mut tick = tokio::time::interval(self.nak_interval);
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
                     let due = self.faults.as_ref().and_then(|f| f.next_due());
+                    let nak_due = self.inbox.next_tick();
                     let go_on = tokio::select! {
                         r = ready.recv_batch(&self.socket, &mut batch, RECV_BATCH) => {
                             if let Err(e) = r {
@@ -116,7 +129,7 @@ impl Receiver {
                             self.inbox.on_repair(origin, incarnation, envelopes, &gone, Instant::now());
                             self.drain().await
                         }
-                        _ = tick.tick() => {
+                        _ = tokio::time::sleep_until(nak_due.map_or_else(tokio::time::Instant::now, Into::into)), if nak_due.is_some() => {
                             self.inbox.on_tick(Instant::now());
                             self.drain().await
                         }
@@ -255,19 +268,13 @@ impl Receiver {
             c.held_overflow + c.too_far_ahead + c.origins_refused,
         );
         Counters::set(&s.held, self.inbox.held() as u64);
-        let inflight = &self.registry.inflight;
         let acks: Vec<Ack> = self
             .inbox
             .acks()
-            .map(|(origin, incarnation, seq)| {
-                // Not acknowledged before every handler here is done with it.
-                let unfinished = inflight.oldest(origin, incarnation);
-                let seq = unfinished.map_or(seq, |oldest| seq.min(oldest - 1));
-                Ack {
-                    origin,
-                    incarnation,
-                    seq,
-                }
+            .map(|(origin, incarnation, seq)| Ack {
+                origin,
+                incarnation,
+                seq,
             })
             .collect();
         *self.acks.write() = Arc::new(acks);
