@@ -13,7 +13,7 @@ use tokio::sync::{broadcast, mpsc, watch};
 use crate::bad_input::BadInputLog;
 use crate::dedup::KeyCache;
 use crate::discovery::{Discovery, View};
-use crate::envelope::PeerId;
+use crate::envelope::{BatchWriter, PeerId};
 use crate::error::{Error, Result};
 use crate::events::EVENT_BUFFER;
 use crate::faults::{FaultInjector, LinkFaults};
@@ -54,6 +54,7 @@ pub const MAX_NNG_BUFFER: usize = 8192;
 /// | `backpressure` | `Wait` | `publish` waits while that buffer is full (`FailFast`: error) |
 /// | `ordered_delivery` | true | per-origin sequence order, gaps held back until repaired or lost |
 /// | `duplicate_window` | 65536 keys, 120 s | idempotency keys remembered to drop repeats |
+/// | `batch_bytes` | 64 KiB | events already queued are sent together up to this size |
 /// | `link_faults` | none | injected drop/duplicate/reorder/delay on receive (tests, demos) |
 ///
 /// **Failure-detection bound.** A member that dies is reported Failed by
@@ -95,6 +96,7 @@ pub struct PeerBuilder {
     pub(crate) ordered: bool,
     pub(crate) dedup_keys: usize,
     pub(crate) dedup_window: Duration,
+    pub(crate) batch_bytes: usize,
 }
 
 /// What `publish` does while the retransmit buffer is full of envelopes a
@@ -130,6 +132,7 @@ impl Default for PeerBuilder {
             ordered: true,
             dedup_keys: 65536,
             dedup_window: Duration::from_secs(120),
+            batch_bytes: 64 * 1024,
         }
     }
 }
@@ -269,6 +272,14 @@ impl PeerBuilder {
         self
     }
 
+    /// Largest batch, in bytes of encoded events: events already queued are
+    /// sent together up to this size (capped at half the maximum message
+    /// size). 0 sends every event as its own message.
+    pub fn batch_bytes(mut self, bytes: usize) -> Self {
+        self.batch_bytes = bytes;
+        self
+    }
+
     fn check(&self) -> Result<()> {
         let range = |what: &str, v: usize, lo: usize, hi: usize| {
             if (lo..=hi).contains(&v) {
@@ -382,6 +393,8 @@ impl PeerBuilder {
             counters: counters.clone(),
             last_seq: last_seq.clone(),
             full: full.clone(),
+            batch: BatchWriter::default(),
+            batch_bytes: self.batch_bytes.min(self.max_message_size / 2),
         };
         let acks: AckView = Default::default();
         let (losses, _) = broadcast::channel(EVENT_BUFFER);
@@ -409,6 +422,7 @@ impl PeerBuilder {
             losses: losses.clone(),
             dialers: HashMap::new(),
             repairers: HashMap::new(),
+            scratch: Vec::new(),
         };
         let (disc_tx, disc_rx) = mpsc::channel(4);
         let discovery = Discovery {

@@ -14,10 +14,16 @@ use std::fmt;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::frame::{self, DecodeError};
+use crate::frame::{self, DecodeError, WIRE_VERSION};
 
 /// Frame kind of a single event envelope.
 pub const KIND_EVENT: u8 = 0;
+/// Frame kind of a batch: several envelopes in one message.
+pub const KIND_BATCH: u8 = 5;
+/// Most envelopes accepted in one batch.
+pub const MAX_BATCH: u32 = 65_536;
+/// Bytes of the frame header `[1, 0, …]` before an event's envelope array.
+const EVENT_HEADER: usize = 3;
 
 /// Application headers: string keys to string values, ordered by key.
 pub type Headers = BTreeMap<String, String>;
@@ -132,6 +138,90 @@ impl Envelope {
     pub fn decode(bytes: &[u8], max_size: usize) -> Result<Envelope, DecodeError> {
         frame::decode(bytes, max_size, KIND_EVENT)
     }
+
+    /// Decodes an event frame (kind 0) or a batch (kind 5), appending the
+    /// envelopes to `out`. On error `out` is left as it was. Never panics.
+    pub fn decode_events(
+        bytes: &[u8],
+        max_size: usize,
+        out: &mut Vec<Envelope>,
+    ) -> Result<(), DecodeError> {
+        let (kind, mut cur) = frame::read_header(bytes, max_size)?;
+        let start = out.len();
+        let result = match kind {
+            KIND_EVENT => frame::read_value(&mut cur).map(|e| out.push(e)),
+            KIND_BATCH => (|| {
+                let n = rmp::decode::read_array_len(&mut cur).map_err(DecodeError::malformed)?;
+                if n == 0 || n > MAX_BATCH {
+                    return Err(DecodeError::Malformed(format!("batch of {n} envelopes")));
+                }
+                for _ in 0..n {
+                    out.push(frame::read_value(&mut cur)?);
+                }
+                Ok(())
+            })(),
+            other => Err(DecodeError::UnknownKind(other)),
+        };
+        let result = result.and_then(|()| frame::finish(&cur));
+        if result.is_err() {
+            out.truncate(start);
+        }
+        result
+    }
+}
+
+/// Coalesces encoded event frames into one batch message.
+///
+/// Each envelope is encoded once, as a complete event frame (what the
+/// retransmit buffer keeps and repair answers carry); a batch reuses those
+/// bytes without re-encoding: `[1, 5, [envelope, …]]`.
+#[derive(Debug, Default)]
+pub(crate) struct BatchWriter {
+    bodies: Vec<u8>,
+    count: u32,
+    single: Option<bytes::Bytes>,
+}
+
+impl BatchWriter {
+    /// Envelopes staged.
+    pub fn len(&self) -> u32 {
+        self.count
+    }
+
+    /// Bytes staged.
+    pub fn bytes(&self) -> usize {
+        self.bodies.len()
+    }
+
+    /// Stages one complete event frame (as produced by [`Envelope::encode_into`]).
+    pub fn push(&mut self, frame: &bytes::Bytes) {
+        debug_assert!(
+            frame.len() > EVENT_HEADER && frame[..EVENT_HEADER] == [0x93, WIRE_VERSION, KIND_EVENT]
+        );
+        self.single = (self.count == 0).then(|| frame.clone());
+        self.bodies.extend_from_slice(&frame[EVENT_HEADER..]);
+        self.count += 1;
+    }
+
+    /// The staged envelopes as one message (a plain event frame when there
+    /// is only one), leaving the writer empty for reuse.
+    pub fn take(&mut self) -> Option<Vec<u8>> {
+        let out = match self.count {
+            0 => None,
+            1 => self.single.take().map(|f| f.to_vec()),
+            n => {
+                let mut msg = Vec::with_capacity(self.bodies.len() + 8);
+                msg.extend_from_slice(&[0x93, WIRE_VERSION, KIND_BATCH]);
+                rmp::encode::write_array_len(&mut msg, n).expect("Vec write");
+                msg.extend_from_slice(&self.bodies);
+                Some(msg)
+            }
+        };
+        self.bodies.clear();
+        self.count = 0;
+        self.single = None;
+        out
+    }
 }
 
 #[cfg(test)]
@@ -213,6 +303,33 @@ mod tests {
         assert!(Envelope::decode(b"garbage!", 1 << 20).is_err());
     }
 
+    #[test]
+    fn batches_reuse_frames_and_decode_in_order() {
+        let envs: Vec<Envelope> = (1..=3).map(|seq| Envelope { seq, ..sample() }).collect();
+        let mut w = BatchWriter::default();
+        assert!(w.take().is_none());
+        for e in &envs {
+            w.push(&Bytes::from(e.encode()));
+        }
+        assert_eq!(w.len(), 3);
+        let batch = w.take().unwrap();
+        assert_eq!(batch[2], KIND_BATCH);
+        let mut out = Vec::new();
+        Envelope::decode_events(&batch, 1 << 20, &mut out).unwrap();
+        assert_eq!(out, envs);
+        // One staged envelope goes out as a plain event frame.
+        w.push(&Bytes::from(envs[0].encode()));
+        assert_eq!(w.take().unwrap(), envs[0].encode());
+        // A truncated or padded batch yields nothing.
+        let mut out = Vec::new();
+        for cut in 0..batch.len() {
+            assert!(Envelope::decode_events(&batch[..cut], 1 << 20, &mut out).is_err());
+        }
+        assert!(out.is_empty());
+        let empty = [0x93, 1, KIND_BATCH, 0x90];
+        assert!(Envelope::decode_events(&empty, 1 << 20, &mut out).is_err());
+    }
+
     fn arb_envelope() -> impl Strategy<Value = Envelope> {
         (
             any::<u64>(),
@@ -249,6 +366,11 @@ mod tests {
         #[test]
         fn decoder_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
             let _ = Envelope::decode(&bytes, usize::MAX);
+            let mut out = Vec::new();
+            let _ = Envelope::decode_events(&bytes, usize::MAX, &mut out);
+            let mut batch = vec![0x93, 1, KIND_BATCH];
+            batch.extend_from_slice(&bytes);
+            let _ = Envelope::decode_events(&batch, usize::MAX, &mut out);
         }
 
         #[test]

@@ -49,13 +49,12 @@ pub(crate) fn encode_into<T: Serialize + ?Sized>(buf: &mut Vec<u8>, kind: u8, bo
         .expect("writing MessagePack into a Vec cannot fail");
 }
 
-/// Decodes a frame whose kind must be `kind`, with a body of type `T`.
-/// Never panics, whatever the input.
-pub(crate) fn decode<T: DeserializeOwned>(
+/// Reads the frame header: checks the size, the 3-element array and the
+/// version, and returns the kind with a cursor at the start of the body.
+pub(crate) fn read_header(
     frame: &[u8],
     max_size: usize,
-    kind: u8,
-) -> Result<T, DecodeError> {
+) -> Result<(u8, Cursor<&[u8]>), DecodeError> {
     if frame.len() > max_size {
         return Err(DecodeError::Oversized {
             size: frame.len(),
@@ -73,18 +72,40 @@ pub(crate) fn decode<T: DeserializeOwned>(
     if version != WIRE_VERSION {
         return Err(DecodeError::Version(version));
     }
-    let got: u8 = rmp::decode::read_int(&mut cur).map_err(DecodeError::malformed)?;
+    let kind: u8 = rmp::decode::read_int(&mut cur).map_err(DecodeError::malformed)?;
+    Ok((kind, cur))
+}
+
+/// Deserializes one value at the cursor.
+pub(crate) fn read_value<T: DeserializeOwned>(cur: &mut Cursor<&[u8]>) -> Result<T, DecodeError> {
+    let mut de = rmp_serde::Deserializer::new(cur);
+    T::deserialize(&mut de).map_err(DecodeError::malformed)
+}
+
+/// Checks that the cursor consumed the whole frame.
+pub(crate) fn finish(cur: &Cursor<&[u8]>) -> Result<(), DecodeError> {
+    let (used, len) = (cur.position() as usize, cur.get_ref().len());
+    if used != len {
+        return Err(DecodeError::Malformed(format!(
+            "{} trailing bytes after the body",
+            len - used
+        )));
+    }
+    Ok(())
+}
+
+/// Decodes a frame whose kind must be `kind`, with a body of type `T`.
+/// Never panics, whatever the input.
+pub(crate) fn decode<T: DeserializeOwned>(
+    frame: &[u8],
+    max_size: usize,
+    kind: u8,
+) -> Result<T, DecodeError> {
+    let (got, mut cur) = read_header(frame, max_size)?;
     if got != kind {
         return Err(DecodeError::UnknownKind(got));
     }
-    let mut de = rmp_serde::Deserializer::new(&mut cur);
-    let body = T::deserialize(&mut de).map_err(DecodeError::malformed)?;
-    let used = cur.position() as usize;
-    if used != frame.len() {
-        return Err(DecodeError::Malformed(format!(
-            "{} trailing bytes after the body",
-            frame.len() - used
-        )));
-    }
+    let body = read_value(&mut cur)?;
+    finish(&cur)?;
     Ok(body)
 }

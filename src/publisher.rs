@@ -6,7 +6,10 @@
 //! serializes in the caller's task and hands an [`Outgoing`] over a bounded
 //! channel. While the outbox is full of unacknowledged envelopes this task
 //! stops taking new ones, so `publish` waits (or fails fast if configured).
-//! Pub0 itself never blocks: NNG queues up to `send_buffer` messages per
+//! Events already queued when one is taken go out together as one batch
+//! message (one NNG message and one syscall for many small events); an event
+//! published alone goes out alone at once, so batching adds no latency when
+//! idle. Pub0 itself never blocks: NNG queues up to `send_buffer` messages per
 //! subscriber link and drops the oldest beyond — the receivers repair that.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -17,7 +20,7 @@ use bytes::Bytes;
 use nng::Socket;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::envelope::{Envelope, Headers, PeerId};
+use crate::envelope::{BatchWriter, Envelope, Headers, PeerId};
 use crate::outbox::Outbox;
 use crate::repair::Nak;
 use crate::stats::Counters;
@@ -57,7 +60,14 @@ pub(crate) struct Publisher {
     pub last_seq: Arc<AtomicU64>,
     /// True while the outbox is full (read by fail-fast `publish`).
     pub full: Arc<AtomicBool>,
+    /// Envelopes staged for the next message.
+    pub batch: BatchWriter,
+    /// Bytes of envelopes after which a batch is sent.
+    pub batch_bytes: usize,
 }
+
+/// Most envelopes in one batch.
+const MAX_BATCH_COUNT: u32 = 4096;
 
 impl Publisher {
     /// Runs until told to shut down or until every `Peer` handle is gone.
@@ -96,7 +106,21 @@ impl Publisher {
                             }
                         }
                         e = events.recv(), if !self.outbox.is_full() => match e {
-                            Some(out) => self.send(out, &mut buf, true),
+                            Some(out) => {
+                                // Whatever else is already queued goes in the same
+                                // message: alone when idle, batched under load.
+                                self.stage(out, &mut buf, true);
+                                while self.batch.bytes() < self.batch_bytes
+                                    && self.batch.len() < MAX_BATCH_COUNT
+                                    && !self.outbox.is_full()
+                                {
+                                    match events.try_recv() {
+                                        Ok(out) => self.stage(out, &mut buf, true),
+                                        Err(_) => break,
+                                    }
+                                }
+                                self.flush();
+                            }
                             None => break,
                         },
                     }
@@ -111,8 +135,12 @@ impl Publisher {
         let mut buf = Vec::new();
         while let Ok(out) = events.try_recv() {
             let retain = !self.outbox.is_full();
-            self.send(out, &mut buf, retain);
+            self.stage(out, &mut buf, retain);
+            if self.batch.bytes() >= self.batch_bytes {
+                self.flush();
+            }
         }
+        self.flush();
         self.socket.close();
         self.rep.close();
         if let Some(done) = ack {
@@ -120,8 +148,9 @@ impl Publisher {
         }
     }
 
-    /// Numbers, encodes, retains (if `retain`) and sends one event.
-    fn send(&mut self, out: Outgoing, buf: &mut Vec<u8>, retain: bool) {
+    /// Numbers, encodes, retains (if `retain`) and stages one event for the
+    /// next message.
+    fn stage(&mut self, out: Outgoing, buf: &mut Vec<u8>, retain: bool) {
         let seq = self.outbox.last_seq() + 1;
         let env = Envelope {
             origin: self.origin,
@@ -137,15 +166,31 @@ impl Publisher {
         buf.clear();
         env.encode_into(buf);
         let frame = Bytes::copy_from_slice(buf);
+        self.batch.push(&frame);
         if retain {
             self.outbox.push(frame);
         } else {
             self.outbox.skip();
         }
         self.last_seq.store(seq, Ordering::Relaxed);
-        match self.socket.try_send(nng::Message::from(&buf[..])) {
-            Ok(()) => Counters::add(&self.counters.published, 1),
-            Err((_, e)) => tracing::error!(error = %e, seq, "pub socket refused a message"),
+    }
+
+    /// Sends what is staged as one NNG message.
+    fn flush(&mut self) {
+        let n = self.batch.len();
+        let Some(msg) = self.batch.take() else {
+            return;
+        };
+        match self.socket.try_send(nng::Message::from(&msg[..])) {
+            Ok(()) => {
+                Counters::add(&self.counters.published, u64::from(n));
+                if n > 1 {
+                    Counters::add(&self.counters.batches_sent, 1);
+                }
+            }
+            Err((_, e)) => {
+                tracing::error!(error = %e, envelopes = n, "pub socket refused a message")
+            }
         }
     }
 

@@ -87,6 +87,8 @@ pub(crate) struct Receiver {
     pub losses: broadcast::Sender<Loss>,
     pub dialers: HashMap<String, Dialer>,
     pub repairers: HashMap<PeerId, (String, mpsc::Sender<Nak>)>,
+    /// Reused buffer of decoded envelopes.
+    pub scratch: Vec<Envelope>,
 }
 
 impl Receiver {
@@ -211,11 +213,14 @@ impl Receiver {
     /// releases; false if shutdown interrupted a wait.
     async fn process(&mut self, frames: &mut Vec<nng::Message>) -> bool {
         let now = Instant::now();
+        let mut envelopes = std::mem::take(&mut self.scratch);
         for msg in frames.drain(..) {
-            if let Some(env) = self.decode(msg) {
-                self.inbox.on_envelope(env, now);
+            self.decode(msg, &mut envelopes);
+            for env in envelopes.drain(..) {
+                self.inbox.on_envelope(Arc::new(env), now);
             }
         }
+        self.scratch = envelopes;
         if let Some(f) = &self.faults {
             let c = f.counts();
             Counters::set(&self.counters.faults_dropped, c.dropped);
@@ -281,17 +286,24 @@ impl Receiver {
         go_on
     }
 
-    /// One frame to an envelope; bad ones are counted, logged and dropped.
-    fn decode(&mut self, mut msg: nng::Message) -> Option<Arc<Envelope>> {
-        Counters::add(&self.counters.received, 1);
-        let decoded = Envelope::decode(msg.as_slice(), self.max_message_size).and_then(|env| {
-            validate_topic(&env.topic)
-                .map(|()| env)
-                .map_err(|e| DecodeError::Malformed(e.to_string()))
-        });
+    /// One frame (an event or a batch) to envelopes appended to `out`; a
+    /// bad frame is counted, logged and dropped whole.
+    fn decode(&mut self, mut msg: nng::Message, out: &mut Vec<Envelope>) {
+        let decoded =
+            Envelope::decode_events(msg.as_slice(), self.max_message_size, out).and_then(|()| {
+                match out.iter().find(|env| validate_topic(&env.topic).is_err()) {
+                    Some(env) => Err(DecodeError::Malformed(format!(
+                        "invalid topic {:?}",
+                        env.topic
+                    ))),
+                    None => Ok(()),
+                }
+            });
         match decoded {
-            Ok(env) => Some(Arc::new(env)),
+            Ok(()) => Counters::add(&self.counters.received, out.len() as u64),
             Err(e) => {
+                out.clear();
+                Counters::add(&self.counters.received, 1);
                 let (counter, kind) = match e {
                     DecodeError::Oversized { .. } => (&self.counters.oversized, "oversized"),
                     DecodeError::Version(_) | DecodeError::UnknownKind(_) => {
@@ -301,7 +313,6 @@ impl Receiver {
                 };
                 Counters::add(counter, 1);
                 self.bad.reject(kind, &source_of(&mut msg), &e);
-                None
             }
         }
     }

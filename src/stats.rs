@@ -32,7 +32,10 @@ macro_rules! stats {
 stats! {
     /// Events this peer handed to its pub socket.
     published,
-    /// Frames received from the network (valid or not).
+    /// Batch messages sent (each carrying several events).
+    batches_sent,
+    /// Events received by pub/sub (each event of a batch counts), plus
+    /// every frame rejected as bad input.
     received,
     /// Deliveries handed to subscriptions (one event matching two subscriptions counts twice).
     delivered,

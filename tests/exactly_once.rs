@@ -145,7 +145,9 @@ async fn a_slow_subscriber_gets_everything_once_and_the_publisher_stays_bounded(
     const N: u64 = 3000;
     const BUFFER: usize = 256;
     // Tiny NNG queues so a slow subscriber makes NNG drop on the pub side.
+    // Unbatched: one NNG message per event, so the 8-message queues overflow.
     let a = fast("fast-pub", "tcp://127.0.0.1:0")
+        .batch_bytes(0)
         .send_buffer(8)
         .retransmit_buffer(BUFFER)
         .start()

@@ -14,7 +14,12 @@ async fn faulty_pair(
     faults: LinkFaults,
     tune: impl FnOnce(PeerBuilder) -> PeerBuilder,
 ) -> (Peer, Peer) {
-    let a = peer("a", &unique_url("inproc", "fa")).await.unwrap();
+    // Unbatched, so every event is its own frame for the fault layer to hit.
+    let a = fast("a", &unique_url("inproc", "fa"))
+        .batch_bytes(0)
+        .start()
+        .await
+        .unwrap();
     let b = tune(
         fast("b", &unique_url("inproc", "fb"))
             .seed(a.local_url())
