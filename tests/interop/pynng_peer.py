@@ -96,19 +96,22 @@ def subscribe(url, n):
                 sys.exit("could not connect")
             time.sleep(0.01)
         print("ready", flush=True)
-        for _ in range(n):
+        received = 0
+        while received < n:
             frame = msgpack.unpackb(sub.recv(), raw=False)
             assert isinstance(frame, list) and len(frame) == 3, frame
-            version, kind, env = frame
-            assert version == 1 and kind == 0, (version, kind)
-            assert len(env) == 9, env
-            origin, inc, seq, msg_id, topic, ts, corr, headers, payload = env
-            assert isinstance(payload, bytes), type(payload)
-            value = msgpack.unpackb(payload, raw=False)
-            print(json.dumps({"origin": origin, "incarnation": inc, "seq": seq, "id": msg_id,
-                              "topic": topic, "timestamp": ts, "correlation_id": corr,
-                              "headers": headers, "value": value}), flush=True)
-
+            version, kind, body = frame
+            assert version == 1 and kind in (0, 5), (version, kind)
+            # Kind 0 carries one envelope, kind 5 (a batch) several.
+            for env in [body] if kind == 0 else body:
+                assert len(env) == 9, env
+                origin, inc, seq, msg_id, topic, ts, corr, headers, payload = env
+                assert isinstance(payload, bytes), type(payload)
+                value = msgpack.unpackb(payload, raw=False)
+                print(json.dumps({"origin": origin, "incarnation": inc, "seq": seq, "id": msg_id,
+                                  "topic": topic, "timestamp": ts, "correlation_id": corr,
+                                  "headers": headers, "value": value}), flush=True)
+                received += 1
 
 if __name__ == "__main__":
     if sys.argv[1] == "publish":
