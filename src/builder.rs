@@ -423,6 +423,8 @@ impl PeerBuilder {
             dialers: HashMap::new(),
             repairers: HashMap::new(),
             scratch: Vec::new(),
+            me: id,
+            direct_acked: HashMap::new(),
         };
         let (disc_tx, disc_rx) = mpsc::channel(4);
         let discovery = Discovery {

@@ -22,7 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::envelope::{BatchWriter, Envelope, Headers, PeerId};
 use crate::outbox::Outbox;
-use crate::repair::Nak;
+use crate::repair::{Nak, RepairRequest};
 use crate::stats::Counters;
 use crate::transport::{AioSend, RecvReady};
 
@@ -196,12 +196,28 @@ impl Publisher {
 
     /// Answers one NAK from the repair socket.
     async fn answer(&mut self, msg: nng::Message, aio: &mut AioSend, buf: &mut Vec<u8>) {
-        Counters::add(&self.counters.naks_received, 1);
-        let nak = match Nak::decode(msg.as_slice(), self.max_message_size) {
-            Ok(n) => n,
+        let nak = match RepairRequest::decode(msg.as_slice(), self.max_message_size) {
+            Ok(RepairRequest::Nak(n)) => {
+                Counters::add(&self.counters.naks_received, 1);
+                n
+            }
+            Ok(RepairRequest::Ack(a)) => {
+                Counters::add(&self.counters.direct_acks_received, 1);
+                if a.origin == self.origin {
+                    self.outbox.on_ack(a.member, a.incarnation, a.seq);
+                } else {
+                    self.outbox.on_ack(a.member, 0, 0); // another origin's: counted as refused
+                }
+                // req/rep needs a reply: an empty repair answer.
+                Nak {
+                    origin: a.origin,
+                    incarnation: a.incarnation,
+                    ranges: Vec::new(),
+                }
+            }
             Err(e) => {
                 Counters::add(&self.counters.naks_malformed, 1);
-                tracing::debug!(error = %e, "malformed NAK dropped");
+                tracing::debug!(error = %e, "malformed repair request dropped");
                 return;
             }
         };

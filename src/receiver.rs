@@ -28,7 +28,7 @@ use crate::frame::DecodeError;
 use crate::heartbeat::Ack;
 use crate::inbox::{Inbox, InboxEvent};
 use crate::member::PeerInfo;
-use crate::repair::Nak;
+use crate::repair::{DirectAck, RepairRequest};
 use crate::repairer::{self, Repaired};
 use crate::stats::Counters;
 use crate::subscription::{Dispatched, Registry};
@@ -37,6 +37,8 @@ use crate::transport::{self, RecvReady, SocketConfig};
 
 /// How many frames are taken from NNG per wake-up.
 const RECV_BATCH: usize = 64;
+/// Progress (in messages of one origin) that triggers a direct ack.
+const DIRECT_ACK_EVERY: u64 = 256;
 
 /// Messages to the receive driver.
 pub(crate) enum SubCmd {
@@ -86,7 +88,11 @@ pub(crate) struct Receiver {
     pub acks: AckView,
     pub losses: broadcast::Sender<Loss>,
     pub dialers: HashMap<String, Dialer>,
-    pub repairers: HashMap<PeerId, (String, mpsc::Sender<Nak>)>,
+    pub repairers: HashMap<PeerId, (String, mpsc::Sender<RepairRequest>)>,
+    /// This peer's id, named in direct acks.
+    pub me: PeerId,
+    /// The last watermark sent as a direct ack, per origin incarnation.
+    pub direct_acked: HashMap<(PeerId, u64), u64>,
     /// Reused buffer of decoded envelopes.
     pub scratch: Vec<Envelope>,
 }
@@ -145,10 +151,12 @@ impl Receiver {
                                     d.close();
                                 }
                                 self.repairers.remove(&info.id);
+                                self.direct_acked.retain(|(o, _), _| *o != info.id);
                                 self.inbox.forget(info.id);
                                 self.drain().await
                             }
                             Some(SubCmd::Left(id)) => {
+                                self.direct_acked.retain(|(o, _), _| *o != id);
                                 self.inbox.forget(id);
                                 self.drain().await
                             }
@@ -258,7 +266,7 @@ impl Receiver {
                 }
                 InboxEvent::Nak(nak) => match self.repairers.get(&nak.origin) {
                     Some((_, tx)) => {
-                        let _ = tx.try_send(nak); // full: a newer NAK follows
+                        let _ = tx.try_send(RepairRequest::Nak(nak)); // full: a newer one follows
                     }
                     None => Counters::add(&self.counters.naks_unroutable, 1),
                 },
@@ -282,8 +290,39 @@ impl Receiver {
                 seq,
             })
             .collect();
+        self.send_direct_acks(&acks);
         *self.acks.write() = Arc::new(acks);
         go_on
+    }
+
+    /// Tells an origin at once when this peer has moved [`DIRECT_ACK_EVERY`]
+    /// past the watermark it last sent it, so a busy origin frees its buffer
+    /// without waiting for a heartbeat (which also carries the watermark).
+    fn send_direct_acks(&mut self, received: &[Ack]) {
+        for a in received {
+            let Some((_, tx)) = self.repairers.get(&a.origin) else {
+                continue;
+            };
+            let seq = match self.registry.inflight.oldest(a.origin, a.incarnation) {
+                Some(oldest) => a.seq.min(oldest - 1),
+                None => a.seq,
+            };
+            let last = self
+                .direct_acked
+                .entry((a.origin, a.incarnation))
+                .or_insert(0);
+            if seq >= *last + DIRECT_ACK_EVERY {
+                let ack = DirectAck {
+                    member: self.me,
+                    origin: a.origin,
+                    incarnation: a.incarnation,
+                    seq,
+                };
+                if tx.try_send(RepairRequest::Ack(ack)).is_ok() {
+                    *last = seq;
+                }
+            }
+        }
     }
 
     /// One frame (an event or a batch) to envelopes appended to `out`; a

@@ -13,6 +13,8 @@ use crate::frame::{self, DecodeError};
 pub const KIND_NAK: u8 = 3;
 /// Frame kind of a repair answer (origin → receiver).
 pub const KIND_REPAIR: u8 = 4;
+/// Frame kind of an ack sent straight to an origin's repair endpoint.
+pub const KIND_ACK: u8 = 6;
 /// Most ranges in one NAK or one answer's `gone` list.
 pub const MAX_RANGES: usize = 64;
 
@@ -40,6 +42,64 @@ pub struct Repair {
     pub frames: Vec<Bytes>,
     /// Ranges asked for that are no longer retained: lost for good.
     pub gone: Vec<(u64, u64)>,
+}
+
+/// "I, `member`, have received everything `origin` published in
+/// `incarnation` through `seq`": the heartbeat ack, sent at once to the
+/// origin's repair endpoint when a receiver has moved far enough ahead, so a
+/// busy origin can free its buffer without waiting for the next heartbeat.
+/// The origin answers with an empty [`Repair`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirectAck {
+    /// The acknowledging member.
+    pub member: PeerId,
+    /// The origin acknowledged.
+    pub origin: PeerId,
+    /// Its incarnation.
+    pub incarnation: u64,
+    /// Received through this sequence number.
+    pub seq: u64,
+}
+
+impl DirectAck {
+    /// Encodes as a complete frame.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut buf = Vec::with_capacity(40);
+        frame::encode_into(&mut buf, KIND_ACK, self);
+        buf
+    }
+
+    /// Decodes an ack frame. Never panics.
+    pub fn decode(bytes: &[u8], max_size: usize) -> Result<Self, DecodeError> {
+        frame::decode(bytes, max_size, KIND_ACK)
+    }
+}
+
+/// What arrives on a repair endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RepairRequest {
+    /// Send these again.
+    Nak(Nak),
+    /// Free what I have.
+    Ack(DirectAck),
+}
+
+impl RepairRequest {
+    /// Encodes as a complete frame.
+    pub fn encode(&self) -> Vec<u8> {
+        match self {
+            RepairRequest::Nak(n) => n.encode(),
+            RepairRequest::Ack(a) => a.encode(),
+        }
+    }
+
+    /// Decodes a NAK or an ack frame. Never panics.
+    pub fn decode(bytes: &[u8], max_size: usize) -> Result<Self, DecodeError> {
+        match frame::read_header(bytes, max_size)?.0 {
+            KIND_ACK => DirectAck::decode(bytes, max_size).map(RepairRequest::Ack),
+            _ => Nak::decode(bytes, max_size).map(RepairRequest::Nak),
+        }
+    }
 }
 
 fn check_ranges(ranges: &[(u64, u64)]) -> Result<(), DecodeError> {
@@ -122,6 +182,25 @@ mod tests {
             ..n
         };
         assert!(Nak::decode(&many.encode(), 1 << 20).is_err());
+        let a = DirectAck {
+            member: PeerId(2),
+            origin: PeerId(7),
+            incarnation: 3,
+            seq: 9,
+        };
+        assert_eq!(
+            RepairRequest::decode(&a.encode(), 1 << 20).unwrap(),
+            RepairRequest::Ack(a)
+        );
+        let n = Nak {
+            origin: PeerId(7),
+            incarnation: 3,
+            ranges: vec![(1, 2)],
+        };
+        assert_eq!(
+            RepairRequest::decode(&n.encode(), 1 << 20).unwrap(),
+            RepairRequest::Nak(n)
+        );
     }
 
     proptest! {
@@ -129,6 +208,7 @@ mod tests {
         fn decoders_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..300)) {
             let _ = Nak::decode(&bytes, usize::MAX);
             let _ = Repair::decode(&bytes, usize::MAX);
+            let _ = RepairRequest::decode(&bytes, usize::MAX);
         }
     }
 }

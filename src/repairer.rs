@@ -2,7 +2,8 @@
 //! dialed to that origin's repair endpoint.
 //!
 //! Owns: sending the NAKs the inbox decides on (only the newest waiting one:
-//! it supersedes older ones), waiting for the answer with a deadline, and
+//! it supersedes older ones) and the direct acks the receiver sends when it
+//! has moved far ahead, waiting for each answer with a deadline, and
 //! checking it: the answer must come from that origin, and each retained
 //! frame must decode to one of its envelopes. What passes goes back to the
 //! receive driver; what does not is counted and dropped.
@@ -13,7 +14,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use crate::envelope::{Envelope, PeerId};
-use crate::repair::{Nak, Repair};
+use crate::repair::{Repair, RepairRequest};
 use crate::stats::Counters;
 use crate::topic::validate_topic;
 use crate::transport::{self, AioSend, RecvReady, SocketConfig};
@@ -30,8 +31,8 @@ pub(crate) struct Repaired {
     pub gone: Vec<(u64, u64)>,
 }
 
-/// Starts the repair client of `origin` at `url`; NAKs go in through the
-/// returned sender (dropping it stops the task).
+/// Starts the repair client of `origin` at `url`; NAKs and direct acks go
+/// in through the returned sender (dropping it stops the task).
 pub(crate) fn spawn(
     origin: PeerId,
     url: String,
@@ -39,7 +40,7 @@ pub(crate) fn spawn(
     max_message_size: usize,
     counters: Arc<Counters>,
     results: mpsc::UnboundedSender<Repaired>,
-) -> mpsc::Sender<Nak> {
+) -> mpsc::Sender<RepairRequest> {
     let (tx, rx) = mpsc::channel(4);
     tokio::spawn(async move {
         let socket = match transport::req_socket(&sockets)
@@ -72,41 +73,70 @@ struct Client {
 }
 
 impl Client {
-    async fn run(self, mut rx: mpsc::Receiver<Nak>) {
+    async fn run(self, mut rx: mpsc::Receiver<RepairRequest>) {
         if let (Ok(ready), Ok(mut aio)) =
             (RecvReady::new(&self.socket), AioSend::new(ANSWER_DEADLINE))
         {
             let mut replies = Vec::with_capacity(1);
-            while let Some(mut nak) = rx.recv().await {
-                while let Ok(newer) = rx.try_recv() {
-                    nak = newer;
+            while let Some(first) = rx.recv().await {
+                // The newest NAK supersedes older ones; acks are cumulative.
+                let (mut nak, mut ack) = (None, None);
+                for req in std::iter::once(first).chain(std::iter::from_fn(|| rx.try_recv().ok())) {
+                    match req {
+                        RepairRequest::Nak(n) => nak = Some(n),
+                        RepairRequest::Ack(a) => ack = Some(a),
+                    }
                 }
+                if let Some(a) = ack {
+                    Counters::add(&self.counters.direct_acks_sent, 1);
+                    self.exchange(&RepairRequest::Ack(a), &ready, &mut aio, &mut replies)
+                        .await;
+                    replies.clear(); // an empty answer
+                }
+                let Some(nak) = nak else { continue };
                 Counters::add(&self.counters.naks_sent, 1);
-                if aio
-                    .send(&self.socket, nng::Message::from(&nak.encode()[..]))
+                match self
+                    .exchange(&RepairRequest::Nak(nak), &ready, &mut aio, &mut replies)
                     .await
-                    .is_err()
                 {
-                    continue; // not connected (yet): the inbox will NAK again
-                }
-                let answer = tokio::time::timeout(
-                    ANSWER_DEADLINE,
-                    ready.recv_batch(&self.socket, &mut replies, 1),
-                )
-                .await;
-                match answer {
-                    Ok(Ok(())) => {
+                    Some(true) => {
                         for msg in replies.drain(..) {
                             self.check(&msg);
                         }
                     }
-                    Ok(Err(_)) => break,
-                    Err(_) => Counters::add(&self.counters.naks_unanswered, 1),
+                    Some(false) => Counters::add(&self.counters.naks_unanswered, 1),
+                    None => break,
                 }
             }
             drop((ready, aio)); // before the socket closes
         }
         self.socket.close();
+    }
+
+    /// Sends one request and waits for its answer into `replies`: Some(true)
+    /// answered, Some(false) not sent or not answered in time (asked again
+    /// later), None when the socket is closed.
+    async fn exchange(
+        &self,
+        req: &RepairRequest,
+        ready: &RecvReady,
+        aio: &mut AioSend,
+        replies: &mut Vec<nng::Message>,
+    ) -> Option<bool> {
+        if aio
+            .send(&self.socket, nng::Message::from(&req.encode()[..]))
+            .await
+            .is_err()
+        {
+            return Some(false); // not connected (yet)
+        }
+        match tokio::time::timeout(ANSWER_DEADLINE, ready.recv_batch(&self.socket, replies, 1))
+            .await
+        {
+            Ok(Ok(())) => Some(true),
+            Ok(Err(_)) => None,
+            Err(_) => Some(false),
+        }
     }
 
     fn check(&self, msg: &nng::Message) {

@@ -79,8 +79,12 @@ stats! {
     retransmits,
     /// NAKs received on the repair endpoint.
     naks_received,
-    /// NAKs that did not decode.
+    /// NAKs and direct acks that did not decode.
     naks_malformed,
+    /// Acks received straight on the repair endpoint (sent by busy receivers).
+    direct_acks_received,
+    /// Acks sent straight to origins' repair endpoints.
+    direct_acks_sent,
     /// NAKs for another origin or incarnation, or ranges past the last sequence number published.
     naks_refused,
     /// Acks from non-members or for another incarnation.

@@ -1,0 +1,517 @@
+//! Throughput and latency of reliable, deduplicated chorus delivery, side by
+//! side with raw NNG pub/sub measured in the same run.
+//!
+//! Run: `cargo bench --bench throughput` (all points, a few minutes) or
+//! `cargo bench --bench throughput -- --quick` (under a minute). Options:
+//! `--scenarios 1x1,1x4,4x4 --payloads 64,1024,16384 --transports tcp,inproc
+//! --json target/throughput.json`.
+//!
+//! Each point (publishers × subscribers, payload, transport):
+//! - **raw NNG**: one pub0 socket per publisher and one sub0 per subscriber,
+//!   with chorus's default buffer sizes, paced at increasing rates; the
+//!   highest rate with at most 0.1 % drops is its drop-free rate.
+//! - **chorus flood**: every publisher publishes as fast as `publish`
+//!   returns (backpressure included); delivered msg/s per subscriber and in
+//!   aggregate, with retransmits, duplicates dropped and losses.
+//! - **latency, paced**: both at 10 % of raw NNG's drop-free rate, latency
+//!   measured from each message's *intended* send time (corrected for
+//!   coordinated omission), percentiles from HdrHistogram.
+//!
+//! All peers live in this one process (2 cores): figures compare chorus and
+//! raw NNG under the same conditions, not absolute capacity.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use chorus::Peer;
+use futures::StreamExt;
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
+use nng::options::{Options, RecvBufferSize, RecvTimeout, SendBufferSize};
+use nng::{Protocol, Socket};
+use serde_json::json;
+
+const BUFFER: i32 = 1024; // chorus's default send/recv buffer, used for raw NNG too
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64
+}
+
+/// A payload of `size` bytes starting with the send time in µs.
+fn payload(size: usize, stamp: u64) -> Vec<u8> {
+    let mut p = vec![0xa5u8; size.max(8)];
+    p[..8].copy_from_slice(&stamp.to_le_bytes());
+    p
+}
+
+fn stamp_of(p: &[u8]) -> u64 {
+    u64::from_le_bytes(p[..8].try_into().unwrap())
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).unwrap()
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Point {
+    pubs: usize,
+    subs: usize,
+    size: usize,
+    tcp: bool,
+}
+
+impl Point {
+    fn name(&self) -> String {
+        format!(
+            "{}x{} {}B {}",
+            self.pubs,
+            self.subs,
+            self.size,
+            if self.tcp { "tcp" } else { "inproc" }
+        )
+    }
+}
+
+/// Latency percentiles in µs.
+fn percentiles(h: &Histogram<u64>) -> serde_json::Value {
+    json!({
+        "p50": h.value_at_quantile(0.50), "p90": h.value_at_quantile(0.90),
+        "p99": h.value_at_quantile(0.99), "p99_9": h.value_at_quantile(0.999), "max": h.max(),
+        "count": h.len(),
+    })
+}
+
+// ---------------------------------------------------------------- raw NNG
+
+struct RawRun {
+    sent: u64,
+    min_received: u64,
+    delivered_per_sec: f64,
+    latency: Histogram<u64>,
+}
+
+/// Raw pub/sub paced at `rate` msg/s in all for `secs`.
+fn raw_run(p: Point, rate: f64, secs: f64, addr: &mut u32) -> RawRun {
+    *addr += 1;
+    let urls: Vec<String> = (0..p.pubs)
+        .map(|i| {
+            if p.tcp {
+                "tcp://127.0.0.1:0".to_string()
+            } else {
+                format!("inproc://raw-{}-{addr}-{i}", std::process::id())
+            }
+        })
+        .collect();
+    let mut pub_socks = Vec::new();
+    let mut bound = Vec::new();
+    for url in &urls {
+        let s = Socket::new(Protocol::Pub0).unwrap();
+        s.set_opt::<SendBufferSize>(BUFFER).unwrap();
+        let l = nng::Listener::new(&s, url).unwrap();
+        bound.push(if p.tcp {
+            format!(
+                "tcp://127.0.0.1:{}",
+                l.get_opt::<nng::options::transport::tcp::BoundPort>()
+                    .unwrap()
+            )
+        } else {
+            url.clone()
+        });
+        pub_socks.push(s);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut readers = Vec::new();
+    for _ in 0..p.subs {
+        let s = Socket::new(Protocol::Sub0).unwrap();
+        s.set_opt::<RecvBufferSize>(BUFFER).unwrap();
+        s.set_opt::<RecvTimeout>(Some(Duration::from_millis(50)))
+            .unwrap();
+        s.set_opt::<nng::options::protocol::pubsub::Subscribe>(Vec::new())
+            .unwrap();
+        for u in &bound {
+            s.dial(u).unwrap();
+        }
+        let stop = stop.clone();
+        readers.push(std::thread::spawn(move || {
+            let mut h = histogram();
+            let (mut n, mut first, mut last) = (0u64, None, Instant::now());
+            loop {
+                match s.recv() {
+                    Ok(m) => {
+                        let now = now_us();
+                        h.saturating_record(now.saturating_sub(stamp_of(m.as_slice())).max(1));
+                        n += 1;
+                        first.get_or_insert_with(Instant::now);
+                        last = Instant::now();
+                    }
+                    Err(_) if stop.load(Ordering::Relaxed) => break,
+                    Err(_) => {}
+                }
+            }
+            let secs = first.map_or(0.0, |f: Instant| (last - f).as_secs_f64());
+            (n, secs, h)
+        }));
+    }
+    std::thread::sleep(Duration::from_millis(200)); // links up
+    let total = (rate * secs) as u64;
+    let per_pub = total / p.pubs as u64;
+    let senders: Vec<_> = pub_socks
+        .iter()
+        .map(|s| {
+            let s = s.clone();
+            let size = p.size;
+            let rate = rate / p.pubs as f64;
+            std::thread::spawn(move || {
+                let start = Instant::now();
+                for i in 0..per_pub {
+                    let due = start + Duration::from_secs_f64(i as f64 / rate);
+                    while Instant::now() < due {
+                        std::hint::spin_loop();
+                        if due - Instant::now() > Duration::from_micros(200) {
+                            std::thread::sleep(Duration::from_micros(100));
+                        }
+                    }
+                    let intended = now_us() - (Instant::now() - due).as_micros() as u64;
+                    let _ = s.send(nng::Message::from(&payload(size, intended)[..]));
+                }
+            })
+        })
+        .collect();
+    for t in senders {
+        t.join().unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    let mut latency = histogram();
+    let (mut min_received, mut rate_sum) = (u64::MAX, 0.0);
+    for r in readers {
+        let (n, secs, h) = r.join().unwrap();
+        latency.add(&h).unwrap();
+        min_received = min_received.min(n);
+        rate_sum += if secs > 0.0 { n as f64 / secs } else { 0.0 };
+    }
+    for s in pub_socks {
+        s.close();
+    }
+    RawRun {
+        sent: per_pub * p.pubs as u64,
+        min_received,
+        delivered_per_sec: rate_sum / p.subs as f64,
+        latency,
+    }
+}
+
+/// The highest paced rate (msg/s per subscriber) raw NNG sustains with at
+/// most 0.1 % drops, from a doubling then refining search.
+fn raw_drop_free(p: Point, secs: f64, addr: &mut u32, bar: &ProgressBar) -> (f64, f64) {
+    let (mut best, mut best_delivered) = (0.0, 0.0);
+    let mut rate = 5_000.0;
+    let mut failed = None;
+    for _ in 0..12 {
+        bar.set_message(format!("{} raw NNG at {:.0} msg/s", p.name(), rate));
+        let r = raw_run(p, rate, secs, addr);
+        let ok = r.min_received as f64 >= r.sent as f64 * 0.999;
+        if ok {
+            best = rate;
+            best_delivered = r.delivered_per_sec;
+        } else {
+            failed = Some(rate);
+        }
+        rate = match failed {
+            None => rate * 2.0,
+            Some(f) if f / best.max(1.0) > 1.15 => (best.max(2_500.0) + f) / 2.0,
+            Some(_) => break,
+        };
+    }
+    (best, best_delivered)
+}
+
+// ---------------------------------------------------------------- chorus
+
+struct ChorusRun {
+    per_sub: Vec<f64>,
+    latency: Histogram<u64>,
+    retransmits: u64,
+    duplicates: u64,
+    lost: u64,
+    batches: u64,
+}
+
+async fn chorus_bus(p: Point, addr: &mut u32) -> (Vec<Peer>, Vec<Peer>) {
+    *addr += 1;
+    let url = |role: &str, i: usize| {
+        if p.tcp {
+            "tcp://127.0.0.1:0".to_string()
+        } else {
+            format!("inproc://bench-{}-{addr}-{role}{i}", std::process::id())
+        }
+    };
+    let seed = Peer::builder()
+        .name("pub-0")
+        .listen(url("p", 0))
+        .start()
+        .await
+        .unwrap();
+    let mut pubs = vec![seed.clone()];
+    for i in 1..p.pubs {
+        pubs.push(
+            Peer::builder()
+                .name(format!("pub-{i}"))
+                .listen(url("p", i))
+                .seed(seed.local_url())
+                .start()
+                .await
+                .unwrap(),
+        );
+    }
+    let mut subs = Vec::new();
+    for i in 0..p.subs {
+        subs.push(
+            Peer::builder()
+                .name(format!("sub-{i}"))
+                .listen(url("s", i))
+                .seed(seed.local_url())
+                .start()
+                .await
+                .unwrap(),
+        );
+    }
+    let n = (p.pubs + p.subs) as u64 - 1;
+    let start = Instant::now();
+    while !pubs.iter().chain(&subs).all(|x| {
+        let s = x.stats();
+        s.members == n && s.links_in == n && s.links_out == n
+    }) {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "bus did not form"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    (pubs, subs)
+}
+
+/// Every publisher sends `count` messages; `rate` in msg/s in all (None: flood).
+async fn chorus_run(p: Point, count: u64, rate: Option<f64>, addr: &mut u32) -> ChorusRun {
+    let (pubs, subs) = chorus_bus(p, addr).await;
+    let total = count * p.pubs as u64;
+    let mut readers = Vec::new();
+    for s in &subs {
+        let mut stream = s.subscribe_bytes("bench.>").unwrap();
+        readers.push(tokio::spawn(async move {
+            let mut h = histogram();
+            let mut first = None;
+            for _ in 0..total {
+                let d = stream.next().await.expect("stream open");
+                h.saturating_record(now_us().saturating_sub(stamp_of(&d.value)).max(1));
+                first.get_or_insert_with(Instant::now);
+            }
+            (first.unwrap().elapsed(), h)
+        }));
+    }
+    let writers: Vec<_> = pubs
+        .iter()
+        .map(|x| {
+            let x = x.clone();
+            let size = p.size;
+            let per_pub_rate = rate.map(|r| r / p.pubs as f64);
+            tokio::spawn(async move {
+                let start = Instant::now();
+                for i in 0..count {
+                    let stamp = match per_pub_rate {
+                        Some(r) => {
+                            let due = start + Duration::from_secs_f64(i as f64 / r);
+                            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                                tokio::time::sleep(wait).await;
+                            }
+                            now_us() - (Instant::now() - due).as_micros() as u64
+                        }
+                        None => now_us(),
+                    };
+                    x.publish_bytes("bench.data", Bytes::from(payload(size, stamp)))
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.await.unwrap();
+    }
+    let mut latency = histogram();
+    let mut per_sub = Vec::new();
+    for r in readers {
+        let (elapsed, h) = tokio::time::timeout(Duration::from_secs(300), r)
+            .await
+            .expect("delivery finished")
+            .unwrap();
+        per_sub.push(total as f64 / elapsed.as_secs_f64());
+        latency.add(&h).unwrap();
+    }
+    let stats: Vec<_> = pubs.iter().chain(&subs).map(|x| x.stats()).collect();
+    let run = ChorusRun {
+        per_sub,
+        latency,
+        retransmits: stats.iter().map(|s| s.retransmits).sum(),
+        duplicates: stats.iter().map(|s| s.duplicates + s.duplicate_keys).sum(),
+        lost: stats.iter().map(|s| s.lost).sum(),
+        batches: stats.iter().map(|s| s.batches_sent).sum(),
+    };
+    for x in pubs.into_iter().chain(subs) {
+        x.shutdown().await;
+    }
+    run
+}
+
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .map(|l| l.to_string())
+        })
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        .unwrap_or(0)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let opt = |name: &str, default: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1).cloned())
+            .unwrap_or_else(|| default.to_owned())
+    };
+    let scenarios: Vec<(usize, usize)> =
+        opt("--scenarios", if quick { "1x1,4x4" } else { "1x1,1x4,4x4" })
+            .split(',')
+            .filter_map(|s| {
+                s.split_once('x')
+                    .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
+            })
+            .collect();
+    let sizes: Vec<usize> = opt(
+        "--payloads",
+        if quick { "64,1024" } else { "64,1024,16384" },
+    )
+    .split(',')
+    .filter_map(|s| s.parse().ok())
+    .collect();
+    let transports: Vec<bool> = opt("--transports", if quick { "tcp" } else { "tcp,inproc" })
+        .split(',')
+        .map(|t| t == "tcp")
+        .collect();
+    let json_path = opt("--json", "target/throughput.json");
+    let raw_secs = if quick { 0.25 } else { 1.0 };
+
+    let mut points = Vec::new();
+    for &(pubs, subs) in &scenarios {
+        for &size in &sizes {
+            for &tcp in &transports {
+                points.push(Point {
+                    pubs,
+                    subs,
+                    size,
+                    tcp,
+                });
+            }
+        }
+    }
+    let bar = ProgressBar::new(points.len() as u64);
+    bar.set_style(ProgressStyle::with_template("{bar:30} {pos}/{len} {elapsed} {msg}").unwrap());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut addr = 0;
+    let mut results = Vec::new();
+    let mut table = BTreeMap::new();
+    for p in points {
+        let (raw_rate, raw_delivered) = raw_drop_free(p, raw_secs, &mut addr, &bar);
+        // Flood: enough messages for about a second of the raw rate × 10, bounded by bytes.
+        let budget_bytes = if quick { 16 << 20 } else { 256 << 20 };
+        let count = ((budget_bytes / p.size.max(64)) as u64 / p.pubs as u64)
+            .clamp(2_000, if quick { 50_000 } else { 500_000 });
+        bar.set_message(format!(
+            "{} chorus flood, {count} msgs per publisher",
+            p.name()
+        ));
+        let flood = rt.block_on(chorus_run(p, count, None, &mut addr));
+        // Paced latency at 10 % of raw's drop-free rate, for both.
+        let paced_rate = (raw_rate * 0.1).max(500.0);
+        let paced_count =
+            ((paced_rate * if quick { 1.0 } else { 3.0 }) as u64 / p.pubs as u64).max(200);
+        bar.set_message(format!(
+            "{} paced latency at {paced_rate:.0} msg/s",
+            p.name()
+        ));
+        let raw_paced = raw_run(
+            p,
+            paced_rate,
+            paced_count as f64 * p.pubs as f64 / paced_rate,
+            &mut addr,
+        );
+        let chorus_paced = rt.block_on(chorus_run(p, paced_count, Some(paced_rate), &mut addr));
+
+        let chorus_rate = flood.per_sub.iter().sum::<f64>() / flood.per_sub.len() as f64;
+        let mb = |rate: f64| rate * p.size as f64 / 1e6;
+        let p99 = |h: &Histogram<u64>| h.value_at_quantile(0.99);
+        let ratio = chorus_rate / raw_delivered.max(1.0);
+        let lat_ratio = p99(&chorus_paced.latency) as f64 / p99(&raw_paced.latency).max(1) as f64;
+        table.insert(
+            p.name(),
+            format!(
+                "| {} | {:.0} ({:.1} MB/s) | {:.0} ({:.1} MB/s) | {:.0} | **{:.1}×** | {} / {} µs | {} / {} µs | {:.2}× | {} / {} / {} |",
+                p.name(),
+                raw_delivered,
+                mb(raw_delivered),
+                chorus_rate,
+                mb(chorus_rate),
+                chorus_rate * p.subs as f64,
+                ratio,
+                p99(&raw_paced.latency),
+                raw_paced.latency.max(),
+                p99(&chorus_paced.latency),
+                chorus_paced.latency.max(),
+                lat_ratio,
+                flood.retransmits,
+                flood.duplicates,
+                flood.lost
+            ),
+        );
+        results.push(json!({
+            "point": p.name(), "publishers": p.pubs, "subscribers": p.subs, "payload": p.size,
+            "transport": if p.tcp { "tcp" } else { "inproc" },
+            "raw_nng": { "drop_free_rate": raw_rate, "delivered_per_sub": raw_delivered,
+                          "paced_rate": paced_rate, "paced_latency_us": percentiles(&raw_paced.latency) },
+            "chorus": { "messages_per_publisher": count, "delivered_per_sub": flood.per_sub,
+                        "delivered_per_sub_mean": chorus_rate, "aggregate": chorus_rate * p.subs as f64,
+                        "mb_per_sec_per_sub": mb(chorus_rate),
+                        "flood_latency_us": percentiles(&flood.latency),
+                        "paced_latency_us": percentiles(&chorus_paced.latency),
+                        "retransmits": flood.retransmits, "duplicates_dropped": flood.duplicates,
+                        "lost": flood.lost, "batches_sent": flood.batches },
+            "ratio_throughput": ratio, "ratio_p99_paced": lat_ratio,
+        }));
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let rss = peak_rss_kib();
+    println!("| point | raw NNG drop-free msg/s per sub | chorus msg/s per sub | chorus aggregate | chorus ÷ raw | raw paced p99 / max | chorus paced p99 / max | p99 ratio | retransmits / dups dropped / lost |");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for row in table.values() {
+        println!("{row}");
+    }
+    println!("peak RSS of the whole bench process: {} MiB", rss / 1024);
+    let doc = json!({ "quick": quick, "peak_rss_kib": rss, "points": results });
+    if let Some(dir) = std::path::Path::new(&json_path).parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    std::fs::write(&json_path, serde_json::to_string_pretty(&doc).unwrap()).unwrap();
+    println!("all figures: {json_path}");
+}
