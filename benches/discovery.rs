@@ -3,6 +3,8 @@
 //! time after a peer disappears without goodbye, and the CPU an idle bus uses.
 //!
 //! Run: `cargo bench --bench discovery` (options: `-- --peers 8,32 --idle-secs 10`).
+//! Under `cargo test` (no `--bench` argument) it runs 4 peers for 1 s as a
+//! smoke test.
 //! All peers run in this one process (one tokio runtime, NNG's shared
 //! threads), so the CPU figure is for the whole bus; per peer is total / N.
 
@@ -99,11 +101,13 @@ fn main() {
             .and_then(|i| args.get(i + 1).cloned())
             .unwrap_or_else(|| default.to_owned())
     };
-    let sizes: Vec<usize> = opt("--peers", "8,32")
+    let smoke = !args.iter().any(|a| a == "--bench");
+    let (peers, idle) = if smoke { ("4", "1") } else { ("8,32", "10") };
+    let sizes: Vec<usize> = opt("--peers", peers)
         .split(',')
         .filter_map(|s| s.parse().ok())
         .collect();
-    let idle = Duration::from_secs(opt("--idle-secs", "10").parse().unwrap_or(10));
+    let idle = Duration::from_secs(opt("--idle-secs", idle).parse().unwrap_or(10));
     let rt = tokio::runtime::Runtime::new().unwrap();
     println!(
         "defaults: interval 500 ms, deadline 250 ms, suspect_after 2, miss_limit 4 (bound 3250 ms)"

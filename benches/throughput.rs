@@ -1,10 +1,13 @@
 //! Throughput and latency of reliable, deduplicated chorus delivery, side by
 //! side with raw NNG pub/sub measured in the same run.
 //!
-//! Run: `cargo bench --bench throughput` (all points, a few minutes) or
+//! Run: `cargo bench --bench throughput` (all points, several minutes) or
 //! `cargo bench --bench throughput -- --quick` (under a minute). Options:
 //! `--scenarios 1x1,1x4,4x4 --payloads 64,1024,16384 --transports tcp,inproc
-//! --json target/throughput.json`.
+//! --json target/throughput.json --svg target/throughput.svg --batch-bytes 0`
+//! (0 turns chorus's batching off, to measure what it is worth).
+//! Under `cargo test` (no `--bench` argument) it runs one tiny point as a
+//! smoke test and checks only that every figure is sane and non-zero.
 //!
 //! Each point (publishers × subscribers, payload, transport):
 //! - **raw NNG**: one pub0 socket per publisher and one sub0 per subscriber,
@@ -41,6 +44,28 @@ fn now_us() -> u64 {
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_micros() as u64
+}
+
+/// Sleeps until `due` (no spinning: a spinning sender would steal one of
+/// the two cores from the system under test) and returns the actual send
+/// time in µs. Latency is measured from it and recorded with HdrHistogram's
+/// coordinated-omission correction for the expected interval, so a stall of
+/// the system still counts for every message it held up.
+fn pace(due: Instant) -> u64 {
+    if let Some(wait) = due.checked_duration_since(Instant::now()) {
+        std::thread::sleep(wait);
+    }
+    now_us()
+}
+
+/// Records one latency; `interval_us` > 0 in paced runs.
+fn record(h: &mut Histogram<u64>, stamp: u64, interval_us: u64) {
+    let latency = now_us().saturating_sub(stamp).max(1);
+    if interval_us > 0 {
+        let _ = h.record_correct(latency.min(h.high()), interval_us);
+    } else {
+        h.saturating_record(latency);
+    }
 }
 
 /// A payload of `size` bytes starting with the send time in µs.
@@ -126,6 +151,8 @@ fn raw_run(p: Point, rate: f64, secs: f64, addr: &mut u32) -> RawRun {
         pub_socks.push(s);
     }
     let stop = Arc::new(AtomicBool::new(false));
+    // Each publisher's expected interval between messages.
+    let interval_us = (1e6 * p.pubs as f64 / rate) as u64;
     let mut readers = Vec::new();
     for _ in 0..p.subs {
         let s = Socket::new(Protocol::Sub0).unwrap();
@@ -144,8 +171,7 @@ fn raw_run(p: Point, rate: f64, secs: f64, addr: &mut u32) -> RawRun {
             loop {
                 match s.recv() {
                     Ok(m) => {
-                        let now = now_us();
-                        h.saturating_record(now.saturating_sub(stamp_of(m.as_slice())).max(1));
+                        record(&mut h, stamp_of(m.as_slice()), interval_us);
                         n += 1;
                         first.get_or_insert_with(Instant::now);
                         last = Instant::now();
@@ -170,14 +196,7 @@ fn raw_run(p: Point, rate: f64, secs: f64, addr: &mut u32) -> RawRun {
             std::thread::spawn(move || {
                 let start = Instant::now();
                 for i in 0..per_pub {
-                    let due = start + Duration::from_secs_f64(i as f64 / rate);
-                    while Instant::now() < due {
-                        std::hint::spin_loop();
-                        if due - Instant::now() > Duration::from_micros(200) {
-                            std::thread::sleep(Duration::from_micros(100));
-                        }
-                    }
-                    let intended = now_us() - (Instant::now() - due).as_micros() as u64;
+                    let intended = pace(start + Duration::from_secs_f64(i as f64 / rate));
                     let _ = s.send(nng::Message::from(&payload(size, intended)[..]));
                 }
             })
@@ -243,6 +262,16 @@ struct ChorusRun {
     batches: u64,
 }
 
+/// Batch size of chorus peers in this run (`--batch-bytes`, 0 = unbatched).
+static BATCH_BYTES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(64 * 1024);
+
+fn builder(name: String, url: String) -> chorus::PeerBuilder {
+    Peer::builder()
+        .name(name)
+        .listen(url)
+        .batch_bytes(BATCH_BYTES.load(Ordering::Relaxed))
+}
+
 async fn chorus_bus(p: Point, addr: &mut u32) -> (Vec<Peer>, Vec<Peer>) {
     *addr += 1;
     let url = |role: &str, i: usize| {
@@ -252,18 +281,11 @@ async fn chorus_bus(p: Point, addr: &mut u32) -> (Vec<Peer>, Vec<Peer>) {
             format!("inproc://bench-{}-{addr}-{role}{i}", std::process::id())
         }
     };
-    let seed = Peer::builder()
-        .name("pub-0")
-        .listen(url("p", 0))
-        .start()
-        .await
-        .unwrap();
+    let seed = builder("pub-0".into(), url("p", 0)).start().await.unwrap();
     let mut pubs = vec![seed.clone()];
     for i in 1..p.pubs {
         pubs.push(
-            Peer::builder()
-                .name(format!("pub-{i}"))
-                .listen(url("p", i))
+            builder(format!("pub-{i}"), url("p", i))
                 .seed(seed.local_url())
                 .start()
                 .await
@@ -273,9 +295,7 @@ async fn chorus_bus(p: Point, addr: &mut u32) -> (Vec<Peer>, Vec<Peer>) {
     let mut subs = Vec::new();
     for i in 0..p.subs {
         subs.push(
-            Peer::builder()
-                .name(format!("sub-{i}"))
-                .listen(url("s", i))
+            builder(format!("sub-{i}"), url("s", i))
                 .seed(seed.local_url())
                 .start()
                 .await
@@ -301,6 +321,7 @@ async fn chorus_bus(p: Point, addr: &mut u32) -> (Vec<Peer>, Vec<Peer>) {
 async fn chorus_run(p: Point, count: u64, rate: Option<f64>, addr: &mut u32) -> ChorusRun {
     let (pubs, subs) = chorus_bus(p, addr).await;
     let total = count * p.pubs as u64;
+    let interval_us = rate.map_or(0, |r| (1e6 * p.pubs as f64 / r) as u64);
     let mut readers = Vec::new();
     for s in &subs {
         let mut stream = s.subscribe_bytes("bench.>").unwrap();
@@ -309,41 +330,43 @@ async fn chorus_run(p: Point, count: u64, rate: Option<f64>, addr: &mut u32) -> 
             let mut first = None;
             for _ in 0..total {
                 let d = stream.next().await.expect("stream open");
-                h.saturating_record(now_us().saturating_sub(stamp_of(&d.value)).max(1));
+                record(&mut h, stamp_of(&d.value), interval_us);
                 first.get_or_insert_with(Instant::now);
             }
             (first.unwrap().elapsed(), h)
         }));
     }
+    // Publishers run on their own threads with the same pacing loop as the
+    // raw NNG senders (tokio's millisecond timer would add its own lateness
+    // to a paced run), calling into the runtime for each publish.
+    let handle = tokio::runtime::Handle::current();
     let writers: Vec<_> = pubs
         .iter()
         .map(|x| {
-            let x = x.clone();
+            let (x, handle) = (x.clone(), handle.clone());
             let size = p.size;
             let per_pub_rate = rate.map(|r| r / p.pubs as f64);
-            tokio::spawn(async move {
+            std::thread::spawn(move || {
                 let start = Instant::now();
                 for i in 0..count {
                     let stamp = match per_pub_rate {
-                        Some(r) => {
-                            let due = start + Duration::from_secs_f64(i as f64 / r);
-                            if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                                tokio::time::sleep(wait).await;
-                            }
-                            now_us() - (Instant::now() - due).as_micros() as u64
-                        }
+                        Some(r) => pace(start + Duration::from_secs_f64(i as f64 / r)),
                         None => now_us(),
                     };
-                    x.publish_bytes("bench.data", Bytes::from(payload(size, stamp)))
-                        .await
+                    handle
+                        .block_on(x.publish_bytes("bench.data", Bytes::from(payload(size, stamp))))
                         .unwrap();
                 }
             })
         })
         .collect();
-    for w in writers {
-        w.await.unwrap();
-    }
+    tokio::task::spawn_blocking(move || {
+        for w in writers {
+            w.join().unwrap();
+        }
+    })
+    .await
+    .unwrap();
     let mut latency = histogram();
     let mut per_sub = Vec::new();
     for r in readers {
@@ -383,34 +406,62 @@ fn peak_rss_kib() -> u64 {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let quick = args.iter().any(|a| a == "--quick");
+    // `cargo bench` passes `--bench`; `cargo test` runs this as a smoke test.
+    let smoke = !args.iter().any(|a| a == "--bench");
+    let quick = smoke || args.iter().any(|a| a == "--quick");
     let opt = |name: &str, default: &str| {
         args.iter()
             .position(|a| a == name)
             .and_then(|i| args.get(i + 1).cloned())
             .unwrap_or_else(|| default.to_owned())
     };
-    let scenarios: Vec<(usize, usize)> =
-        opt("--scenarios", if quick { "1x1,4x4" } else { "1x1,1x4,4x4" })
-            .split(',')
-            .filter_map(|s| {
-                s.split_once('x')
-                    .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
-            })
-            .collect();
-    let sizes: Vec<usize> = opt(
-        "--payloads",
-        if quick { "64,1024" } else { "64,1024,16384" },
-    )
-    .split(',')
-    .filter_map(|s| s.parse().ok())
-    .collect();
+    let default_scenarios = match (smoke, quick) {
+        (true, _) => "1x1",
+        (_, true) => "1x1",
+        _ => "1x1,1x4,4x4",
+    };
+    let scenarios: Vec<(usize, usize)> = opt("--scenarios", default_scenarios)
+        .split(',')
+        .filter_map(|s| {
+            s.split_once('x')
+                .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
+        })
+        .collect();
+    let default_sizes = match (smoke, quick) {
+        (true, _) => "64",
+        (_, true) => "64,1024",
+        _ => "64,1024,16384",
+    };
+    let sizes: Vec<usize> = opt("--payloads", default_sizes)
+        .split(',')
+        .filter_map(|s| s.parse().ok())
+        .collect();
     let transports: Vec<bool> = opt("--transports", if quick { "tcp" } else { "tcp,inproc" })
         .split(',')
         .map(|t| t == "tcp")
         .collect();
-    let json_path = opt("--json", "target/throughput.json");
-    let raw_secs = if quick { 0.25 } else { 1.0 };
+    let json_path = opt(
+        "--json",
+        if smoke {
+            "target/throughput-smoke.json"
+        } else {
+            "target/throughput.json"
+        },
+    );
+    let svg_path = opt(
+        "--svg",
+        if smoke {
+            "target/throughput-smoke.svg"
+        } else {
+            "target/throughput.svg"
+        },
+    );
+    // Raw runs must be long enough that NNG's and the kernel's buffers cannot
+    // hide drops: a quarter second of 64 B messages fits in socket buffers.
+    let raw_secs = if smoke { 0.25 } else { 1.0 };
+    if let Ok(b) = opt("--batch-bytes", "65536").parse() {
+        BATCH_BYTES.store(b, Ordering::Relaxed);
+    }
 
     let mut points = Vec::new();
     for &(pubs, subs) in &scenarios {
@@ -430,13 +481,27 @@ fn main() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let mut addr = 0;
     let mut results = Vec::new();
+    let mut curves = Vec::new();
     let mut table = BTreeMap::new();
     for p in points {
         let (raw_rate, raw_delivered) = raw_drop_free(p, raw_secs, &mut addr, &bar);
-        // Flood: enough messages for about a second of the raw rate × 10, bounded by bytes.
-        let budget_bytes = if quick { 16 << 20 } else { 256 << 20 };
-        let count = ((budget_bytes / p.size.max(64)) as u64 / p.pubs as u64)
-            .clamp(2_000, if quick { 50_000 } else { 500_000 });
+        // Flood: a fixed byte budget per point, within a message-count range.
+        let budget_bytes = if smoke {
+            1 << 20
+        } else if quick {
+            16 << 20
+        } else {
+            256 << 20
+        };
+        let max_count = if smoke {
+            10_000
+        } else if quick {
+            50_000
+        } else {
+            500_000
+        };
+        let count =
+            ((budget_bytes / p.size.max(64)) as u64 / p.pubs as u64).clamp(2_000, max_count);
         bar.set_message(format!(
             "{} chorus flood, {count} msgs per publisher",
             p.name()
@@ -484,6 +549,22 @@ fn main() {
                 flood.lost
             ),
         );
+        curves.push((
+            p.name(),
+            ladder(&raw_paced.latency),
+            ladder(&chorus_paced.latency),
+        ));
+        if smoke {
+            assert!(raw_rate > 0.0 && raw_delivered > 0.0, "raw NNG figures");
+            assert!(flood.per_sub.iter().all(|r| *r > 0.0), "chorus throughput");
+            assert!(
+                !flood.latency.is_empty()
+                    && !chorus_paced.latency.is_empty()
+                    && !raw_paced.latency.is_empty()
+            );
+            assert!(flood.latency.value_at_quantile(0.5) > 0, "latency recorded");
+            assert_eq!(flood.lost, 0, "nothing lost");
+        }
         results.push(json!({
             "point": p.name(), "publishers": p.pubs, "subscribers": p.subs, "payload": p.size,
             "transport": if p.tcp { "tcp" } else { "inproc" },
@@ -513,5 +594,98 @@ fn main() {
         let _ = std::fs::create_dir_all(dir);
     }
     std::fs::write(&json_path, serde_json::to_string_pretty(&doc).unwrap()).unwrap();
-    println!("all figures: {json_path}");
+    plot(&svg_path, &curves);
+    println!("all figures: {json_path}; latency plot: {svg_path}");
+}
+
+/// Latency at the percentile ladder drawn in the plot.
+const LADDER: [(f64, &str); 6] = [
+    (0.5, "p50"),
+    (0.9, "p90"),
+    (0.99, "p99"),
+    (0.999, "p99.9"),
+    (0.9999, "p99.99"),
+    (1.0, "max"),
+];
+
+fn ladder(h: &Histogram<u64>) -> Vec<u64> {
+    LADDER
+        .iter()
+        .map(|(q, _)| {
+            if *q >= 1.0 {
+                h.max()
+            } else {
+                h.value_at_quantile(*q)
+            }
+        })
+        .collect()
+}
+
+/// Paced latency percentile distributions, chorus (solid) against raw NNG
+/// (dashed) for every point, as an SVG.
+fn plot(path: &str, curves: &[(String, Vec<u64>, Vec<u64>)]) {
+    use plotters::prelude::*;
+    let root = SVGBackend::new(path, (1000, 600)).into_drawing_area();
+    root.fill(&WHITE).unwrap();
+    let top = curves
+        .iter()
+        .flat_map(|(_, r, c)| r.iter().chain(c))
+        .copied()
+        .max()
+        .unwrap_or(1) as f64
+        * 1.5;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            "paced latency at 10 % of raw NNG's drop-free rate (µs, log)",
+            ("sans-serif", 20),
+        )
+        .margin(15)
+        .x_label_area_size(35)
+        .y_label_area_size(60)
+        .build_cartesian_2d(
+            0f64..(LADDER.len() - 1) as f64,
+            (1f64..top.max(10.0)).log_scale(),
+        )
+        .unwrap();
+    chart
+        .configure_mesh()
+        .x_labels(LADDER.len())
+        .x_label_formatter(&|x| {
+            LADDER
+                .get(x.round() as usize)
+                .map_or(String::new(), |l| l.1.to_string())
+        })
+        .y_desc("µs")
+        .draw()
+        .unwrap();
+    for (i, (name, raw, chorus)) in curves.iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        let pts = |v: &Vec<u64>| {
+            v.iter()
+                .enumerate()
+                .map(|(x, y)| (x as f64, (*y).max(1) as f64))
+                .collect::<Vec<_>>()
+        };
+        chart
+            .draw_series(LineSeries::new(pts(chorus), color.stroke_width(2)))
+            .unwrap()
+            .label(format!("chorus {name}"))
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
+        chart
+            .draw_series(DashedLineSeries::new(pts(raw), 6, 4, color.stroke_width(1)))
+            .unwrap()
+            .label(format!("raw NNG {name}"))
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(1))
+            });
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .unwrap();
+    root.present().unwrap();
 }

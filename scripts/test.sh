@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # README's second command and CI's: installs what is missing, checks format
 # and lints, then runs the whole test suite (unit, property, integration,
-# interop, examples and doc tests).
+# interop, examples, bench smoke runs and doc tests).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
 cargo fmt --check
 cargo clippy --all-targets -- -D warnings
-cargo test "$@"
+# Every target: unit, integration and property tests, the examples, and the
+# benches in smoke mode (one tiny point each, figures only checked for sanity).
+cargo test --all-targets "$@"
+cargo test --doc "$@"

@@ -168,6 +168,12 @@ impl Inbox {
             self.counters.held_overflow += 1;
         } else {
             match st.window.insert(seq) {
+                // The common case: the next one, nothing held back.
+                Seen::Fresh
+                    if cfg.ordered && st.held.is_empty() && st.window.contiguous() == seq =>
+                {
+                    self.events.push_back(InboxEvent::Deliver(env));
+                }
                 Seen::Fresh if cfg.ordered => {
                     st.held.insert(seq, env);
                     Self::release(st, &mut self.events);
