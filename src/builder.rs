@@ -399,6 +399,7 @@ impl PeerBuilder {
         let acks: AckView = Default::default();
         let (losses, _) = broadcast::channel(EVENT_BUFFER);
         let inbox = InboxConfig {
+            me: id,
             ordered: self.ordered,
             ..InboxConfig::default()
         };

@@ -25,6 +25,8 @@ use crate::repair::Nak;
 /// Tuning of an [`Inbox`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct InboxConfig {
+    /// This peer, named in its NAKs.
+    pub me: PeerId,
     /// Deliver each origin's envelopes in sequence order (default), or as they arrive.
     pub ordered: bool,
     /// Envelopes held back per origin waiting for a gap (ordered mode).
@@ -40,6 +42,7 @@ pub struct InboxConfig {
 impl Default for InboxConfig {
     fn default() -> Self {
         InboxConfig {
+            me: PeerId(0),
             ordered: true,
             max_held: 4096,
             nak_interval: Duration::from_millis(20),
@@ -86,6 +89,9 @@ pub struct InboxCounters {
     pub naks: u64,
     /// Sequence numbers declared lost.
     pub lost: u64,
+    /// Sequence numbers skipped because the origin published them before it
+    /// counted this peer as a member (not owed, so not lost).
+    pub before_join: u64,
 }
 
 #[derive(Debug)]
@@ -114,6 +120,11 @@ impl Stream {
 pub struct Inbox {
     cfg: InboxConfig,
     streams: HashMap<PeerId, Stream>,
+    /// Members announced but not heard from by heartbeat yet: their
+    /// envelopes wait here (bounded by `max_held`) until a heartbeat tells
+    /// where their stream starts, so losing an origin's first messages can
+    /// never pass for "published before we joined".
+    pending: HashMap<PeerId, Vec<Arc<Envelope>>>,
     events: VecDeque<InboxEvent>,
     counters: InboxCounters,
 }
@@ -152,6 +163,14 @@ impl Inbox {
 
     /// An envelope arrived (from pub/sub or a repair).
     pub fn on_envelope(&mut self, env: Arc<Envelope>, now: Instant) {
+        if let Some(waiting) = self.pending.get_mut(&env.origin) {
+            if waiting.len() < self.cfg.max_held {
+                waiting.push(env);
+            } else {
+                self.counters.held_overflow += 1; // asked for once the stream is known
+            }
+            return;
+        }
         let (origin, seq) = (env.origin, env.seq);
         if !self.open(origin, env.incarnation, seq.saturating_sub(1)) {
             return;
@@ -189,7 +208,22 @@ impl Inbox {
     /// A heartbeat from `origin` said it has published through `last_seq`:
     /// anything missing up to there is asked for (tail loss).
     pub fn on_heartbeat(&mut self, origin: PeerId, incarnation: u64, last_seq: u64, now: Instant) {
-        if !self.open(origin, incarnation, last_seq) {
+        // A member's stream starts at 0: what it published before counting
+        // us as a member, its repair answer says (`owed_from`), so a loss of
+        // its first messages can never pass for "before we joined".
+        let base = match self.pending.remove(&origin) {
+            Some(waiting) => {
+                if !self.open(origin, incarnation, 0) {
+                    return;
+                }
+                for env in waiting {
+                    self.on_envelope(env, now);
+                }
+                0
+            }
+            None => last_seq,
+        };
+        if !self.open(origin, incarnation, base) {
             return;
         }
         let st = self.streams.get_mut(&origin).expect("opened");
@@ -205,6 +239,7 @@ impl Inbox {
         incarnation: u64,
         envelopes: Vec<Arc<Envelope>>,
         gone: &[(u64, u64)],
+        owed_from: u64,
         now: Instant,
     ) {
         match self.streams.get(&origin) {
@@ -218,6 +253,14 @@ impl Inbox {
             self.on_envelope(env, now);
         }
         let st = self.streams.get_mut(&origin).expect("checked");
+        // Published before the origin counted us as a member: not owed.
+        if owed_from > st.window.contiguous() + 1 {
+            let skipped = st.window.missing(owed_from - 1, usize::MAX);
+            self.counters.before_join += skipped.iter().map(|(a, b)| b - a + 1).sum::<u64>();
+            st.window.skip_through(owed_from - 1);
+            st.highest = st.highest.max(owed_from - 1);
+            Self::release(st, &mut self.events);
+        }
         for &(_, last) in gone {
             let last = last.min(st.highest);
             for (first, end) in st.window.missing(last, usize::MAX) {
@@ -252,9 +295,18 @@ impl Inbox {
         }
     }
 
+    /// `origin` became a member: hold its envelopes until its first
+    /// heartbeat says where its stream starts (a no-op if already tracked).
+    pub fn announce(&mut self, origin: PeerId) {
+        if !self.streams.contains_key(&origin) {
+            self.pending.entry(origin).or_default();
+        }
+    }
+
     /// The origin left or failed: what is still missing is lost, what is
     /// held is delivered, and the origin is no longer tracked.
     pub fn forget(&mut self, origin: PeerId) {
+        self.pending.remove(&origin);
         let Some(mut st) = self.streams.remove(&origin) else {
             return;
         };
@@ -334,6 +386,7 @@ impl Inbox {
             origin,
             incarnation: st.incarnation,
             ranges,
+            member: cfg.me,
         }));
     }
 }
@@ -378,7 +431,7 @@ mod tests {
         assert_eq!(drain(&mut i), ["d5", "nak[(6, 6)]"]);
         i.on_envelope(env(1, 1, 8), t);
         assert_eq!(i.counters().duplicates, 1);
-        i.on_repair(PeerId(1), 1, vec![env(1, 1, 6)], &[], t);
+        i.on_repair(PeerId(1), 1, vec![env(1, 1, 6)], &[], 1, t);
         assert_eq!(drain(&mut i), ["d6", "d7", "d8"]);
         assert_eq!(i.acks().collect::<Vec<_>>(), [(PeerId(1), 1, 8)]);
     }
@@ -408,7 +461,7 @@ mod tests {
         i.on_envelope(env(1, 1, 1), t);
         i.on_envelope(env(1, 1, 5), t);
         drain(&mut i);
-        i.on_repair(PeerId(1), 1, vec![env(1, 1, 4)], &[(2, 3)], t);
+        i.on_repair(PeerId(1), 1, vec![env(1, 1, 4)], &[(2, 3)], 1, t);
         assert_eq!(drain(&mut i), ["lost2-3", "d4", "d5"]);
         assert_eq!(i.counters().lost, 2);
     }
@@ -427,6 +480,37 @@ mod tests {
         i.forget(PeerId(1));
         assert_eq!(drain(&mut i), ["lost1-1", "d2"]);
         assert_eq!(i.acks().count(), 0);
+    }
+
+    #[test]
+    fn an_announced_member_s_first_messages_cannot_pass_for_pre_join() {
+        let t = Instant::now();
+        let mut i = Inbox::new(InboxConfig::default());
+        i.announce(PeerId(1));
+        // Its first batch (1..=3) was lost; 4 and 5 arrive before any heartbeat.
+        i.on_envelope(env(1, 1, 4), t);
+        i.on_envelope(env(1, 1, 5), t);
+        assert!(drain(&mut i).is_empty(), "held until the baseline is known");
+        i.on_heartbeat(PeerId(1), 1, 0, t); // it had published nothing when we joined
+        assert_eq!(drain(&mut i), ["nak[(1, 3)]"]);
+        i.on_repair(
+            PeerId(1),
+            1,
+            vec![env(1, 1, 1), env(1, 1, 2), env(1, 1, 3)],
+            &[],
+            1,
+            t,
+        );
+        assert_eq!(drain(&mut i), ["d1", "d2", "d3", "d4", "d5"]);
+        // A member that had published 10 before it counted us: it says so.
+        i.announce(PeerId(2));
+        i.on_envelope(env(2, 1, 12), t);
+        i.on_heartbeat(PeerId(2), 1, 12, t);
+        assert_eq!(drain(&mut i), ["nak[(1, 11)]"]);
+        i.on_repair(PeerId(2), 1, vec![env(2, 1, 11)], &[], 11, t);
+        assert_eq!(drain(&mut i), ["d11", "d12"]);
+        assert_eq!(i.counters().before_join, 10);
+        assert_eq!(i.counters().lost, 0);
     }
 
     #[test]
@@ -474,8 +558,8 @@ mod tests {
         i.on_envelope(env(3, 1, 1), t);
         assert_eq!(i.counters().origins_refused, 1);
         // Repairs for an unknown origin or another incarnation do nothing.
-        i.on_repair(PeerId(9), 1, vec![], &[(1, u64::MAX)], t);
-        i.on_repair(PeerId(1), 7, vec![], &[(1, u64::MAX)], t);
+        i.on_repair(PeerId(9), 1, vec![], &[(1, u64::MAX)], 1, t);
+        i.on_repair(PeerId(1), 7, vec![], &[(1, u64::MAX)], 1, t);
         assert_eq!(i.counters().lost, 0);
     }
 }

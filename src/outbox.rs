@@ -76,6 +76,8 @@ pub struct Outbox {
     /// Members whose watermark was set at join and not yet confirmed, with
     /// the heartbeats seen since without an ack.
     provisional: HashMap<PeerId, u32>,
+    /// The last sequence number published when each member joined.
+    joined_at: HashMap<PeerId, u64>,
     refused: OutboxRefused,
 }
 
@@ -92,6 +94,7 @@ impl Outbox {
             members: HashSet::new(),
             acks: HashMap::new(),
             provisional: HashMap::new(),
+            joined_at: HashMap::new(),
             refused: OutboxRefused::default(),
         }
     }
@@ -169,8 +172,10 @@ impl Outbox {
         for &joined in live.difference(&self.members) {
             self.acks.insert(joined, self.last_seq);
             self.provisional.insert(joined, 0);
+            self.joined_at.insert(joined, self.last_seq);
         }
         self.members = live;
+        self.joined_at.retain(|id, _| self.members.contains(id));
         self.acks.retain(|id, _| self.members.contains(id));
         self.provisional.retain(|id, _| self.members.contains(id));
         self.free();
@@ -228,10 +233,16 @@ impl Outbox {
             last_seq: self.last_seq,
             frames: Vec::new(),
             gone: Vec::new(),
+            owed_from: 1,
         };
         if nak.origin != self.origin || nak.incarnation != self.incarnation {
             self.refused.naks += 1;
             return repair;
+        }
+        // What was published before the asker joined is not owed to it. A
+        // non-member is owed what is still retained; the rest is "gone".
+        if let Some(&joined) = self.joined_at.get(&nak.member) {
+            repair.owed_from = joined + 1;
         }
         // Everything below this was freed (or never retained).
         let oldest = self.retained.front().map_or(self.last_seq + 1, |(s, _)| *s);
@@ -240,6 +251,7 @@ impl Outbox {
             if budget == 0 || bytes >= self.cfg.max_reply_bytes {
                 break;
             }
+            let first = first.max(repair.owed_from);
             if last > self.last_seq {
                 self.refused.unpublished += 1;
             }
@@ -288,6 +300,7 @@ mod tests {
             origin: PeerId(1),
             incarnation: 9,
             ranges: ranges.to_vec(),
+            member: PeerId(2),
         }
     }
 

@@ -213,6 +213,7 @@ impl Publisher {
                     origin: a.origin,
                     incarnation: a.incarnation,
                     ranges: Vec::new(),
+                    member: a.member,
                 }
             }
             Err(e) => {

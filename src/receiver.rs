@@ -133,8 +133,8 @@ impl Receiver {
                             self.process(&mut frames).await
                         }
                         Some(r) = repaired.recv() => {
-                            let Repaired { origin, incarnation, envelopes, gone } = r;
-                            self.inbox.on_repair(origin, incarnation, envelopes, &gone, Instant::now());
+                            let Repaired { origin, incarnation, envelopes, gone, owed_from } = r;
+                            self.inbox.on_repair(origin, incarnation, envelopes, &gone, owed_from, Instant::now());
                             self.drain().await
                         }
                         _ = tokio::time::sleep_until(nak_due.map_or_else(tokio::time::Instant::now, Into::into)), if nak_due.is_some() => {
@@ -143,6 +143,7 @@ impl Receiver {
                         }
                         cmd = rx.recv() => match cmd {
                             Some(SubCmd::Connect(info)) => {
+                                self.inbox.announce(info.id);
                                 self.connect(&info, &repaired_tx);
                                 true
                             }
@@ -276,6 +277,7 @@ impl Receiver {
         let s = &self.counters;
         Counters::set(&s.duplicates, c.duplicates);
         Counters::set(&s.stale, c.stale);
+        Counters::set(&s.before_join, c.before_join);
         Counters::set(
             &s.held_overflow,
             c.held_overflow + c.too_far_ahead + c.origins_refused,

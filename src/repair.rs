@@ -27,6 +27,8 @@ pub struct Nak {
     pub incarnation: u64,
     /// Inclusive `(first, last)` ranges, ascending.
     pub ranges: Vec<(u64, u64)>,
+    /// The member asking.
+    pub member: PeerId,
 }
 
 /// The origin's answer to a [`Nak`].
@@ -42,6 +44,10 @@ pub struct Repair {
     pub frames: Vec<Bytes>,
     /// Ranges asked for that are no longer retained: lost for good.
     pub gone: Vec<(u64, u64)>,
+    /// The first sequence number the asking member is owed: the origin
+    /// became aware of it as a member after publishing `owed_from - 1`.
+    /// Numbers below were published before it joined: not owed, not lost.
+    pub owed_from: u64,
 }
 
 /// "I, `member`, have received everything `origin` published in
@@ -162,6 +168,7 @@ mod tests {
             origin: PeerId(7),
             incarnation: 3,
             ranges: vec![(1, 4), (9, 9)],
+            member: PeerId(2),
         };
         assert_eq!(Nak::decode(&n.encode(), 1 << 20).unwrap(), n);
         let r = Repair {
@@ -170,6 +177,7 @@ mod tests {
             last_seq: 12,
             frames: vec![Bytes::from_static(b"\x93\x01\x00")],
             gone: vec![(1, 2)],
+            owed_from: 1,
         };
         assert_eq!(Repair::decode(&r.encode(), 1 << 20).unwrap(), r);
         let bad = Nak {
@@ -196,6 +204,7 @@ mod tests {
             origin: PeerId(7),
             incarnation: 3,
             ranges: vec![(1, 2)],
+            member: PeerId(2),
         };
         assert_eq!(
             RepairRequest::decode(&n.encode(), 1 << 20).unwrap(),

@@ -29,6 +29,7 @@ pub(crate) struct Repaired {
     pub incarnation: u64,
     pub envelopes: Vec<Arc<Envelope>>,
     pub gone: Vec<(u64, u64)>,
+    pub owed_from: u64,
 }
 
 /// Starts the repair client of `origin` at `url`; NAKs and direct acks go
@@ -168,6 +169,7 @@ impl Client {
             incarnation: repair.incarnation,
             envelopes,
             gone: repair.gone,
+            owed_from: repair.owed_from,
         });
     }
 }

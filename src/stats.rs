@@ -105,6 +105,9 @@ stats! {
     duplicate_keys,
     /// Messages declared lost (see `Peer::losses`).
     lost,
+    /// Sequence numbers skipped because their origin published them before
+    /// it counted this peer as a member (not owed, so not lost).
+    before_join,
     /// Envelopes of an older incarnation of their origin (dropped).
     stale,
     /// Envelopes set aside (hold buffer full, too far ahead, too many origins): asked for again later.

@@ -183,6 +183,7 @@ async fn garbage_absurd_and_foreign_naks_cost_little_and_change_nothing() {
             origin: a.id(),
             incarnation: a.incarnation(),
             ranges: vec![(1, u64::MAX)],
+            member: chorus::PeerId(999),
         }
         .encode())
         .unwrap();
@@ -193,6 +194,7 @@ async fn garbage_absurd_and_foreign_naks_cost_little_and_change_nothing() {
             origin: chorus::PeerId(12345),
             incarnation: 1,
             ranges: vec![(1, 5)],
+            member: chorus::PeerId(999),
         }
         .encode())
         .unwrap();

@@ -132,7 +132,14 @@ fn run(
                         .iter()
                         .map(|f| Arc::new(Envelope::decode(f, 1 << 20).unwrap()))
                         .collect();
-                    inbox.on_repair(repair.origin, repair.incarnation, envs, &repair.gone, now);
+                    inbox.on_repair(
+                        repair.origin,
+                        repair.incarnation,
+                        envs,
+                        &repair.gone,
+                        repair.owed_from,
+                        now,
+                    );
                 }
             }
         }
