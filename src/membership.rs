@@ -3,7 +3,7 @@
 //! Owns: the member table, heartbeat counters, state transitions
 //! (Alive → Suspect → Failed, Left, Rejoined), gossip selection and the
 //! connect/disconnect decisions. It never reads a clock, sleeps, spawns or
-//! touches a socket: the driver ([`crate::discovery`]) passes `now` in, calls
+//! touches a socket: the driver (the discovery task) passes `now` in, calls
 //! it once per heartbeat round, feeds it the messages that arrive, and
 //! carries out the [`Action`]s it queues.
 //!
