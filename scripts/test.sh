@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 source scripts/setup.sh
 cargo fmt --check
 cargo clippy --all-targets -- -D warnings
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --quiet
 # Every target: unit, integration and property tests, the examples, and the
 # benches in smoke mode (one tiny point each, figures only checked for sanity).
 cargo test --all-targets "$@"
