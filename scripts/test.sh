@@ -8,7 +8,8 @@ source scripts/setup.sh
 cargo fmt --check
 cargo clippy --all-targets -- -D warnings
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --quiet
-# Every target: unit, integration and property tests, the examples, and the
-# benches in smoke mode (one tiny point each, figures only checked for sanity).
-cargo test --all-targets "$@"
-cargo test --doc "$@"
+# Unit, property and integration tests, the examples (built as programs and
+# run by tests/examples.rs) and doc tests; then the benches in smoke mode
+# (one tiny point each, figures only checked for sanity).
+cargo test "$@"
+cargo test --benches "$@"
