@@ -8,8 +8,8 @@ source scripts/setup.sh
 cargo fmt --check
 cargo clippy --all-targets -- -D warnings
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --quiet
-# Unit, property and integration tests, the examples (built as programs and
-# run by tests/examples.rs) and doc tests; then the benches in smoke mode
-# (one tiny point each, figures only checked for sanity).
-cargo test "$@"
+# The benches in smoke mode (one tiny point each, figures only checked for
+# sanity); then unit, property and integration tests, the examples (built as
+# programs and run by tests/examples.rs) and doc tests.
 cargo test --benches "$@"
+cargo test "$@"
