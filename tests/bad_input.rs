@@ -81,7 +81,7 @@ async fn every_kind_of_bad_frame_is_counted_and_valid_ones_flow() {
     assert_eq!(s.oversized, 1, "{s:?}");
     assert_eq!(s.undecodable, 1, "{s:?}");
     assert_eq!(s.delivered, 2, "{s:?}");
-    b.shutdown().await;
+    within("shutdown", b.shutdown()).await;
 }
 
 #[tokio::test]
@@ -118,7 +118,7 @@ async fn a_frame_beyond_the_transport_cap_costs_a_reconnect_not_the_peer() {
     })
     .await;
     assert!(got >= 2);
-    b.shutdown().await;
+    within("shutdown", b.shutdown()).await;
 }
 
 #[tokio::test]
@@ -148,7 +148,7 @@ async fn a_garbage_flood_does_not_stop_valid_traffic() {
     let s = b.stats();
     assert_eq!(s.delivered, 20);
     assert!(s.malformed + s.unsupported >= 1900, "{s:?}");
-    b.shutdown().await;
+    within("shutdown", b.shutdown()).await;
 }
 
 /// NAKs straight to a peer's repair endpoint from a raw req0 socket.
@@ -208,6 +208,6 @@ async fn garbage_absurd_and_foreign_naks_cost_little_and_change_nothing() {
     a.publish("t.x", &10u32).await.unwrap();
     assert_eq!(next("after the abuse", &mut sub).await.value, 10);
     req.close();
-    a.shutdown().await;
-    b.shutdown().await;
+    within("shutdown", a.shutdown()).await;
+    within("shutdown", b.shutdown()).await;
 }

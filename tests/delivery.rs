@@ -68,8 +68,8 @@ async fn handlers_retry_then_dead_letter() {
     );
     assert_eq!(*dead.lock(), [(5, 3, "poison".to_string())]);
     assert_eq!(b.stats().handler_retries, 4);
-    a.shutdown().await;
-    b.shutdown().await;
+    within("shutdown", a.shutdown()).await;
+    within("shutdown", b.shutdown()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -88,8 +88,8 @@ async fn an_application_retry_with_the_same_key_is_processed_once() {
     assert_eq!(next("first", &mut sub).await.value, "first");
     assert_eq!(next("other", &mut sub).await.value, "other");
     assert_eq!(b.stats().duplicate_keys, 1);
-    a.shutdown().await;
-    b.shutdown().await;
+    within("shutdown", a.shutdown()).await;
+    within("shutdown", b.shutdown()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -129,8 +129,8 @@ async fn a_stuck_handler_fills_the_buffer_and_fail_fast_publish_says_so() {
     .await;
     wait_for("buffer freed", || a.stats().retransmit_buffer == 0).await;
     a.publish("work.item", &sent).await.unwrap();
-    a.shutdown().await;
-    b.shutdown().await;
+    within("shutdown", a.shutdown()).await;
+    within("shutdown", b.shutdown()).await;
 }
 
 fn frame(incarnation: u64, seq: u64, value: u32) -> Vec<u8> {
@@ -182,5 +182,5 @@ async fn a_gap_that_cannot_be_repaired_is_reported_lost_never_skipped() {
         }
     );
     assert_eq!(b.stats().lost, 2);
-    b.shutdown().await;
+    within("shutdown", b.shutdown()).await;
 }

@@ -76,7 +76,7 @@ async fn eight_peers_converge_through_one_seed() {
         }
     }
     for p in &peers {
-        p.shutdown().await;
+        within("shutdown", p.shutdown()).await;
     }
 }
 
@@ -115,7 +115,7 @@ async fn a_peer_dropped_without_goodbye_is_failed_by_all_within_the_bound() {
         assert_eq!(p.stats().members, 2);
     }
     for p in [a, b, c] {
-        p.shutdown().await;
+        within("shutdown", p.shutdown()).await;
     }
 }
 
@@ -127,7 +127,7 @@ async fn graceful_shutdown_is_seen_as_left_not_failed() {
     wait_mesh(&[&a, &b, &leaver]).await;
     let id = leaver.id();
     let (mut wa, mut wb) = (a.membership(), b.membership());
-    leaver.shutdown().await;
+    within("shutdown", leaver.shutdown()).await;
     for w in [&mut wa, &mut wb] {
         wait_event(w, MemberEventKind::Left, id).await;
     }
@@ -139,8 +139,8 @@ async fn graceful_shutdown_is_seen_as_left_not_failed() {
             MemberState::Left
         );
     }
-    a.shutdown().await;
-    b.shutdown().await;
+    within("shutdown", a.shutdown()).await;
+    within("shutdown", b.shutdown()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -180,7 +180,7 @@ async fn a_restarted_peer_at_the_same_address_rejoins() {
     let d = next("event from the rejoined peer", &mut sub).await;
     assert_eq!(d.incarnation(), again.incarnation());
     for p in [a, b, again] {
-        p.shutdown().await;
+        within("shutdown", p.shutdown()).await;
     }
 }
 
@@ -198,8 +198,8 @@ async fn a_seed_that_is_down_is_retried() {
     assert_eq!(b.stats().members, 0);
     let a = fast("late-seed", &seed_url).start().await.unwrap();
     wait_mesh(&[&a, &b]).await;
-    a.shutdown().await;
-    b.shutdown().await;
+    within("shutdown", a.shutdown()).await;
+    within("shutdown", b.shutdown()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -238,8 +238,8 @@ async fn an_impostor_answering_with_a_members_id_changes_nothing() {
         "no membership change"
     );
     drop(impostor);
-    a.shutdown().await;
-    c.shutdown().await;
+    within("shutdown", a.shutdown()).await;
+    within("shutdown", c.shutdown()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -266,8 +266,8 @@ async fn malformed_heartbeats_are_counted_and_harmless() {
     assert_eq!(live_ids(&a), BTreeSet::from([c.id()]));
     assert_eq!(a.members().len(), 1, "garbage never became a member");
     drop(garbage);
-    a.shutdown().await;
-    c.shutdown().await;
+    within("shutdown", a.shutdown()).await;
+    within("shutdown", c.shutdown()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -284,5 +284,5 @@ async fn the_member_table_is_bounded() {
     assert_eq!(small.members().len(), 2);
     assert_eq!(small.stats().members, 2);
     drop(others);
-    small.shutdown().await;
+    within("shutdown", small.shutdown()).await;
 }

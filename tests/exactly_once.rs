@@ -170,7 +170,7 @@ async fn three_by_three_under_loss_duplication_and_reordering() {
         assert_eq!(st.lost, 0);
     }
     for p in pubs.iter().chain(&subs) {
-        p.shutdown().await;
+        within("shutdown", p.shutdown()).await;
     }
 }
 
@@ -240,6 +240,6 @@ async fn a_slow_subscriber_gets_everything_once_and_the_publisher_stays_bounded(
     assert!(*peak.lock() <= BUFFER as u64, "buffer over its bound");
     assert!(sa.retransmits > 0, "NNG dropped and repair filled in");
     assert_eq!(sb.lost, 0);
-    a.shutdown().await;
-    b.shutdown().await;
+    within("shutdown", a.shutdown()).await;
+    within("shutdown", b.shutdown()).await;
 }

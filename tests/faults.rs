@@ -61,8 +61,8 @@ async fn every_dropped_frame_is_repaired() {
     assert_eq!(s.faults_dropped, 200);
     assert!(s.repaired >= 200 && s.naks_sent > 0, "{s:?}");
     assert_eq!(s.lost, 0);
-    a.shutdown().await;
-    b.shutdown().await;
+    within("shutdown", a.shutdown()).await;
+    within("shutdown", b.shutdown()).await;
 }
 
 #[tokio::test]
@@ -85,8 +85,8 @@ async fn duplicated_frames_are_processed_once() {
     assert_eq!(s.faults_duplicated, 200);
     assert!(s.duplicates >= 200, "{s:?}");
     assert_eq!(s.delivered, 200);
-    a.shutdown().await;
-    b.shutdown().await;
+    within("shutdown", a.shutdown()).await;
+    within("shutdown", b.shutdown()).await;
 }
 
 fn shuffling() -> LinkFaults {
@@ -110,8 +110,8 @@ async fn reordered_and_delayed_frames_are_delivered_in_order() {
     let s = b.stats();
     assert!(s.faults_reordered > 0 && s.faults_delayed > 0, "{s:?}");
     assert_eq!(s.lost, 0);
-    a.shutdown().await;
-    b.shutdown().await;
+    within("shutdown", a.shutdown()).await;
+    within("shutdown", b.shutdown()).await;
 }
 
 #[tokio::test]
@@ -127,8 +127,8 @@ async fn unordered_delivery_takes_them_as_they_come_still_once() {
         (0..500).collect()
     );
     assert!(got.windows(2).any(|w| w[0] > w[1]), "order was disturbed");
-    a.shutdown().await;
-    b.shutdown().await;
+    within("shutdown", a.shutdown()).await;
+    within("shutdown", b.shutdown()).await;
 }
 
 #[tokio::test]

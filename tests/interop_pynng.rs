@@ -107,7 +107,7 @@ async fn python_publisher_to_chorus_subscriber() {
     assert_eq!(s.undecodable, N as u64, "{s:?}");
     child.stdin.take().unwrap().write_all(b"done\n").unwrap();
     assert!(child.wait().unwrap().success());
-    b.shutdown().await;
+    within("shutdown", b.shutdown()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -151,5 +151,5 @@ async fn chorus_publisher_to_python_subscriber() {
         assert!(v["timestamp"].as_u64().unwrap() > 1_600_000_000_000_000);
     }
     assert!(child.wait().unwrap().success());
-    a.shutdown().await;
+    within("shutdown", a.shutdown()).await;
 }

@@ -59,8 +59,8 @@ async fn typed_round_trip(scheme: &str) {
     assert_eq!(sb.received, 2);
     assert_eq!(sb.delivered, 2);
     assert_eq!(sb.malformed + sb.undecodable + sb.oversized, 0);
-    a.shutdown().await;
-    b.shutdown().await;
+    within("shutdown", a.shutdown()).await;
+    within("shutdown", b.shutdown()).await;
 }
 
 #[tokio::test]
@@ -85,7 +85,7 @@ async fn tcp_port_zero_advertises_the_bound_port() {
     assert_ne!(port, 0, "{}", a.local_url());
     // The advertised port really is where the peer listens.
     std::net::TcpStream::connect(("127.0.0.1", port)).expect("advertised port accepts connections");
-    a.shutdown().await;
+    within("shutdown", a.shutdown()).await;
 }
 
 #[tokio::test]
@@ -124,8 +124,8 @@ async fn pattern_matching_star_rest_exact() {
     assert_eq!(drain(&mut rest), [0, 1, 4, 5]);
     assert_eq!(drain(&mut exact), [0]);
     assert_eq!(drain(&mut mid), [1]);
-    a.shutdown().await;
-    b.shutdown().await;
+    within("shutdown", a.shutdown()).await;
+    within("shutdown", b.shutdown()).await;
 }
 
 #[tokio::test]
@@ -145,8 +145,8 @@ async fn several_subscribers_on_one_peer_each_get_every_message() {
         assert_eq!(decoded, order(n));
     }
     assert_eq!(b.stats().delivered, 300);
-    a.shutdown().await;
-    b.shutdown().await;
+    within("shutdown", a.shutdown()).await;
+    within("shutdown", b.shutdown()).await;
 }
 
 #[tokio::test]
@@ -161,8 +161,8 @@ async fn bytes_round_trip_and_dropping_a_subscription_unsubscribes() {
     let d = next("raw bytes", &mut kept).await;
     assert_eq!(&d.value[..], b"\x00\xffnot msgpack");
     assert_eq!(b.stats().delivered, 1);
-    a.shutdown().await;
-    b.shutdown().await;
+    within("shutdown", a.shutdown()).await;
+    within("shutdown", b.shutdown()).await;
 }
 
 #[tokio::test]
@@ -175,8 +175,8 @@ async fn shutdown_with_subscriptions_open_ends_streams() {
 
     let clone = b.clone();
     within("shutdown", b.shutdown()).await;
-    clone.shutdown().await; // idempotent, from any clone
-                            // x.y is still buffered in s2: delivered, then the stream ends.
+    within("shutdown", clone.shutdown()).await; // idempotent, from any clone
+                                                // x.y is still buffered in s2: delivered, then the stream ends.
     assert_eq!(next("buffered", &mut s2).await.value, 1);
     assert!(within("end of s2", s2.next()).await.is_none());
     assert!(within("end of s1", s1.next()).await.is_none());
@@ -187,7 +187,7 @@ async fn shutdown_with_subscriptions_open_ends_streams() {
     assert!(matches!(b.subscribe::<u32>(">"), Err(Error::Shutdown)));
     // The other peer is unaffected.
     a.publish("x.y", &3u32).await.unwrap();
-    a.shutdown().await;
+    within("shutdown", a.shutdown()).await;
 }
 
 #[tokio::test]
@@ -197,7 +197,7 @@ async fn dropping_every_handle_stops_the_peer() {
     drop(b);
     assert!(within("stream end after drop", sub.next()).await.is_none());
     wait_for("publisher sees the link close", || a.stats().links_out == 0).await;
-    a.shutdown().await;
+    within("shutdown", a.shutdown()).await;
 }
 
 #[tokio::test]
@@ -253,7 +253,7 @@ async fn caller_errors_are_clear() {
         .await
         .unwrap_err();
     assert!(e.to_string().contains(a.local_url()), "{e}");
-    a.shutdown().await;
+    within("shutdown", a.shutdown()).await;
 }
 
 #[tokio::test]
@@ -270,5 +270,5 @@ async fn shutdown_does_not_wait_for_a_full_unread_subscription() {
     })
     .await;
     within("shutdown with a full subscription", b.shutdown()).await;
-    a.shutdown().await;
+    within("shutdown", a.shutdown()).await;
 }
