@@ -40,8 +40,16 @@ impl InFlight {
         self.subs.lock().remove(&sub);
     }
 
+    /// The watermark to acknowledge for an origin incarnation received
+    /// through `received`: lowered below the oldest delivery a handler has
+    /// not finished.
+    pub(crate) fn ack_floor(&self, origin: PeerId, incarnation: u64, received: u64) -> u64 {
+        self.oldest(origin, incarnation)
+            .map_or(received, |oldest| received.min(oldest - 1))
+    }
+
     /// The oldest unfinished sequence number of this origin incarnation.
-    pub(crate) fn oldest(&self, origin: PeerId, incarnation: u64) -> Option<u64> {
+    fn oldest(&self, origin: PeerId, incarnation: u64) -> Option<u64> {
         let subs = self.subs.lock();
         subs.values()
             .filter_map(|set| {
@@ -70,5 +78,7 @@ mod tests {
         f.drop_sub(1);
         assert_eq!(f.oldest(o, 1), None);
         assert_eq!(f.oldest(o, 2), Some(1));
+        assert_eq!(f.ack_floor(o, 2, 9), 0);
+        assert_eq!(f.ack_floor(o, 1, 9), 9);
     }
 }

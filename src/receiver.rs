@@ -64,10 +64,9 @@ pub(crate) fn acks_to_send(view: &AckView, registry: &Registry) -> Vec<Ack> {
     let received = view.read().clone();
     received
         .iter()
-        .map(|a| {
-            let unfinished = registry.inflight.oldest(a.origin, a.incarnation);
-            let seq = unfinished.map_or(a.seq, |oldest| a.seq.min(oldest - 1));
-            Ack { seq, ..*a }
+        .map(|a| Ack {
+            seq: registry.inflight.ack_floor(a.origin, a.incarnation, a.seq),
+            ..*a
         })
         .collect()
 }
@@ -305,10 +304,10 @@ impl Receiver {
             let Some((_, tx)) = self.repairers.get(&a.origin) else {
                 continue;
             };
-            let seq = match self.registry.inflight.oldest(a.origin, a.incarnation) {
-                Some(oldest) => a.seq.min(oldest - 1),
-                None => a.seq,
-            };
+            let seq = self
+                .registry
+                .inflight
+                .ack_floor(a.origin, a.incarnation, a.seq);
             let last = self
                 .direct_acked
                 .entry((a.origin, a.incarnation))
