@@ -23,8 +23,8 @@ use crate::membership::{Membership, MembershipConfig};
 use crate::outbox::{Outbox, OutboxConfig};
 use crate::peer::Peer;
 use crate::publisher::{now_us, Publisher};
-use crate::receiver::AckView;
 use crate::receiver::Receiver;
+use crate::receiver::{AckView, LastSeqBoard};
 use crate::stats::Counters;
 use crate::subscription::Registry;
 use crate::transport::{self, SocketConfig};
@@ -397,6 +397,7 @@ impl PeerBuilder {
             batch_bytes: self.batch_bytes.min(self.max_message_size / 2),
         };
         let acks: AckView = Default::default();
+        let last_seqs = Arc::new(LastSeqBoard::default());
         let (losses, _) = broadcast::channel(EVENT_BUFFER);
         let inbox = InboxConfig {
             me: id,
@@ -420,6 +421,7 @@ impl PeerBuilder {
             inbox: Inbox::new(inbox),
             keys: KeyCache::new(self.dedup_keys, self.dedup_window),
             acks: acks.clone(),
+            last_seqs: last_seqs.clone(),
             losses: losses.clone(),
             dialers: HashMap::new(),
             repairers: HashMap::new(),
@@ -442,6 +444,7 @@ impl PeerBuilder {
             counters: counters.clone(),
             last_seq,
             acks,
+            last_seqs,
             registry: registry.clone(),
             pub_ctl: pub_ctl.clone(),
             dialers: HashMap::new(),

@@ -23,7 +23,7 @@ use crate::heartbeat::{Ack, Response, Survey};
 use crate::member::{Member, MemberEvent, MemberEventKind, PeerInfo};
 use crate::membership::{Action, Membership};
 use crate::publisher::PubCtl;
-use crate::receiver::{acks_to_send, AckView, SubCmd};
+use crate::receiver::{acks_to_send, AckView, LastSeqBoard, SubCmd};
 use crate::stats::Counters;
 use crate::subscription::Registry;
 use crate::transport::{self, AioSend, RecvReady};
@@ -55,6 +55,8 @@ pub(crate) struct Discovery {
     pub last_seq: Arc<AtomicU64>,
     /// What this peer has received from each origin (kept by the receiver).
     pub acks: AckView,
+    /// Members' last published sequence numbers, for the receiver.
+    pub last_seqs: Arc<LastSeqBoard>,
     /// Subscriptions, for what handlers have not finished yet.
     pub registry: Arc<Registry>,
     /// Acks and membership for the publisher's retransmit buffer.
@@ -200,9 +202,7 @@ impl Discovery {
         if !member.is_some_and(|m| m.state.is_live() && m.info.incarnation == from.incarnation) {
             return;
         }
-        let _ = self
-            .sub_tx
-            .send(SubCmd::Heartbeat(from.id, from.incarnation, last_seq));
+        self.last_seqs.post(from.id, from.incarnation, last_seq);
         let me = self.core.me();
         let ack = match acks.iter().find(|a| a.origin == me.id) {
             Some(a) => PubCtl::Ack(from.id, a.incarnation, a.seq),

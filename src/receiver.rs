@@ -16,8 +16,8 @@ use std::time::Instant;
 
 use nng::options::{Options, RemAddr};
 use nng::{Dialer, Socket};
-use parking_lot::RwLock;
-use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::{broadcast, mpsc, oneshot, watch, Notify};
 
 use crate::bad_input::BadInputLog;
 use crate::dedup::KeyCache;
@@ -48,10 +48,34 @@ pub(crate) enum SubCmd {
     Disconnect(Arc<PeerInfo>),
     /// The member left: what is missing from it is lost, what is held is delivered.
     Left(PeerId),
-    /// A member's heartbeat said it has published through this sequence number.
-    Heartbeat(PeerId, u64, u64),
     /// Stop, close the socket and end every subscription.
     Shutdown(oneshot::Sender<()>),
+}
+
+/// Members' last published sequence numbers from their heartbeats, for tail
+/// loss. The heartbeat driver posts, the receive driver takes them when
+/// woken. Coalesced per member, so it stays bounded by the member count even
+/// while the receive path waits on a subscription nobody reads.
+#[derive(Debug, Default)]
+pub(crate) struct LastSeqBoard {
+    table: Mutex<HashMap<PeerId, (u64, u64)>>,
+    wake: Notify,
+}
+
+impl LastSeqBoard {
+    /// Records `(incarnation, last_seq)` for `member` (the highest wins).
+    pub(crate) fn post(&self, member: PeerId, incarnation: u64, last_seq: u64) {
+        {
+            let mut table = self.table.lock();
+            let entry = table.entry(member).or_insert((incarnation, last_seq));
+            *entry = (*entry).max((incarnation, last_seq));
+        }
+        self.wake.notify_one();
+    }
+
+    fn take(&self) -> HashMap<PeerId, (u64, u64)> {
+        std::mem::take(&mut *self.table.lock())
+    }
 }
 
 /// What the inbox has received from each origin, read by the heartbeat driver.
@@ -85,6 +109,7 @@ pub(crate) struct Receiver {
     pub inbox: Inbox,
     pub keys: KeyCache,
     pub acks: AckView,
+    pub last_seqs: Arc<LastSeqBoard>,
     pub losses: broadcast::Sender<Loss>,
     pub dialers: HashMap<String, Dialer>,
     pub repairers: HashMap<PeerId, (String, mpsc::Sender<RepairRequest>)>,
@@ -131,6 +156,13 @@ impl Receiver {
                             }
                             self.process(&mut frames).await
                         }
+                        _ = self.last_seqs.wake.notified() => {
+                            let now = Instant::now();
+                            for (id, (incarnation, last_seq)) in self.last_seqs.take() {
+                                self.inbox.on_heartbeat(id, incarnation, last_seq, now);
+                            }
+                            self.drain().await
+                        }
                         Some(r) = repaired.recv() => {
                             let Repaired { origin, incarnation, envelopes, gone, owed_from } = r;
                             self.inbox.on_repair(origin, incarnation, envelopes, &gone, owed_from, Instant::now());
@@ -158,10 +190,6 @@ impl Receiver {
                             Some(SubCmd::Left(id)) => {
                                 self.direct_acked.retain(|(o, _), _| *o != id);
                                 self.inbox.forget(id);
-                                self.drain().await
-                            }
-                            Some(SubCmd::Heartbeat(id, incarnation, last_seq)) => {
-                                self.inbox.on_heartbeat(id, incarnation, last_seq, Instant::now());
                                 self.drain().await
                             }
                             Some(SubCmd::Shutdown(done)) => {
@@ -395,5 +423,26 @@ fn source_of(msg: &mut nng::Message) -> String {
         Ok(nng::SocketAddr::Inet(a)) => format!("{}:{}", a.ip(), a.port().swap_bytes()),
         Ok(other) => format!("{other:?}"),
         Err(_) => "unknown".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn last_seq_board_coalesces_per_member() {
+        let board = LastSeqBoard::default();
+        for seq in 0..10_000 {
+            board.post(PeerId(1), 1, seq);
+            board.post(PeerId(2), 1, 5);
+        }
+        board.post(PeerId(1), 1, 3); // older news does not win
+        let table = board.take();
+        assert_eq!(table.len(), 2);
+        assert_eq!(table[&PeerId(1)], (1, 9_999));
+        board.post(PeerId(1), 2, 1); // a new incarnation does
+        assert_eq!(board.take()[&PeerId(1)], (2, 1));
+        assert!(board.take().is_empty());
     }
 }
