@@ -190,31 +190,46 @@ impl BatchWriter {
 
     /// Bytes staged.
     pub fn bytes(&self) -> usize {
-        self.bodies.len()
+        match &self.single {
+            Some(f) if self.count == 1 => f.len() - EVENT_HEADER,
+            _ => self.bodies.len(),
+        }
     }
 
     /// Stages one complete event frame (as produced by [`Envelope::encode_into`]).
+    /// A lone frame is kept as it is; bodies are gathered from the second on.
     pub fn push(&mut self, frame: &bytes::Bytes) {
         debug_assert!(
             frame.len() > EVENT_HEADER && frame[..EVENT_HEADER] == [0x93, WIRE_VERSION, KIND_EVENT]
         );
-        self.single = (self.count == 0).then(|| frame.clone());
-        self.bodies.extend_from_slice(&frame[EVENT_HEADER..]);
+        match self.count {
+            0 => self.single = Some(frame.clone()),
+            1 => {
+                let first = self.single.take().expect("one staged");
+                self.bodies.extend_from_slice(&first[EVENT_HEADER..]);
+                self.bodies.extend_from_slice(&frame[EVENT_HEADER..]);
+            }
+            _ => self.bodies.extend_from_slice(&frame[EVENT_HEADER..]),
+        }
         self.count += 1;
     }
 
-    /// The staged envelopes as one message (a plain event frame when there
-    /// is only one), leaving the writer empty for reuse.
-    pub fn take(&mut self) -> Option<Vec<u8>> {
+    /// Hands the staged envelopes to `write` as the parts of one message (a
+    /// plain event frame when there is only one, else a batch header and the
+    /// bodies), so the caller copies them once, straight into its message;
+    /// leaves the writer empty for reuse.
+    pub fn finish<R>(&mut self, write: impl FnOnce(&[&[u8]]) -> R) -> Option<R> {
         let out = match self.count {
             0 => None,
-            1 => self.single.take().map(|f| f.to_vec()),
+            1 => self.single.take().map(|f| write(&[&f[..]])),
             n => {
-                let mut msg = Vec::with_capacity(self.bodies.len() + 8);
-                msg.extend_from_slice(&[0x93, WIRE_VERSION, KIND_BATCH]);
-                rmp::encode::write_array_len(&mut msg, n).expect("Vec write");
-                msg.extend_from_slice(&self.bodies);
-                Some(msg)
+                let mut head = [0x93, WIRE_VERSION, KIND_BATCH, 0, 0, 0, 0, 0];
+                let unused = {
+                    let mut rest = &mut head[3..];
+                    rmp::encode::write_array_len(&mut rest, n).expect("5 bytes hold any length");
+                    rest.len()
+                };
+                Some(write(&[&head[..head.len() - unused], &self.bodies]))
             }
         };
         self.bodies.clear();
@@ -307,19 +322,24 @@ mod tests {
     fn batches_reuse_frames_and_decode_in_order() {
         let envs: Vec<Envelope> = (1..=3).map(|seq| Envelope { seq, ..sample() }).collect();
         let mut w = BatchWriter::default();
-        assert!(w.take().is_none());
+        assert!(w.finish(|p| p.concat()).is_none());
         for e in &envs {
             w.push(&Bytes::from(e.encode()));
         }
         assert_eq!(w.len(), 3);
-        let batch = w.take().unwrap();
+        assert_eq!(
+            w.bytes(),
+            envs.iter().map(|e| e.encode().len() - 3).sum::<usize>()
+        );
+        let batch = w.finish(|p| p.concat()).unwrap();
         assert_eq!(batch[2], KIND_BATCH);
         let mut out = Vec::new();
         Envelope::decode_events(&batch, 1 << 20, &mut out).unwrap();
         assert_eq!(out, envs);
         // One staged envelope goes out as a plain event frame.
         w.push(&Bytes::from(envs[0].encode()));
-        assert_eq!(w.take().unwrap(), envs[0].encode());
+        assert_eq!(w.bytes(), envs[0].encode().len() - 3);
+        assert_eq!(w.finish(|p| p.concat()).unwrap(), envs[0].encode());
         // A truncated or padded batch yields nothing.
         let mut out = Vec::new();
         for cut in 0..batch.len() {

@@ -102,7 +102,7 @@ impl Publisher {
                                 break;
                             }
                             for msg in naks.drain(..) {
-                                self.answer(msg, &mut aio, &mut buf).await;
+                                self.answer(msg, &mut aio).await;
                             }
                         }
                         e = events.recv(), if !self.outbox.is_full() => match e {
@@ -178,10 +178,18 @@ impl Publisher {
     /// Sends what is staged as one NNG message.
     fn flush(&mut self) {
         let n = self.batch.len();
-        let Some(msg) = self.batch.take() else {
+        let socket = &self.socket;
+        let sent = self.batch.finish(|parts| {
+            let mut msg = nng::Message::with_capacity(parts.iter().map(|p| p.len()).sum());
+            for part in parts {
+                msg.push_back(part);
+            }
+            socket.try_send(msg)
+        });
+        let Some(sent) = sent else {
             return;
         };
-        match self.socket.try_send(nng::Message::from(&msg[..])) {
+        match sent {
             Ok(()) => {
                 Counters::add(&self.counters.published, u64::from(n));
                 if n > 1 {
@@ -195,7 +203,7 @@ impl Publisher {
     }
 
     /// Answers one NAK from the repair socket.
-    async fn answer(&mut self, msg: nng::Message, aio: &mut AioSend, buf: &mut Vec<u8>) {
+    async fn answer(&mut self, msg: nng::Message, aio: &mut AioSend) {
         let nak = match RepairRequest::decode(msg.as_slice(), self.max_message_size) {
             Ok(RepairRequest::Nak(n)) => {
                 Counters::add(&self.counters.naks_received, 1);
@@ -225,9 +233,10 @@ impl Publisher {
         let repair = self.outbox.answer(&nak);
         Counters::add(&self.counters.retransmits, repair.frames.len() as u64);
         self.update_gauges(); // counted before the answer can be seen
-        buf.clear();
-        buf.extend_from_slice(&repair.encode());
-        if let Err(e) = aio.send(&self.rep, nng::Message::from(&buf[..])).await {
+        if let Err(e) = aio
+            .send(&self.rep, nng::Message::from(&repair.encode()[..]))
+            .await
+        {
             tracing::debug!(error = %e, "repair answer not sent");
         }
     }
