@@ -68,6 +68,12 @@ impl<T> Delivery<T> {
         self.envelope.correlation_id.as_deref()
     }
 
+    /// The flow this event belongs to (see [`Envelope::flow_id`]); what
+    /// events published while handling it carry as correlation id.
+    pub fn flow_id(&self) -> std::borrow::Cow<'_, str> {
+        self.envelope.flow_id()
+    }
+
     /// Application headers.
     pub fn headers(&self) -> &Headers {
         &self.envelope.headers

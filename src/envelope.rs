@@ -108,6 +108,18 @@ pub(crate) fn encoded_len_bound(
 }
 
 impl Envelope {
+    /// The flow this event belongs to: its correlation id; for the first
+    /// event of a flow (none set), its application id; otherwise
+    /// `origin/incarnation/seq`. Events published while handling this one
+    /// carry it as their correlation id.
+    pub fn flow_id(&self) -> std::borrow::Cow<'_, str> {
+        match (&self.correlation_id, &self.id) {
+            (Some(c), _) => c.as_str().into(),
+            (None, Some(id)) => id.as_str().into(),
+            (None, None) => format!("{}/{}/{}", self.origin, self.incarnation, self.seq).into(),
+        }
+    }
+
     /// Upper bound of [`encode_into`](Self::encode_into)'s output, computed
     /// without encoding; used to reject oversized messages at publish time.
     pub fn max_encoded_len(&self) -> usize {

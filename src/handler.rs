@@ -8,6 +8,11 @@
 //! the origin retains it (see `inflight`), so a slow handler slows its
 //! publishers down (backpressure) instead of losing messages. Each handler
 //! processes its deliveries one at a time, in order.
+//!
+//! Each run of a handler is inside a `deliver` tracing span (topic, origin,
+//! seq, correlation id) and in the delivery's flow: what the handler
+//! publishes carries the delivery's flow id as its correlation id
+//! ([`current_flow`]).
 
 use std::fmt::Display;
 use std::future::Future;
@@ -21,6 +26,16 @@ use crate::delivery::Delivery;
 use crate::envelope::Envelope;
 use crate::stats::Counters;
 use crate::subscription::Subscription;
+
+tokio::task_local! {
+    /// The flow id of the delivery a handler is processing.
+    static FLOW: Arc<str>;
+}
+
+/// The flow id of the delivery the calling handler is processing, if any.
+pub(crate) fn current_flow() -> Option<String> {
+    FLOW.try_with(|flow| flow.to_string()).ok()
+}
 
 /// A delivery given up on after `max_attempts` failures.
 #[derive(Debug, Clone)]
@@ -138,9 +153,12 @@ where
         while let Some(delivery) = sub.next().await {
             let mut backoff = opts.initial_backoff;
             let mut attempt = 1;
+            let flow: Arc<str> = delivery.flow_id().into();
             loop {
-                let span = tracing::debug_span!("handle", topic = delivery.topic(), origin = %delivery.origin(), seq = delivery.seq(), attempt);
-                let result = tracing::Instrument::instrument(handler(delivery.clone()), span).await;
+                let span = tracing::info_span!("deliver", topic = delivery.topic(), origin = %delivery.origin(),
+                    seq = delivery.seq(), correlation_id = %flow, attempt);
+                let run = FLOW.scope(flow.clone(), handler(delivery.clone()));
+                let result = tracing::Instrument::instrument(run, span).await;
                 match result {
                     Ok(()) => {
                         Counters::add(&counters.handled, 1);

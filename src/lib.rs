@@ -40,6 +40,7 @@
 
 mod bad_input;
 mod builder;
+pub mod correlator;
 pub mod dedup;
 mod delivery;
 mod discovery;
@@ -54,6 +55,7 @@ pub mod inbox;
 mod inflight;
 mod member;
 pub mod membership;
+mod observer;
 pub mod outbox;
 mod peer;
 mod publish_options;
@@ -67,6 +69,7 @@ mod topic;
 mod transport;
 
 pub use builder::{Backpressure, PeerBuilder, MAX_NNG_BUFFER};
+pub use correlator::{Correlator, CorrelatorStats, Expectation, Observation};
 pub use delivery::{Delivery, Loss};
 pub use envelope::{Envelope, Headers, PeerId, KIND_EVENT};
 pub use error::{Error, Result};
@@ -77,6 +80,7 @@ pub use member::{
     Endpoints, Member, MemberEvent, MemberEventKind, MemberState, PeerInfo, MAX_NAME_LEN,
     MAX_URL_LEN,
 };
+pub use observer::{KeyFn, Observer, ObserverBuilder, DEFAULT_MAX_PENDING};
 pub use peer::Peer;
 pub use publish_options::PublishOptions;
 pub use stats::Stats;

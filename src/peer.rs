@@ -147,6 +147,10 @@ impl Peer {
         MembershipEvents::new(parts.events.subscribe(), parts.counters.clone())
     }
 
+    pub(crate) fn counters(&self) -> Arc<Counters> {
+        self.inner.parts.counters.clone()
+    }
+
     /// A snapshot of this peer's counters.
     pub fn stats(&self) -> Stats {
         self.inner.parts.counters.snapshot()
@@ -196,6 +200,10 @@ impl Peer {
     }
 
     /// [`publish_bytes`](Self::publish_bytes) with an id, correlation id or headers.
+    ///
+    /// Without a correlation id, a message published from inside a
+    /// [`subscribe_with`](Self::subscribe_with) handler joins the flow of
+    /// the delivery being handled (see [`PublishOptions::caused_by`]).
     pub async fn publish_bytes_with(
         &self,
         topic: &str,
@@ -204,6 +212,10 @@ impl Peer {
     ) -> Result<()> {
         validate_topic(topic)?;
         let payload = payload.into();
+        let mut options = options;
+        if options.correlation_id.is_none() {
+            options.correlation_id = crate::handler::current_flow();
+        }
         let size = encoded_len_bound(
             topic,
             options.id.as_deref(),

@@ -42,6 +42,15 @@ impl PublishOptions {
         self
     }
 
+    /// Marks the message as caused by `delivery`: it joins the delivery's
+    /// flow (its correlation id becomes the delivery's
+    /// [`flow_id`](crate::Delivery::flow_id)). Inside a
+    /// [`subscribe_with`](crate::Peer::subscribe_with) handler this happens
+    /// by itself; use it where the work continues in another task.
+    pub fn caused_by<T>(self, delivery: &crate::Delivery<T>) -> Self {
+        self.correlation_id(delivery.flow_id())
+    }
+
     /// Adds (or replaces) one header.
     pub fn header(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.headers.insert(key.into(), value.into());

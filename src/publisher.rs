@@ -163,6 +163,9 @@ impl Publisher {
             headers: out.headers,
             payload: out.payload,
         };
+        tracing::debug_span!("publish", topic = %env.topic, origin = %env.origin, seq,
+            correlation_id = env.correlation_id.as_deref())
+        .in_scope(|| tracing::trace!("numbered and staged"));
         buf.clear();
         env.encode_into(buf);
         let frame = Bytes::copy_from_slice(buf);

@@ -396,6 +396,9 @@ impl Receiver {
             }
             self.keys.record(key, now);
         }
+        tracing::debug_span!("deliver", topic = %env.topic, origin = %env.origin, seq = env.seq,
+            correlation_id = env.correlation_id.as_deref())
+        .in_scope(|| tracing::trace!("dispatching to subscriptions"));
         match self.registry.dispatch(&env) {
             Dispatched::Unmatched => Counters::add(&self.counters.unmatched, 1),
             Dispatched::Done => {}
