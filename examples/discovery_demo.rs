@@ -1,6 +1,6 @@
 //! The discovery demo: five peers as separate OS processes on loopback.
 //!
-//! It starts five `heartbeat` example processes (peer-1 is everyone's seed),
+//! It starts five `chorus node` processes (peer-1 is everyone's seed),
 //! prints every membership change with a timestamp as it happens, kills
 //! peer-3 with SIGKILL, shows every survivor report it Failed, restarts it at
 //! the same address, shows it rejoin, stops peer-5 gracefully (the others see
@@ -8,8 +8,8 @@
 //! detect the failure, to rejoin, to see a graceful leave. Exits
 //! non-zero if any step did not happen within its bound.
 //!
-//! Run: `./scripts/demo.sh` (or `cargo build --release --examples` and
-//! `target/release/examples/discovery_demo`).
+//! Run: `./scripts/demo.sh` (or `cargo build --release --bins --examples`
+//! and `target/release/examples/discovery_demo`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
@@ -53,11 +53,10 @@ impl Peers {
     fn spawn(&mut self, name: &str, listen: &str, seed: Option<&str>) {
         let deadline = self.args.interval_ms / 2;
         let mut cmd = Command::new(&self.bin);
-        cmd.args(["--name", name, "--listen", listen, "--table-ms", "0"])
+        cmd.args(["node", "--name", name, "--listen", listen])
             .args(["--interval-ms", &self.args.interval_ms.to_string()])
             .args(["--deadline-ms", &deadline.to_string()])
             .args(["--miss-limit", &self.args.miss_limit.to_string()])
-            .stdin(Stdio::piped())
             .stdout(Stdio::piped());
         if let Some(s) = seed {
             cmd.args(["--seed", s]);
@@ -78,12 +77,21 @@ impl Peers {
     }
 }
 
+/// Asks a peer process to stop gracefully (SIGTERM).
+fn terminate(child: &Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+}
+
 fn main() {
     let args = Args::parse();
-    let bin = std::env::current_exe().unwrap().with_file_name("heartbeat");
+    // The `chorus` binary sits one directory above the examples.
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().unwrap().parent().unwrap().join("chorus");
     assert!(
         bin.exists(),
-        "{} missing: build the examples first (cargo build --examples)",
+        "{} missing: build it first (cargo build --bins --examples)",
         bin.display()
     );
     let bound = Duration::from_millis(
@@ -165,7 +173,7 @@ fn main() {
 
     println!("== stopping peer-5 gracefully: the others see it leave");
     let stopping = Instant::now();
-    drop(peers.children.get_mut("peer-5").unwrap().stdin.take()); // stdin EOF: announce Left, exit
+    terminate(&peers.children["peer-5"]); // SIGTERM: announce Left, exit
     let mut left_seen = BTreeSet::new();
     let left = out.wait(
         "every other peer to see peer-5 leave",
@@ -181,8 +189,8 @@ fn main() {
     let t_left = left.map(|at| at - stopping);
 
     println!("== stopping the others");
-    for child in peers.children.values_mut() {
-        drop(child.stdin.take()); // stdin EOF: the peer announces Left and exits
+    for child in peers.children.values() {
+        terminate(child); // the peer announces Left and exits
     }
     let mut stopped = BTreeSet::new();
     out.wait("every peer to stop", Duration::from_secs(20), &mut |l| {

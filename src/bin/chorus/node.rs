@@ -1,33 +1,28 @@
-//! One chorus peer in a terminal: joins the bus, prints every membership
-//! change as it happens and, every second, its live member table.
+//! `chorus node`: one long-running member that prints membership events.
 //!
-//! ```sh
-//! cargo run --example heartbeat -- --name a --listen tcp://127.0.0.1:7000
-//! cargo run --example heartbeat -- --name b --seed tcp://127.0.0.1:7000
-//! ```
-//!
-//! Stops gracefully (announcing Left) on Ctrl-C or when stdin closes.
-//! Output lines start with a wall-clock timestamp; event lines read
-//! `<time> <self> event <Kind> <member> <id> inc=<incarnation>`, which is
-//! what the discovery demo parses.
+//! Output lines start with a wall-clock time; event lines read
+//! `<time> <self> event <Kind> <member> <id> inc=<incarnation>` (the
+//! discovery demo parses them). Stops gracefully — announcing Left — on
+//! Ctrl-C or SIGTERM.
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use clap::Parser;
+use anyhow::Result;
 use futures::StreamExt;
-use tokio::io::AsyncReadExt;
 
-#[derive(Parser, Debug)]
-#[command(about = "Run one chorus peer and watch the bus's membership")]
-struct Args {
+use crate::join::stop_signal;
+
+/// Arguments of `chorus node`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
     /// Service name of this peer.
     #[arg(long)]
     name: String,
-    /// Public address (heartbeat surveyor); port 0 picks a free port.
-    #[arg(long, default_value = "tcp://127.0.0.1:0")]
+    /// Public address (heartbeat surveyor), what others use as --seed; port 0 picks a free port.
+    #[arg(long, value_name = "URL", default_value = "tcp://127.0.0.1:0")]
     listen: String,
-    /// Surveyor URL of a member to join through (repeatable).
-    #[arg(long)]
+    /// Surveyor URL of a member to join through (repeatable; none starts a new bus).
+    #[arg(long, value_name = "URL")]
     seed: Vec<String>,
     /// Heartbeat interval in milliseconds.
     #[arg(long, default_value_t = 500)]
@@ -39,11 +34,12 @@ struct Args {
     #[arg(long, default_value_t = 4)]
     miss_limit: u32,
     /// Milliseconds between member tables; 0 prints none.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 0)]
     table_ms: u64,
 }
 
-fn clock() -> String {
+/// Wall-clock time of day, UTC, to the millisecond.
+pub fn clock() -> String {
     let t = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
@@ -57,29 +53,7 @@ fn clock() -> String {
     )
 }
 
-fn print_table(peer: &chorus::Peer) {
-    let now = Instant::now();
-    println!(
-        "{} {} table: {} members",
-        clock(),
-        peer.name(),
-        peer.members().len()
-    );
-    for m in peer.members() {
-        println!(
-            "    {:<12} {}  {:<8} {:<24} seen {:>6} ms ago",
-            m.name(),
-            m.id(),
-            format!("{:?}", m.state),
-            m.info.endpoints.survey,
-            now.saturating_duration_since(m.last_seen).as_millis()
-        );
-    }
-}
-
-#[tokio::main]
-async fn main() -> chorus::Result<()> {
-    let args = Args::parse();
+pub async fn run(args: Args) -> Result<()> {
     let mut builder = chorus::Peer::builder()
         .name(&args.name)
         .listen(&args.listen)
@@ -98,19 +72,20 @@ async fn main() -> chorus::Result<()> {
         peer.id(),
         peer.local_url()
     );
-
-    let mut stdin = tokio::io::stdin();
-    let mut sink = [0u8; 256];
     let mut table = tokio::time::interval(Duration::from_millis(args.table_ms.max(1)));
+    let stop = stop_signal();
+    tokio::pin!(stop);
     loop {
         tokio::select! {
             Some(e) = events.next() => println!(
                 "{} {} event {:?} {} {} inc={}",
                 clock(), peer.name(), e.kind, e.member.name(), e.member.id(), e.member.info.incarnation
             ),
-            _ = table.tick(), if args.table_ms > 0 => print_table(&peer),
-            _ = tokio::signal::ctrl_c() => break,
-            n = stdin.read(&mut sink) => if matches!(n, Ok(0) | Err(_)) { break },
+            _ = table.tick(), if args.table_ms > 0 => {
+                println!("{} {} table: {} members", clock(), peer.name(), peer.members().len());
+                print!("{}", crate::members::table(&peer.members(), Instant::now()));
+            }
+            _ = &mut stop => break,
         }
     }
     peer.shutdown().await;

@@ -1,0 +1,720 @@
+//! Throughput and latency of reliable, deduplicated chorus delivery, side by
+//! side with raw NNG pub/sub measured in the same run.
+//!
+//! The engine shared by `cargo bench --bench throughput` and `chorus bench`
+//! (both include this file); see `benches/throughput.rs` for the options.
+//!
+//! Each point (publishers × subscribers, payload, transport):
+//! - **raw NNG**: one pub0 socket per publisher and one sub0 per subscriber,
+//!   with chorus's default buffer sizes, paced at increasing rates; the
+//!   highest rate with at most 0.1 % drops is its drop-free rate.
+//! - **chorus flood**: every publisher publishes as fast as `publish`
+//!   returns (backpressure included); delivered msg/s per subscriber and in
+//!   aggregate, with retransmits, duplicates dropped and losses.
+//! - **latency, paced**: both at 10 % of raw NNG's drop-free rate, latency
+//!   measured from each message's *intended* send time (corrected for
+//!   coordinated omission), percentiles from HdrHistogram.
+//!
+//! All peers live in this one process (2 cores): figures compare chorus and
+//! raw NNG under the same conditions, not absolute capacity.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use chorus::Peer;
+use futures::StreamExt;
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
+use nng::options::{Options as _, RecvBufferSize, RecvTimeout, SendBufferSize};
+use nng::{Protocol, Socket};
+use serde_json::json;
+
+const BUFFER: i32 = 1024; // chorus's default send/recv buffer, used for raw NNG too
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64
+}
+
+/// Sleeps until `due` (no spinning: a spinning sender would steal one of
+/// the two cores from the system under test) and returns the actual send
+/// time in µs. Latency is measured from it and recorded with HdrHistogram's
+/// coordinated-omission correction for the expected interval, so a stall of
+/// the system still counts for every message it held up.
+fn pace(due: Instant) -> u64 {
+    if let Some(wait) = due.checked_duration_since(Instant::now()) {
+        std::thread::sleep(wait);
+    }
+    now_us()
+}
+
+/// Records one latency; `interval_us` > 0 in paced runs.
+fn record(h: &mut Histogram<u64>, stamp: u64, interval_us: u64) {
+    let latency = now_us().saturating_sub(stamp).max(1);
+    if interval_us > 0 {
+        let _ = h.record_correct(latency.min(h.high()), interval_us);
+    } else {
+        h.saturating_record(latency);
+    }
+}
+
+/// A payload of `size` bytes starting with the send time in µs.
+fn payload(size: usize, stamp: u64) -> Vec<u8> {
+    let mut p = vec![0xa5u8; size.max(8)];
+    p[..8].copy_from_slice(&stamp.to_le_bytes());
+    p
+}
+
+fn stamp_of(p: &[u8]) -> u64 {
+    u64::from_le_bytes(p[..8].try_into().unwrap())
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).unwrap()
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Point {
+    pubs: usize,
+    subs: usize,
+    size: usize,
+    tcp: bool,
+}
+
+impl Point {
+    fn name(&self) -> String {
+        format!(
+            "{}x{} {}B {}",
+            self.pubs,
+            self.subs,
+            self.size,
+            if self.tcp { "tcp" } else { "inproc" }
+        )
+    }
+}
+
+/// Latency percentiles in µs.
+fn percentiles(h: &Histogram<u64>) -> serde_json::Value {
+    json!({
+        "p50": h.value_at_quantile(0.50), "p90": h.value_at_quantile(0.90),
+        "p99": h.value_at_quantile(0.99), "p99_9": h.value_at_quantile(0.999), "max": h.max(),
+        "count": h.len(),
+    })
+}
+
+// ---------------------------------------------------------------- raw NNG
+
+struct RawRun {
+    sent: u64,
+    min_received: u64,
+    delivered_per_sec: f64,
+    latency: Histogram<u64>,
+}
+
+/// Raw pub/sub paced at `rate` msg/s in all for `secs`.
+fn raw_run(p: Point, rate: f64, secs: f64, addr: &mut u32) -> RawRun {
+    *addr += 1;
+    let urls: Vec<String> = (0..p.pubs)
+        .map(|i| {
+            if p.tcp {
+                "tcp://127.0.0.1:0".to_string()
+            } else {
+                format!("inproc://raw-{}-{addr}-{i}", std::process::id())
+            }
+        })
+        .collect();
+    let mut pub_socks = Vec::new();
+    let mut bound = Vec::new();
+    for url in &urls {
+        let s = Socket::new(Protocol::Pub0).unwrap();
+        s.set_opt::<SendBufferSize>(BUFFER).unwrap();
+        let l = nng::Listener::new(&s, url).unwrap();
+        bound.push(if p.tcp {
+            format!(
+                "tcp://127.0.0.1:{}",
+                l.get_opt::<nng::options::transport::tcp::BoundPort>()
+                    .unwrap()
+            )
+        } else {
+            url.clone()
+        });
+        pub_socks.push(s);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    // Each publisher's expected interval between messages.
+    let interval_us = (1e6 * p.pubs as f64 / rate) as u64;
+    let mut readers = Vec::new();
+    for _ in 0..p.subs {
+        let s = Socket::new(Protocol::Sub0).unwrap();
+        s.set_opt::<RecvBufferSize>(BUFFER).unwrap();
+        s.set_opt::<RecvTimeout>(Some(Duration::from_millis(50)))
+            .unwrap();
+        s.set_opt::<nng::options::protocol::pubsub::Subscribe>(Vec::new())
+            .unwrap();
+        for u in &bound {
+            s.dial(u).unwrap();
+        }
+        let stop = stop.clone();
+        readers.push(std::thread::spawn(move || {
+            let mut h = histogram();
+            let (mut n, mut first, mut last) = (0u64, None, Instant::now());
+            loop {
+                match s.recv() {
+                    Ok(m) => {
+                        record(&mut h, stamp_of(m.as_slice()), interval_us);
+                        n += 1;
+                        first.get_or_insert_with(Instant::now);
+                        last = Instant::now();
+                    }
+                    Err(_) if stop.load(Ordering::Relaxed) => break,
+                    Err(_) => {}
+                }
+            }
+            let secs = first.map_or(0.0, |f: Instant| (last - f).as_secs_f64());
+            (n, secs, h)
+        }));
+    }
+    std::thread::sleep(Duration::from_millis(200)); // links up
+    let total = (rate * secs) as u64;
+    let per_pub = total / p.pubs as u64;
+    let senders: Vec<_> = pub_socks
+        .iter()
+        .map(|s| {
+            let s = s.clone();
+            let size = p.size;
+            let rate = rate / p.pubs as f64;
+            std::thread::spawn(move || {
+                let start = Instant::now();
+                for i in 0..per_pub {
+                    let intended = pace(start + Duration::from_secs_f64(i as f64 / rate));
+                    let _ = s.send(nng::Message::from(&payload(size, intended)[..]));
+                }
+            })
+        })
+        .collect();
+    for t in senders {
+        t.join().unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    let mut latency = histogram();
+    let (mut min_received, mut rate_sum) = (u64::MAX, 0.0);
+    for r in readers {
+        let (n, secs, h) = r.join().unwrap();
+        latency.add(&h).unwrap();
+        min_received = min_received.min(n);
+        rate_sum += if secs > 0.0 { n as f64 / secs } else { 0.0 };
+    }
+    for s in pub_socks {
+        s.close();
+    }
+    RawRun {
+        sent: per_pub * p.pubs as u64,
+        min_received,
+        delivered_per_sec: rate_sum / p.subs as f64,
+        latency,
+    }
+}
+
+/// The highest paced rate (msg/s per subscriber) raw NNG sustains with at
+/// most 0.1 % drops, from a doubling then refining search.
+fn raw_drop_free(p: Point, secs: f64, addr: &mut u32, bar: &ProgressBar) -> (f64, f64) {
+    let (mut best, mut best_delivered) = (0.0, 0.0);
+    let mut rate = 5_000.0;
+    let mut failed = None;
+    for _ in 0..12 {
+        bar.set_message(format!("{} raw NNG at {:.0} msg/s", p.name(), rate));
+        let r = raw_run(p, rate, secs, addr);
+        let ok = r.min_received as f64 >= r.sent as f64 * 0.999;
+        if ok {
+            best = rate;
+            best_delivered = r.delivered_per_sec;
+        } else {
+            failed = Some(rate);
+        }
+        rate = match failed {
+            None => rate * 2.0,
+            Some(f) if f / best.max(1.0) > 1.15 => (best.max(2_500.0) + f) / 2.0,
+            Some(_) => break,
+        };
+    }
+    (best, best_delivered)
+}
+
+// ---------------------------------------------------------------- chorus
+
+struct ChorusRun {
+    per_sub: Vec<f64>,
+    latency: Histogram<u64>,
+    retransmits: u64,
+    duplicates: u64,
+    lost: u64,
+    batches: u64,
+}
+
+/// Batch size of chorus peers in this run (`--batch-bytes`, 0 = unbatched).
+static BATCH_BYTES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(64 * 1024);
+
+fn builder(name: String, url: String) -> chorus::PeerBuilder {
+    Peer::builder()
+        .name(name)
+        .listen(url)
+        .batch_bytes(BATCH_BYTES.load(Ordering::Relaxed))
+}
+
+async fn chorus_bus(p: Point, addr: &mut u32) -> (Vec<Peer>, Vec<Peer>) {
+    *addr += 1;
+    let url = |role: &str, i: usize| {
+        if p.tcp {
+            "tcp://127.0.0.1:0".to_string()
+        } else {
+            format!("inproc://bench-{}-{addr}-{role}{i}", std::process::id())
+        }
+    };
+    let seed = builder("pub-0".into(), url("p", 0)).start().await.unwrap();
+    let mut pubs = vec![seed.clone()];
+    for i in 1..p.pubs {
+        pubs.push(
+            builder(format!("pub-{i}"), url("p", i))
+                .seed(seed.local_url())
+                .start()
+                .await
+                .unwrap(),
+        );
+    }
+    let mut subs = Vec::new();
+    for i in 0..p.subs {
+        subs.push(
+            builder(format!("sub-{i}"), url("s", i))
+                .seed(seed.local_url())
+                .start()
+                .await
+                .unwrap(),
+        );
+    }
+    let n = (p.pubs + p.subs) as u64 - 1;
+    let start = Instant::now();
+    while !pubs.iter().chain(&subs).all(|x| {
+        let s = x.stats();
+        s.members == n && s.links_in == n && s.links_out == n
+    }) {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "bus did not form"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    (pubs, subs)
+}
+
+/// Every publisher sends `count` messages; `rate` in msg/s in all (None: flood).
+async fn chorus_run(p: Point, count: u64, rate: Option<f64>, addr: &mut u32) -> ChorusRun {
+    let (pubs, subs) = chorus_bus(p, addr).await;
+    let total = count * p.pubs as u64;
+    let interval_us = rate.map_or(0, |r| (1e6 * p.pubs as f64 / r) as u64);
+    let mut readers = Vec::new();
+    for s in &subs {
+        let mut stream = s.subscribe_bytes("bench.>").unwrap();
+        readers.push(tokio::spawn(async move {
+            let mut h = histogram();
+            let mut first = None;
+            for _ in 0..total {
+                let d = stream.next().await.expect("stream open");
+                record(&mut h, stamp_of(&d.value), interval_us);
+                first.get_or_insert_with(Instant::now);
+            }
+            (first.unwrap().elapsed(), h)
+        }));
+    }
+    // Publishers run on their own threads with the same pacing loop as the
+    // raw NNG senders (tokio's millisecond timer would add its own lateness
+    // to a paced run), calling into the runtime for each publish.
+    let handle = tokio::runtime::Handle::current();
+    let writers: Vec<_> = pubs
+        .iter()
+        .map(|x| {
+            let (x, handle) = (x.clone(), handle.clone());
+            let size = p.size;
+            let per_pub_rate = rate.map(|r| r / p.pubs as f64);
+            std::thread::spawn(move || {
+                let start = Instant::now();
+                for i in 0..count {
+                    let stamp = match per_pub_rate {
+                        Some(r) => pace(start + Duration::from_secs_f64(i as f64 / r)),
+                        None => now_us(),
+                    };
+                    handle
+                        .block_on(x.publish_bytes("bench.data", Bytes::from(payload(size, stamp))))
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    tokio::task::spawn_blocking(move || {
+        for w in writers {
+            w.join().unwrap();
+        }
+    })
+    .await
+    .unwrap();
+    let mut latency = histogram();
+    let mut per_sub = Vec::new();
+    for r in readers {
+        let (elapsed, h) = tokio::time::timeout(Duration::from_secs(300), r)
+            .await
+            .expect("delivery finished")
+            .unwrap();
+        per_sub.push(total as f64 / elapsed.as_secs_f64());
+        latency.add(&h).unwrap();
+    }
+    let stats: Vec<_> = pubs.iter().chain(&subs).map(|x| x.stats()).collect();
+    let run = ChorusRun {
+        per_sub,
+        latency,
+        retransmits: stats.iter().map(|s| s.retransmits).sum(),
+        duplicates: stats.iter().map(|s| s.duplicates + s.duplicate_keys).sum(),
+        lost: stats.iter().map(|s| s.lost).sum(),
+        batches: stats.iter().map(|s| s.batches_sent).sum(),
+    };
+    for x in pubs.into_iter().chain(subs) {
+        x.shutdown().await;
+    }
+    run
+}
+
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .map(|l| l.to_string())
+        })
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        .unwrap_or(0)
+}
+
+/// How much to measure: `Smoke` is one tiny point for `cargo test`,
+/// `Quick` under a minute, `Full` every point at full length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// One tiny point; figures only checked for sanity.
+    Smoke,
+    /// Short runs of 1→1 tcp, 64 B and 1 KiB (under a minute).
+    Quick,
+    /// Every point, full length (several minutes).
+    Full,
+}
+
+/// What to measure and where to write the figures.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Run length.
+    pub mode: Mode,
+    /// (publishers, subscribers) pairs.
+    pub scenarios: Vec<(usize, usize)>,
+    /// Payload sizes in bytes.
+    pub payloads: Vec<usize>,
+    /// `true` for tcp loopback, `false` for inproc.
+    pub transports: Vec<bool>,
+    /// Where the JSON with every figure goes.
+    pub json: String,
+    /// Where the latency plot goes.
+    pub svg: String,
+    /// chorus's batch size (0 = unbatched).
+    pub batch_bytes: usize,
+}
+
+impl Options {
+    /// The defaults of `mode`.
+    pub fn new(mode: Mode) -> Self {
+        let (scenarios, payloads, transports, files) = match mode {
+            Mode::Smoke => ("1x1", "64", "tcp", "target/throughput-smoke"),
+            Mode::Quick => ("1x1", "64,1024", "tcp", "target/throughput"),
+            Mode::Full => (
+                "1x1,1x4,4x4",
+                "64,1024,16384",
+                "tcp,inproc",
+                "target/throughput",
+            ),
+        };
+        Options {
+            mode,
+            scenarios: parse_scenarios(scenarios).expect("valid default"),
+            payloads: parse_payloads(payloads).expect("valid default"),
+            transports: parse_transports(transports).expect("valid default"),
+            json: format!("{files}.json"),
+            svg: format!("{files}.svg"),
+            batch_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// `1x1,1x4,4x4` → publishers × subscribers pairs.
+pub fn parse_scenarios(list: &str) -> Result<Vec<(usize, usize)>, String> {
+    list.split(',')
+        .map(|s| {
+            s.split_once('x')
+                .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
+                .filter(|&(a, b): &(usize, usize)| a > 0 && b > 0)
+                .ok_or_else(|| format!("invalid scenario {s:?} (expected e.g. 1x4)"))
+        })
+        .collect()
+}
+
+/// `64,1024` → payload sizes (at least 8 bytes: the send time).
+pub fn parse_payloads(list: &str) -> Result<Vec<usize>, String> {
+    list.split(',')
+        .map(|s| {
+            s.parse()
+                .ok()
+                .filter(|&n: &usize| (8..=1 << 20).contains(&n))
+                .ok_or_else(|| format!("invalid payload size {s:?} (8 to 1048576 bytes)"))
+        })
+        .collect()
+}
+
+/// `tcp,inproc` → transports.
+pub fn parse_transports(list: &str) -> Result<Vec<bool>, String> {
+    list.split(',')
+        .map(|t| match t {
+            "tcp" => Ok(true),
+            "inproc" => Ok(false),
+            _ => Err(format!("invalid transport {t:?} (tcp or inproc)")),
+        })
+        .collect()
+}
+
+/// Measures every point of `o` with a progress bar, prints the summary
+/// table, writes the JSON and the plot, and returns the JSON document.
+pub fn run(o: &Options) -> serde_json::Value {
+    let smoke = o.mode == Mode::Smoke;
+    let quick = o.mode != Mode::Full;
+    let (scenarios, sizes, transports) = (&o.scenarios, &o.payloads, &o.transports);
+    let (json_path, svg_path) = (&o.json, &o.svg);
+    // Raw runs must be long enough that NNG's and the kernel's buffers cannot
+    // hide drops: a quarter second of 64 B messages fits in socket buffers.
+    let raw_secs = if smoke { 0.25 } else { 1.0 };
+    BATCH_BYTES.store(o.batch_bytes, Ordering::Relaxed);
+
+    let mut points = Vec::new();
+    for &(pubs, subs) in scenarios {
+        for &size in sizes {
+            for &tcp in transports {
+                points.push(Point {
+                    pubs,
+                    subs,
+                    size,
+                    tcp,
+                });
+            }
+        }
+    }
+    let bar = ProgressBar::new(points.len() as u64);
+    bar.set_style(ProgressStyle::with_template("{bar:30} {pos}/{len} {elapsed} {msg}").unwrap());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut addr = 0;
+    let mut results = Vec::new();
+    let mut curves = Vec::new();
+    let mut table = BTreeMap::new();
+    for p in points {
+        let (raw_rate, raw_delivered) = raw_drop_free(p, raw_secs, &mut addr, &bar);
+        // Flood: a fixed byte budget per point, within a message-count range.
+        let budget_bytes = if smoke {
+            1 << 20
+        } else if quick {
+            16 << 20
+        } else {
+            256 << 20
+        };
+        let max_count = if smoke {
+            10_000
+        } else if quick {
+            50_000
+        } else {
+            500_000
+        };
+        let count =
+            ((budget_bytes / p.size.max(64)) as u64 / p.pubs as u64).clamp(2_000, max_count);
+        bar.set_message(format!(
+            "{} chorus flood, {count} msgs per publisher",
+            p.name()
+        ));
+        let flood = rt.block_on(chorus_run(p, count, None, &mut addr));
+        // Paced latency at 10 % of raw's drop-free rate, for both.
+        let paced_rate = (raw_rate * 0.1).max(500.0);
+        let paced_count =
+            ((paced_rate * if quick { 1.0 } else { 3.0 }) as u64 / p.pubs as u64).max(200);
+        bar.set_message(format!(
+            "{} paced latency at {paced_rate:.0} msg/s",
+            p.name()
+        ));
+        let raw_paced = raw_run(
+            p,
+            paced_rate,
+            paced_count as f64 * p.pubs as f64 / paced_rate,
+            &mut addr,
+        );
+        let chorus_paced = rt.block_on(chorus_run(p, paced_count, Some(paced_rate), &mut addr));
+
+        let chorus_rate = flood.per_sub.iter().sum::<f64>() / flood.per_sub.len() as f64;
+        let mb = |rate: f64| rate * p.size as f64 / 1e6;
+        let p99 = |h: &Histogram<u64>| h.value_at_quantile(0.99);
+        let ratio = chorus_rate / raw_delivered.max(1.0);
+        let lat_ratio = p99(&chorus_paced.latency) as f64 / p99(&raw_paced.latency).max(1) as f64;
+        table.insert(
+            p.name(),
+            format!(
+                "| {} | {:.0} ({:.1} MB/s) | {:.0} ({:.1} MB/s) | {:.0} | **{:.1}×** | {} / {} µs | {} / {} µs | {:.2}× | {} / {} / {} |",
+                p.name(),
+                raw_delivered,
+                mb(raw_delivered),
+                chorus_rate,
+                mb(chorus_rate),
+                chorus_rate * p.subs as f64,
+                ratio,
+                p99(&raw_paced.latency),
+                raw_paced.latency.max(),
+                p99(&chorus_paced.latency),
+                chorus_paced.latency.max(),
+                lat_ratio,
+                flood.retransmits,
+                flood.duplicates,
+                flood.lost
+            ),
+        );
+        curves.push((
+            p.name(),
+            ladder(&raw_paced.latency),
+            ladder(&chorus_paced.latency),
+        ));
+        results.push(json!({
+            "point": p.name(), "publishers": p.pubs, "subscribers": p.subs, "payload": p.size,
+            "transport": if p.tcp { "tcp" } else { "inproc" },
+            "raw_nng": { "drop_free_rate": raw_rate, "delivered_per_sub": raw_delivered,
+                          "paced_rate": paced_rate, "paced_latency_us": percentiles(&raw_paced.latency) },
+            "chorus": { "messages_per_publisher": count, "delivered_per_sub": flood.per_sub,
+                        "delivered_per_sub_mean": chorus_rate, "aggregate": chorus_rate * p.subs as f64,
+                        "mb_per_sec_per_sub": mb(chorus_rate),
+                        "flood_latency_us": percentiles(&flood.latency),
+                        "paced_latency_us": percentiles(&chorus_paced.latency),
+                        "retransmits": flood.retransmits, "duplicates_dropped": flood.duplicates,
+                        "lost": flood.lost, "batches_sent": flood.batches },
+            "ratio_throughput": ratio, "ratio_p99_paced": lat_ratio,
+        }));
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let rss = peak_rss_kib();
+    println!("| point | raw NNG drop-free msg/s per sub | chorus msg/s per sub | chorus aggregate | chorus ÷ raw | raw paced p99 / max | chorus paced p99 / max | p99 ratio | retransmits / dups dropped / lost |");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for row in table.values() {
+        println!("{row}");
+    }
+    println!("peak RSS of the whole bench process: {} MiB", rss / 1024);
+    let doc = json!({ "quick": quick, "peak_rss_kib": rss, "points": results });
+    if let Some(dir) = std::path::Path::new(json_path).parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    std::fs::write(json_path, serde_json::to_string_pretty(&doc).unwrap()).unwrap();
+    plot(svg_path, &curves);
+    println!("all figures: {json_path}; latency plot: {svg_path}");
+    doc
+}
+
+/// Latency at the percentile ladder drawn in the plot.
+const LADDER: [(f64, &str); 6] = [
+    (0.5, "p50"),
+    (0.9, "p90"),
+    (0.99, "p99"),
+    (0.999, "p99.9"),
+    (0.9999, "p99.99"),
+    (1.0, "max"),
+];
+
+fn ladder(h: &Histogram<u64>) -> Vec<u64> {
+    LADDER
+        .iter()
+        .map(|(q, _)| {
+            if *q >= 1.0 {
+                h.max()
+            } else {
+                h.value_at_quantile(*q)
+            }
+        })
+        .collect()
+}
+
+/// Paced latency percentile distributions, chorus (solid) against raw NNG
+/// (dashed) for every point, as an SVG.
+fn plot(path: &str, curves: &[(String, Vec<u64>, Vec<u64>)]) {
+    use plotters::prelude::*;
+    let root = SVGBackend::new(path, (1000, 600)).into_drawing_area();
+    root.fill(&WHITE).unwrap();
+    let top = curves
+        .iter()
+        .flat_map(|(_, r, c)| r.iter().chain(c))
+        .copied()
+        .max()
+        .unwrap_or(1) as f64
+        * 1.5;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            "paced latency at 10 % of raw NNG's drop-free rate (µs, log)",
+            ("sans-serif", 20),
+        )
+        .margin(15)
+        .x_label_area_size(35)
+        .y_label_area_size(60)
+        .build_cartesian_2d(
+            0f64..(LADDER.len() - 1) as f64,
+            (1f64..top.max(10.0)).log_scale(),
+        )
+        .unwrap();
+    chart
+        .configure_mesh()
+        .x_labels(LADDER.len())
+        .x_label_formatter(&|x| {
+            LADDER
+                .get(x.round() as usize)
+                .map_or(String::new(), |l| l.1.to_string())
+        })
+        .y_desc("µs")
+        .draw()
+        .unwrap();
+    for (i, (name, raw, chorus)) in curves.iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        let pts = |v: &Vec<u64>| {
+            v.iter()
+                .enumerate()
+                .map(|(x, y)| (x as f64, (*y).max(1) as f64))
+                .collect::<Vec<_>>()
+        };
+        chart
+            .draw_series(LineSeries::new(pts(chorus), color.stroke_width(2)))
+            .unwrap()
+            .label(format!("chorus {name}"))
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
+        chart
+            .draw_series(DashedLineSeries::new(pts(raw), 6, 4, color.stroke_width(1)))
+            .unwrap()
+            .label(format!("raw NNG {name}"))
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(1))
+            });
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .unwrap();
+    root.present().unwrap();
+}

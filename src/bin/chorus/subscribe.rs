@@ -1,0 +1,93 @@
+//! `chorus sub`: print every delivery matching a pattern, as text lines or
+//! JSON lines.
+
+use anyhow::Result;
+use bytes::Bytes;
+use chorus::{Delivery, Pattern, Peer};
+use futures::StreamExt;
+use serde_json::json;
+
+use crate::join::{stop_signal, JoinArgs};
+use crate::payload::{self, CONTENT_TYPE};
+
+/// Arguments of `chorus sub`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Topic pattern: `orders.created`, `orders.*` (one token), `orders.>` (the rest).
+    pattern: String,
+    #[command(flatten)]
+    join: JoinArgs,
+    /// One JSON object per delivery (topic, origin, seq, payload, ...).
+    #[arg(long)]
+    json: bool,
+    /// Exit after this many deliveries.
+    #[arg(long, value_name = "N")]
+    count: Option<u64>,
+}
+
+pub async fn run(args: Args) -> Result<()> {
+    Pattern::parse(&args.pattern)?;
+    let peer = args.join.start("chorus-sub").await?;
+    let result = print(&args, &peer).await;
+    peer.shutdown().await;
+    result
+}
+
+async fn print(args: &Args, peer: &Peer) -> Result<()> {
+    let mut deliveries = peer.subscribe_bytes(&args.pattern)?;
+    args.join.settle(peer).await?;
+    eprintln!(
+        "chorus: subscribed to {} as {}",
+        args.pattern,
+        peer.local_url()
+    );
+    let stop = stop_signal();
+    tokio::pin!(stop);
+    let mut seen = 0;
+    while args.count.is_none_or(|n| seen < n) {
+        tokio::select! {
+            d = deliveries.next() => match d {
+                Some(d) => println!("{}", line(peer, &d, args.json)),
+                None => break,
+            },
+            _ = &mut stop => break,
+        }
+        seen += 1;
+    }
+    Ok(())
+}
+
+fn line(peer: &Peer, d: &Delivery<Bytes>, json: bool) -> String {
+    let origin = peer
+        .members()
+        .into_iter()
+        .find(|m| m.id() == d.origin())
+        .map(|m| m.name().to_owned())
+        .unwrap_or_default();
+    let content_type = d.headers().get(CONTENT_TYPE).map(String::as_str);
+    let rendered = payload::render(&d.value, content_type);
+    if !json {
+        return format!(
+            "{} {}({}) #{} {}",
+            d.topic(),
+            origin,
+            d.origin(),
+            d.seq(),
+            rendered
+        );
+    }
+    json!({
+        "topic": d.topic(),
+        "origin": d.origin().to_string(),
+        "origin_name": origin,
+        "incarnation": d.incarnation(),
+        "seq": d.seq(),
+        "id": d.id(),
+        "correlation_id": d.correlation_id(),
+        "timestamp_us": d.envelope().timestamp_us,
+        "headers": d.headers(),
+        "encoding": rendered.encoding(),
+        "payload": rendered.to_json(),
+    })
+    .to_string()
+}
