@@ -50,3 +50,24 @@ fn discovery_demo_kills_detects_and_rejoins() {
         );
     }
 }
+
+#[test]
+fn choreography_observer_reports_exactly_the_injected_missing_work_order() {
+    let out = Command::new(example("choreography"))
+        .args(["--bids", "30", "--drop", "7"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "choreography failed:\n{stdout}");
+    for expected in [
+        "MISSING work.created for bid-7",
+        "invoices.issued  29",
+        "observer: 1 observation(s), missing: [\"bid-7\"]",
+        "result: OK",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "missing {expected:?} in:\n{stdout}"
+        );
+    }
+}
