@@ -274,7 +274,19 @@ async fn main() -> chorus::Result<()> {
     // Give a late or wrong observation the chance to show up.
     tokio::time::sleep(within + Duration::from_millis(200)).await;
 
-    let s = seen.lock();
+    let ok = summary(&seen.lock(), &args, expected_invoices);
+    for p in all {
+        p.shutdown().await;
+    }
+    println!("result: {}", if ok { "OK" } else { "FAILED" });
+    if !ok {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+/// Prints what the dashboard saw; true if it is what the run should show.
+fn summary(s: &Seen, args: &Args, expected_invoices: u64) -> bool {
     println!("summary:");
     for (topic, n) in &s.per_topic {
         println!("  {topic:<16} {n}");
@@ -290,20 +302,11 @@ async fn main() -> chorus::Result<()> {
         s.observations.len()
     );
     let injected = format!("bid-{}", args.drop);
-    let ok = s.per_topic.get("invoices.issued").copied().unwrap_or(0) == expected_invoices
+    s.per_topic.get("invoices.issued").copied().unwrap_or(0) == expected_invoices
         && s.observations.len() == missing.len()
         && if expected_invoices < args.bids {
             missing == [injected.as_str()]
         } else {
             missing.is_empty()
-        };
-    drop(s);
-    for p in all {
-        p.shutdown().await;
-    }
-    println!("result: {}", if ok { "OK" } else { "FAILED" });
-    if !ok {
-        std::process::exit(1);
-    }
-    Ok(())
+        }
 }
