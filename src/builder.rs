@@ -64,15 +64,20 @@ pub const MAX_NNG_BUFFER: usize = 8192;
 /// reach everyone through gossip. A graceful [`Peer::shutdown`] is seen as
 /// Left within one round trip instead.
 ///
-/// ```no_run
-/// # async fn f() -> chorus::Result<()> {
+/// ```
+/// # #[tokio::main] async fn main() -> chorus::Result<()> {
+/// use std::time::Duration;
 /// let peer = chorus::Peer::builder()
 ///     .name("billing")
 ///     .listen("tcp://127.0.0.1:0")
-///     .seed("tcp://127.0.0.1:7000")
+///     .seed("tcp://127.0.0.1:7000") // retried until it answers
+///     .heartbeat_interval(Duration::from_millis(200))
+///     .heartbeat_deadline(Duration::from_millis(100))
 ///     .start()
 ///     .await?;
+/// assert!(peer.local_url().starts_with("tcp://127.0.0.1:"));
 /// println!("join me with --seed {}", peer.local_url());
+/// peer.shutdown().await;
 /// # Ok(()) }
 /// ```
 #[derive(Debug, Clone)]

@@ -12,13 +12,24 @@ use crate::envelope::{Envelope, Headers, PeerId};
 
 /// One event delivered to a subscription: the value and its metadata.
 ///
-/// ```no_run
-/// # async fn f(peer: chorus::Peer) -> chorus::Result<()> {
+/// ```
+/// # #[tokio::main] async fn main() -> chorus::Result<()> {
 /// use futures::StreamExt;
+/// use chorus::{Peer, PublishOptions};
+/// let shop = Peer::builder().listen("inproc://shop").start().await?;
+/// let peer = Peer::builder().listen("inproc://billing").seed(shop.local_url()).start().await?;
 /// let mut orders = peer.subscribe::<String>("orders.*")?;
-/// while let Some(d) = orders.next().await {
-///     println!("{} #{} from {}: {}", d.topic(), d.seq(), d.origin(), d.value);
+/// while shop.stats().links_out == 0 {
+///     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
 /// }
+/// let opts = PublishOptions::new().id("order-1").header("tenant", "acme");
+/// shop.publish_with("orders.placed", "two tickets", opts).await?;
+/// let d = orders.next().await.unwrap();
+/// println!("{} #{} from {}: {}", d.topic(), d.seq(), d.origin(), d.value);
+/// assert_eq!((d.topic(), d.seq(), d.id()), ("orders.placed", 1, Some("order-1")));
+/// assert_eq!(d.headers()["tenant"], "acme");
+/// assert_eq!(d.flow_id(), "order-1"); // what events published while handling it carry
+/// # shop.shutdown().await; peer.shutdown().await;
 /// # Ok(()) }
 /// ```
 #[derive(Debug, Clone)]

@@ -6,14 +6,14 @@
 //! member's events on an NNG sub socket; subscriptions select events by
 //! NATS-style topic patterns (`orders.*`, `orders.>`).
 //!
-//! ```no_run
+//! ```
 //! use futures::StreamExt;
 //! use serde::{Deserialize, Serialize};
 //!
 //! #[derive(Serialize, Deserialize, Debug)]
 //! struct BidAccepted { bid: u64, amount_cents: u64 }
 //!
-//! # async fn run() -> chorus::Result<()> {
+//! # #[tokio::main] async fn main() -> chorus::Result<()> {
 //! let bids = chorus::Peer::builder().name("bids").start().await?;
 //! let work = chorus::Peer::builder().name("work-orders").seed(bids.local_url()).start().await?;
 //! // Pub/sub does not replay: wait until bids has discovered work-orders.

@@ -146,18 +146,25 @@ fn report(o: &Observation) {
 /// that is missing or late. Stops when the peer shuts down or the observer
 /// is dropped.
 ///
-/// ```no_run
-/// # async fn f(peer: chorus::Peer) -> chorus::Result<()> {
+/// ```
+/// # #[tokio::main] async fn main() -> chorus::Result<()> {
 /// use futures::StreamExt;
 /// use std::time::Duration;
+/// let peer = chorus::Peer::builder().listen("inproc://dashboard").start().await?;
+/// let bids = chorus::Peer::builder().listen("inproc://bids").seed(peer.local_url()).start().await?;
 /// let mut observer = chorus::Observer::builder()
-///     .expect("work order for every bid", "bids.accepted", "work.created", Duration::from_secs(2))
+///     .expect("work order for every bid", "bids.accepted", "work.created", Duration::from_millis(100))
 ///     .start(&peer)?;
-/// while let Some(o) = observer.next().await {
-///     if let chorus::Observation::Missing { key, waited_for, .. } = o {
-///         eprintln!("no {waited_for} for {key}");
-///     }
+/// while bids.stats().links_out == 0 {
+///     tokio::time::sleep(Duration::from_millis(5)).await;
 /// }
+/// // A bid that nobody turns into a work order.
+/// bids.publish_with_id("bid-1", "bids.accepted", &1u32).await?;
+/// if let Some(chorus::Observation::Missing { key, waited_for, .. }) = observer.next().await {
+///     eprintln!("no {waited_for} for {key}");
+///     assert_eq!(key, "bid-1");
+/// }
+/// # bids.shutdown().await; peer.shutdown().await;
 /// # Ok(()) }
 /// ```
 pub struct Observer {

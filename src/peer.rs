@@ -62,17 +62,24 @@ struct Inner {
 /// Cheap to clone; all clones are the same peer. The driver tasks stop on
 /// [`shutdown`](Self::shutdown) or when the last clone is dropped.
 ///
-/// ```no_run
+/// ```
 /// # #[derive(serde::Serialize, serde::Deserialize)] struct OrderPlaced { id: u32 }
-/// # async fn f() -> chorus::Result<()> {
+/// # #[tokio::main] async fn main() -> chorus::Result<()> {
 /// use futures::StreamExt;
-/// let a = chorus::Peer::builder().name("orders").start().await?;
-/// let b = chorus::Peer::builder().name("billing").seed(a.local_url()).start().await?;
+/// let a = chorus::Peer::builder().name("orders").listen("inproc://orders").start().await?;
+/// let b = chorus::Peer::builder().name("billing").listen("inproc://billing")
+///     .seed(a.local_url()).start().await?;
 /// let mut placed = b.subscribe::<OrderPlaced>("orders.>")?;
-/// // ... once `a` sees `b` as a member (see `membership()`):
+/// // Pub/sub does not replay: publish once `a` has `b` as a linked member.
+/// let mut joined = a.membership();
+/// while a.stats().links_out == 0 {
+///     let _ = tokio::time::timeout(std::time::Duration::from_millis(10), joined.next()).await;
+/// }
 /// a.publish("orders.placed", &OrderPlaced { id: 7 }).await?;
 /// let delivery = placed.next().await.unwrap();
 /// assert_eq!(delivery.value.id, 7);
+/// assert_eq!(delivery.origin(), a.id());
+/// # a.shutdown().await; b.shutdown().await;
 /// # Ok(()) }
 /// ```
 #[derive(Clone)]
@@ -269,12 +276,15 @@ impl Peer {
     /// backoff, then a dead letter). A delivery is acknowledged to its origin
     /// only once the handler succeeded or it was dead-lettered.
     ///
-    /// ```no_run
-    /// # async fn f(peer: chorus::Peer) -> chorus::Result<()> {
+    /// ```
+    /// # #[tokio::main] async fn main() -> chorus::Result<()> {
+    /// let peer = chorus::Peer::builder().listen("inproc://handlers").start().await?;
     /// let handler = peer.subscribe_with("orders.>", |d: chorus::Delivery<u64>| async move {
     ///     println!("order {}", d.value);
     ///     Ok::<(), std::io::Error>(())
     /// })?;
+    /// peer.shutdown().await;
+    /// handler.finished().await; // a handler stops with its peer
     /// # Ok(()) }
     /// ```
     pub fn subscribe_with<T, F, Fut, E>(&self, pattern: &str, handler: F) -> Result<Handler>
