@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use tokio::sync::{broadcast, mpsc, watch};
 
+use crate::auth::{Auth, MIN_BUS_KEY_LEN};
 use crate::bad_input::BadInputLog;
 use crate::dedup::KeyCache;
 use crate::discovery::{Discovery, View};
@@ -17,6 +18,7 @@ use crate::envelope::{BatchWriter, PeerId};
 use crate::error::{Error, Result};
 use crate::events::EVENT_BUFFER;
 use crate::faults::{FaultInjector, LinkFaults};
+use crate::gate::Gate;
 use crate::inbox::{Inbox, InboxConfig};
 use crate::member::{Endpoints, PeerInfo, MAX_NAME_LEN};
 use crate::membership::{Membership, MembershipConfig};
@@ -55,6 +57,7 @@ pub const MAX_NNG_BUFFER: usize = 8192;
 /// | `ordered_delivery` | true | per-origin sequence order, gaps held back until repaired or lost |
 /// | `duplicate_window` | 65536 keys, 120 s | idempotency keys remembered to drop repeats |
 /// | `batch_bytes` | 64 KiB | events already queued are sent together up to this size |
+/// | `bus_key` / `bus_keys` | none | shared secret(s): every message authenticated (see [`bus_key`](Self::bus_key)) |
 /// | `link_faults` | none | injected drop/duplicate/reorder/delay on receive (tests, demos) |
 ///
 /// **Failure-detection bound.** A member that dies is reported Failed by
@@ -96,6 +99,7 @@ pub struct PeerBuilder {
     pub(crate) publish_queue: usize,
     pub(crate) max_message_size: usize,
     pub(crate) link_faults: LinkFaults,
+    pub(crate) bus_keys: Vec<Secret>,
     pub(crate) retransmit_buffer: usize,
     pub(crate) backpressure: Backpressure,
     pub(crate) ordered: bool,
@@ -132,6 +136,7 @@ impl Default for PeerBuilder {
             publish_queue: 1024,
             max_message_size: 1 << 20,
             link_faults: LinkFaults::default(),
+            bus_keys: Vec::new(),
             retransmit_buffer: 8192,
             backpressure: Backpressure::Wait,
             ordered: true,
@@ -241,6 +246,31 @@ impl PeerBuilder {
         self
     }
 
+    /// Makes the bus private to holders of `secret` (at least
+    /// [`MIN_BUS_KEY_LEN`](crate::MIN_BUS_KEY_LEN) bytes, e.g. 32 random
+    /// bytes): every message this peer sends carries a MAC (keyed BLAKE3)
+    /// over its bytes, which name origin, incarnation and sequence number,
+    /// and every message it receives must carry a valid one. A peer without
+    /// the key never becomes a member, its messages are dropped and counted
+    /// (`Stats::auth_failed`), its links are closed after
+    /// 3 failures and its address is quarantined with doubling bans
+    /// (1 s to 5 min); it cannot forge a member's identity. Messages are
+    /// not encrypted: topics and payloads travel in clear.
+    pub fn bus_key(self, secret: impl AsRef<[u8]>) -> Self {
+        self.bus_keys([secret])
+    }
+
+    /// Several bus keys, for rotation: messages are signed with the first
+    /// and accepted under any. Rotate by adding the new key second on every
+    /// peer, then first, then removing the old one.
+    pub fn bus_keys<K: AsRef<[u8]>>(mut self, secrets: impl IntoIterator<Item = K>) -> Self {
+        self.bus_keys = secrets
+            .into_iter()
+            .map(|k| Secret(k.as_ref().to_vec()))
+            .collect();
+        self
+    }
+
     /// Injects seeded link faults (drop, duplicate, reorder, delay) on this
     /// peer's event receive path. Off by default; for tests and demos.
     pub fn link_faults(mut self, faults: LinkFaults) -> Self {
@@ -325,6 +355,12 @@ impl PeerBuilder {
             )));
         }
         self.link_faults.check().map_err(Error::Config)?;
+        if let Some(short) = self.bus_keys.iter().find(|k| k.0.len() < MIN_BUS_KEY_LEN) {
+            return Err(Error::Config(format!(
+                "bus key of {} bytes is too short: use at least {MIN_BUS_KEY_LEN} random bytes",
+                short.0.len()
+            )));
+        }
         transport::validate_url(&self.listen)?;
         for url in self.seeds.iter().chain(&self.publish_url) {
             transport::validate_url(url)?;
@@ -338,7 +374,11 @@ impl PeerBuilder {
     pub async fn start(self) -> Result<Peer> {
         self.check()?;
         let counters = Arc::new(Counters::default());
+        let secrets: Vec<Vec<u8>> = self.bus_keys.iter().map(|k| k.0.clone()).collect();
+        let auth = Auth::new(&secrets);
+        let gate = Gate::new(auth.clone(), counters.clone());
         let sockets = SocketConfig {
+            gate: gate.clone(),
             send_buffer: self.send_buffer as i32,
             recv_buffer: self.recv_buffer as i32,
             // Frames up to 2× the limit reach chorus and are counted as
@@ -349,13 +389,13 @@ impl PeerBuilder {
         };
         let surveyor = transport::surveyor_socket(&sockets, self.heartbeat_deadline)?;
         let survey_url = transport::listen(&surveyor, &self.listen)?;
-        let pub_socket = transport::pub_socket(&sockets, counters.clone())?;
+        let pub_socket = transport::pub_socket(&sockets)?;
         let pub_wanted = self
             .publish_url
             .clone()
             .unwrap_or_else(|| transport::derive_url(&survey_url, "pub"));
         let publish_url = transport::listen(&pub_socket, &pub_wanted)?;
-        let sub_socket = transport::sub_socket(&sockets, counters.clone())?;
+        let sub_socket = transport::sub_socket(&sockets)?;
         let rep_socket = transport::rep_socket(&sockets)?;
         let repair_url =
             transport::listen(&rep_socket, &transport::derive_url(&survey_url, "repair"))?;
@@ -400,6 +440,7 @@ impl PeerBuilder {
             full: full.clone(),
             batch: BatchWriter::default(),
             batch_bytes: self.batch_bytes.min(self.max_message_size / 2),
+            gate: gate.clone(),
         };
         let acks: AckView = Default::default();
         let last_seqs = Arc::new(LastSeqBoard::default());
@@ -454,6 +495,7 @@ impl PeerBuilder {
             pub_ctl: pub_ctl.clone(),
             dialers: HashMap::new(),
             bad: BadInputLog::default(),
+            gate,
         };
         let tasks = vec![
             tokio::spawn(discovery.run(disc_rx)),
@@ -477,6 +519,16 @@ impl PeerBuilder {
             stopping,
             tasks,
         }))
+    }
+}
+
+/// A bus secret; never printed.
+#[derive(Clone)]
+pub(crate) struct Secret(pub Vec<u8>);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
     }
 }
 

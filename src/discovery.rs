@@ -18,6 +18,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::time::{sleep_until, Instant, MissedTickBehavior};
 
 use crate::bad_input::BadInputLog;
+use crate::gate::Gate;
 use crate::frame::DecodeError;
 use crate::heartbeat::{Ack, Response, Survey};
 use crate::member::{Member, MemberEvent, MemberEventKind, PeerInfo};
@@ -63,6 +64,8 @@ pub(crate) struct Discovery {
     pub pub_ctl: mpsc::UnboundedSender<PubCtl>,
     pub dialers: HashMap<String, Dialer>,
     pub bad: BadInputLog,
+    /// Seals heartbeats and checks received ones.
+    pub gate: Arc<Gate>,
 }
 
 impl Discovery {
@@ -149,7 +152,7 @@ impl Discovery {
         Counters::add(&self.counters.heartbeat_rounds, 1);
         if let Err((_, e)) = self
             .surveyor
-            .try_send(nng::Message::from(&survey.encode()[..]))
+            .try_send(self.gate.auth().message(&survey.encode()))
         {
             tracing::debug!(error = %e, "survey not sent");
         }
@@ -162,7 +165,10 @@ impl Discovery {
     }
 
     fn on_response(&mut self, mut msg: nng::Message) {
-        match Response::decode(msg.as_slice(), self.max_message_size) {
+        let Ok(len) = self.gate.check(&mut msg) else {
+            return self.reject_unauthentic("response", &mut msg);
+        };
+        match Response::decode(&msg.as_slice()[..len], self.max_message_size) {
             Ok(r) => {
                 Counters::add(&self.counters.heartbeat_responses, 1);
                 self.core.on_response(&r, std::time::Instant::now());
@@ -174,7 +180,10 @@ impl Discovery {
     }
 
     async fn on_survey(&mut self, mut msg: nng::Message, aio: &mut AioSend) {
-        let survey = match Survey::decode(msg.as_slice(), self.max_message_size) {
+        let Ok(len) = self.gate.check(&mut msg) else {
+            return self.reject_unauthentic("survey", &mut msg);
+        };
+        let survey = match Survey::decode(&msg.as_slice()[..len], self.max_message_size) {
             Ok(s) => s,
             Err(e) => return self.reject("survey", &mut msg, e),
         };
@@ -182,7 +191,7 @@ impl Discovery {
         response.last_seq = self.last_seq.load(Ordering::Relaxed);
         response.acks = acks_to_send(&self.acks, &self.registry);
         match aio
-            .send(&self.respondent, nng::Message::from(&response.encode()[..]))
+            .send(&self.respondent, self.gate.auth().message(&response.encode()))
             .await
         {
             Ok(()) => Counters::add(&self.counters.surveys_answered, 1),
@@ -209,6 +218,14 @@ impl Discovery {
             None => PubCtl::NoAck(from.id),
         };
         let _ = self.pub_ctl.send(ack);
+    }
+
+    /// Logs a heartbeat that failed authentication (the gate counted it).
+    fn reject_unauthentic(&mut self, what: &'static str, msg: &mut nng::Message) {
+        let source = msg
+            .pipe()
+            .map_or_else(|| "unknown".to_owned(), |p| format!("{what} pipe {p:?}"));
+        self.bad.reject("unauthentic", &source, &"failed bus-key authentication");
     }
 
     fn reject(&mut self, what: &'static str, msg: &mut nng::Message, e: DecodeError) {
@@ -295,7 +312,7 @@ impl Discovery {
 
     /// Announces Left until every live member answered or the attempts ran out.
     async fn leave(&mut self, ready: &RecvReady) {
-        let bye = nng::Message::from(&self.core.leave().encode()[..]);
+        let bye = self.gate.auth().message(&self.core.leave().encode());
         let mut waiting: HashSet<_> = self.core.live_ids().collect();
         let mut batch = Vec::new();
         for _ in 0..LEAVE_ATTEMPTS {
@@ -314,8 +331,11 @@ impl Discovery {
                 .await;
                 match got {
                     Ok(Ok(())) => {
-                        for msg in batch.drain(..) {
-                            if let Ok(r) = Response::decode(msg.as_slice(), self.max_message_size) {
+                        for mut msg in batch.drain(..) {
+                            let Ok(len) = self.gate.check(&mut msg) else {
+                                continue;
+                            };
+                            if let Ok(r) = Response::decode(&msg.as_slice()[..len], self.max_message_size) {
                                 waiting.remove(&r.from.id);
                             }
                         }

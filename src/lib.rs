@@ -38,6 +38,7 @@
 
 #![warn(missing_docs)]
 
+mod auth;
 mod bad_input;
 mod builder;
 pub mod correlator;
@@ -49,6 +50,7 @@ mod error;
 mod events;
 pub mod faults;
 mod frame;
+mod gate;
 mod handler;
 pub mod heartbeat;
 pub mod inbox;
@@ -60,6 +62,7 @@ pub mod outbox;
 mod peer;
 mod publish_options;
 mod publisher;
+mod quarantine;
 mod receiver;
 pub mod repair;
 mod repairer;
@@ -68,6 +71,7 @@ mod subscription;
 mod topic;
 mod transport;
 
+pub use auth::MIN_BUS_KEY_LEN;
 pub use builder::{Backpressure, PeerBuilder, MAX_NNG_BUFFER};
 pub use correlator::{Correlator, CorrelatorStats, Expectation, Observation};
 pub use delivery::{Delivery, Loss};

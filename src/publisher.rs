@@ -24,6 +24,8 @@ use crate::envelope::{BatchWriter, Envelope, Headers, PeerId};
 use crate::outbox::Outbox;
 use crate::repair::{Nak, RepairRequest};
 use crate::stats::Counters;
+use crate::auth::TAG_LEN;
+use crate::gate::Gate;
 use crate::transport::{AioSend, RecvReady};
 
 /// An event accepted by `publish`, not yet numbered.
@@ -64,6 +66,8 @@ pub(crate) struct Publisher {
     pub batch: BatchWriter,
     /// Bytes of envelopes after which a batch is sent.
     pub batch_bytes: usize,
+    /// Seals outgoing messages and checks NAKs.
+    pub gate: Arc<Gate>,
 }
 
 /// Most envelopes in one batch.
@@ -181,12 +185,14 @@ impl Publisher {
     /// Sends what is staged as one NNG message.
     fn flush(&mut self) {
         let n = self.batch.len();
-        let socket = &self.socket;
+        let (socket, auth) = (&self.socket, self.gate.auth());
         let sent = self.batch.finish(|parts| {
-            let mut msg = nng::Message::with_capacity(parts.iter().map(|p| p.len()).sum());
+            let size = parts.iter().map(|p| p.len()).sum::<usize>() + TAG_LEN;
+            let mut msg = nng::Message::with_capacity(size);
             for part in parts {
                 msg.push_back(part);
             }
+            auth.seal(&mut msg);
             socket.try_send(msg)
         });
         let Some(sent) = sent else {
@@ -206,8 +212,11 @@ impl Publisher {
     }
 
     /// Answers one NAK from the repair socket.
-    async fn answer(&mut self, msg: nng::Message, aio: &mut AioSend) {
-        let nak = match RepairRequest::decode(msg.as_slice(), self.max_message_size) {
+    async fn answer(&mut self, mut msg: nng::Message, aio: &mut AioSend) {
+        let Ok(len) = self.gate.check(&mut msg) else {
+            return; // counted by the gate
+        };
+        let nak = match RepairRequest::decode(&msg.as_slice()[..len], self.max_message_size) {
             Ok(RepairRequest::Nak(n)) => {
                 Counters::add(&self.counters.naks_received, 1);
                 n
@@ -237,7 +246,7 @@ impl Publisher {
         Counters::add(&self.counters.retransmits, repair.frames.len() as u64);
         self.update_gauges(); // counted before the answer can be seen
         if let Err(e) = aio
-            .send(&self.rep, nng::Message::from(&repair.encode()[..]))
+            .send(&self.rep, self.gate.auth().message(&repair.encode()))
             .await
         {
             tracing::debug!(error = %e, "repair answer not sent");

@@ -236,7 +236,7 @@ impl Receiver {
             let tx = repairer::spawn(
                 info.id,
                 repair.clone(),
-                self.sockets,
+                self.sockets.clone(),
                 self.max_message_size,
                 self.counters.clone(),
                 results.clone(),
@@ -357,8 +357,15 @@ impl Receiver {
     /// One frame (an event or a batch) to envelopes appended to `out`; a
     /// bad frame is counted, logged and dropped whole.
     fn decode(&mut self, mut msg: nng::Message, out: &mut Vec<Envelope>) {
+        let Ok(len) = self.sockets.gate.check(&mut msg) else {
+            Counters::add(&self.counters.received, 1);
+            let source = source_of(&mut msg);
+            self.bad.reject("unauthentic", &source, &"failed bus-key authentication");
+            return;
+        };
+        let frame = &msg.as_slice()[..len];
         let decoded =
-            Envelope::decode_events(msg.as_slice(), self.max_message_size, out).and_then(|()| {
+            Envelope::decode_events(frame, self.max_message_size, out).and_then(|()| {
                 match out.iter().find(|env| validate_topic(&env.topic).is_err()) {
                     Some(env) => Err(DecodeError::Malformed(format!(
                         "invalid topic {:?}",

@@ -17,6 +17,7 @@ use crate::envelope::{Envelope, PeerId};
 use crate::repair::{Repair, RepairRequest};
 use crate::stats::Counters;
 use crate::topic::validate_topic;
+use crate::gate::Gate;
 use crate::transport::{self, AioSend, RecvReady, SocketConfig};
 
 /// How long a NAK waits for its answer before the inbox may send it again.
@@ -56,6 +57,7 @@ pub(crate) fn spawn(
         let client = Client {
             origin,
             socket,
+            gate: sockets.gate.clone(),
             max_message_size,
             counters,
             results,
@@ -68,6 +70,7 @@ pub(crate) fn spawn(
 struct Client {
     origin: PeerId,
     socket: nng::Socket,
+    gate: Arc<Gate>,
     max_message_size: usize,
     counters: Arc<Counters>,
     results: mpsc::UnboundedSender<Repaired>,
@@ -101,8 +104,8 @@ impl Client {
                     .await
                 {
                     Some(true) => {
-                        for msg in replies.drain(..) {
-                            self.check(&msg);
+                        for mut msg in replies.drain(..) {
+                            self.check(&mut msg);
                         }
                     }
                     Some(false) => Counters::add(&self.counters.naks_unanswered, 1),
@@ -125,7 +128,7 @@ impl Client {
         replies: &mut Vec<nng::Message>,
     ) -> Option<bool> {
         if aio
-            .send(&self.socket, nng::Message::from(&req.encode()[..]))
+            .send(&self.socket, self.gate.auth().message(&req.encode()))
             .await
             .is_err()
         {
@@ -140,12 +143,15 @@ impl Client {
         }
     }
 
-    fn check(&self, msg: &nng::Message) {
+    fn check(&self, msg: &mut nng::Message) {
         let bad = |what: &str| {
             Counters::add(&self.counters.repairs_malformed, 1);
             tracing::debug!(origin = %self.origin, what, "repair answer dropped");
         };
-        let repair = match Repair::decode(msg.as_slice(), self.max_message_size) {
+        let Ok(len) = self.gate.check(msg) else {
+            return bad("answer failed authentication");
+        };
+        let repair = match Repair::decode(&msg.as_slice()[..len], self.max_message_size) {
             Ok(r) if r.origin == self.origin => r,
             Ok(_) => return bad("answer from another origin"),
             Err(_) => return bad("malformed answer"),

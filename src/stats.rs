@@ -71,6 +71,14 @@ stats! {
     members_refused,
     /// Events a slow `membership()` or `losses()` stream missed.
     events_lagged,
+    /// Messages that failed bus-key authentication (no tag, wrong key,
+    /// altered in transit), on any socket.
+    auth_failed,
+    /// Links closed because their messages kept failing authentication.
+    pipes_closed,
+    /// New links refused because their address is quarantined after
+    /// failing authentication.
+    pipes_refused,
     /// Gauge: envelopes retained for retransmission.
     retransmit_buffer,
     /// Gauge: bytes of envelopes retained for retransmission.

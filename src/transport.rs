@@ -11,20 +11,17 @@
 //! `BoundPort`; the receive fd does not wake a waiter when the socket closes,
 //! so the owner drops [`RecvReady`] before closing the socket.
 
-use std::collections::HashSet;
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
 use nng::options::{Options, ReconnectMaxTime, ReconnectMinTime, RecvFd, RecvMaxSize};
-use nng::{Aio, AioResult, Dialer, Listener, PipeEvent, Protocol, Socket};
-use parking_lot::Mutex;
+use nng::{Aio, AioResult, Dialer, Listener, Protocol, Socket};
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
 use crate::error::{Error, Result};
-use crate::stats::Counters;
+use crate::gate::Gate;
 
 /// Checks that `url` is a tcp, ipc or inproc URL NNG can use.
 pub(crate) fn validate_url(url: &str) -> Result<()> {
@@ -54,8 +51,10 @@ pub(crate) fn validate_url(url: &str) -> Result<()> {
 }
 
 /// Socket settings shared by the sockets of one peer.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct SocketConfig {
+    /// Authentication and admission of every socket's pipes.
+    pub gate: Arc<Gate>,
     /// Messages queued per subscriber pipe on pub0 (NNG drops the oldest beyond).
     pub send_buffer: i32,
     /// Messages queued on sub0 (NNG drops the oldest beyond).
@@ -69,17 +68,17 @@ pub(crate) struct SocketConfig {
 }
 
 /// Opens a pub0 socket with the configured per-pipe send queue.
-pub(crate) fn pub_socket(cfg: &SocketConfig, counters: Arc<Counters>) -> Result<Socket> {
+pub(crate) fn pub_socket(cfg: &SocketConfig) -> Result<Socket> {
     let s = Socket::new(Protocol::Pub0).map_err(|e| Error::transport("open pub socket", e))?;
     s.set_opt::<nng::options::SendBufferSize>(cfg.send_buffer)
         .map_err(|e| Error::transport("set pub send buffer", e))?;
-    count_pipes(&s, counters, |c| &c.links_out)?;
+    cfg.gate.watch(&s, Some(|c| &c.links_out))?;
     Ok(s)
 }
 
 /// Opens a sub0 socket subscribed to everything (topic matching is done by
 /// chorus so that receivers see every sequence number of every origin).
-pub(crate) fn sub_socket(cfg: &SocketConfig, counters: Arc<Counters>) -> Result<Socket> {
+pub(crate) fn sub_socket(cfg: &SocketConfig) -> Result<Socket> {
     let s = Socket::new(Protocol::Sub0).map_err(|e| Error::transport("open sub socket", e))?;
     let opt = |e| Error::transport("set sub socket options", e);
     s.set_opt::<nng::options::RecvBufferSize>(cfg.recv_buffer)
@@ -91,7 +90,7 @@ pub(crate) fn sub_socket(cfg: &SocketConfig, counters: Arc<Counters>) -> Result<
         .map_err(opt)?;
     s.set_opt::<nng::options::protocol::pubsub::Subscribe>(Vec::new())
         .map_err(opt)?;
-    count_pipes(&s, counters, |c| &c.links_in)?;
+    cfg.gate.watch(&s, Some(|c| &c.links_in))?;
     Ok(s)
 }
 
@@ -105,6 +104,7 @@ pub(crate) fn surveyor_socket(cfg: &SocketConfig, deadline: Duration) -> Result<
     s.set_opt::<RecvMaxSize>(cfg.recv_max_size).map_err(opt)?;
     s.set_opt::<nng::options::RecvBufferSize>(cfg.recv_buffer)
         .map_err(opt)?;
+    cfg.gate.watch(&s, None)?;
     Ok(s)
 }
 
@@ -118,6 +118,7 @@ pub(crate) fn respondent_socket(cfg: &SocketConfig) -> Result<Socket> {
         .map_err(opt)?;
     s.set_opt::<ReconnectMaxTime>(Some(cfg.reconnect_max))
         .map_err(opt)?;
+    cfg.gate.watch(&s, None)?;
     Ok(s)
 }
 
@@ -126,6 +127,7 @@ pub(crate) fn rep_socket(cfg: &SocketConfig) -> Result<Socket> {
     let s = Socket::new(Protocol::Rep0).map_err(|e| Error::transport("open repair socket", e))?;
     s.set_opt::<RecvMaxSize>(cfg.recv_max_size)
         .map_err(|e| Error::transport("set repair socket options", e))?;
+    cfg.gate.watch(&s, None)?;
     Ok(s)
 }
 
@@ -141,6 +143,7 @@ pub(crate) fn req_socket(cfg: &SocketConfig) -> Result<Socket> {
     // chorus re-NAKs by itself; NNG must not resend stale requests.
     s.set_opt::<nng::options::protocol::reqrep::ResendTime>(None)
         .map_err(opt)?;
+    cfg.gate.watch(&s, None)?;
     Ok(s)
 }
 
@@ -154,32 +157,6 @@ pub(crate) fn derive_url(public: &str, suffix: &str) -> String {
         Some((host, _)) => format!("tcp://{host}:0"),
         None => format!("{public}.{suffix}"),
     }
-}
-
-/// Keeps the gauge chosen by `gauge` equal to the number of pipes currently
-/// added to `socket`. The callback runs on an NNG thread with the socket lock
-/// held: it only touches its own set and the atomic.
-fn count_pipes(
-    socket: &Socket,
-    counters: Arc<Counters>,
-    gauge: fn(&Counters) -> &AtomicU64,
-) -> Result<()> {
-    let pipes = Mutex::new(HashSet::new());
-    socket
-        .pipe_notify(move |pipe, event| {
-            let mut pipes = pipes.lock();
-            match event {
-                PipeEvent::AddPost => {
-                    pipes.insert(pipe);
-                }
-                PipeEvent::RemovePost => {
-                    pipes.remove(&pipe);
-                }
-                _ => return,
-            }
-            Counters::set(gauge(&counters), pipes.len() as u64);
-        })
-        .map_err(|e| Error::transport("register pipe notifications", e))
 }
 
 /// Listens on `url` and returns the URL others should dial: the same URL,

@@ -1,0 +1,161 @@
+//! Bus-key authentication of every message on every socket.
+//!
+//! Owns: [`Auth`], the keys of a peer's bus and the seal/open of messages.
+//! With a bus key, each NNG message is its frame (batch, heartbeat, NAK,
+//! repair answer…) followed by a 16-byte tag: keyed BLAKE3 of the frame
+//! bytes under a key derived from the shared secret. The frame already names
+//! its origin, incarnation and sequence number (or heartbeat counter), so
+//! the tag binds them: a peer without the key can neither join (its
+//! heartbeats fail), publish (its envelopes fail) nor forge another member
+//! (changing any field breaks the tag); a replayed message is an old
+//! incarnation (dropped as stale) or a duplicate (dropped by dedup). Several
+//! keys may be accepted at once for rotation; the first one signs.
+//!
+//! What it does not do: encrypt (payloads and topics travel in clear over
+//! NNG's plaintext tcp), or tell members apart from each other — every
+//! holder of the key is trusted with every identity.
+
+use std::sync::Arc;
+
+/// Bytes of the tag appended to each message.
+pub(crate) const TAG_LEN: usize = 16;
+
+/// Context string of the key derivation (BLAKE3 `derive_key`): keys for
+/// chorus bus messages are never the raw secret, nor usable elsewhere.
+const CONTEXT: &str = "chorus 2026-11 bus message authentication v1";
+
+/// Shortest secret accepted.
+pub const MIN_BUS_KEY_LEN: usize = 16;
+
+/// Why a message failed authentication.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum AuthError {
+    /// Shorter than a tag: cannot carry one.
+    #[error("message too short to carry an authentication tag")]
+    Untagged,
+    /// The tag matches none of the accepted keys.
+    #[error("authentication tag does not match the bus key")]
+    BadTag,
+}
+
+/// The bus keys of one peer (none: messages are neither sealed nor checked).
+#[derive(Clone, Default)]
+pub(crate) struct Auth {
+    keys: Option<Arc<[[u8; 32]]>>,
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.keys.as_ref().map_or(0, |k| k.len());
+        write!(f, "Auth({n} keys)")
+    }
+}
+
+impl Auth {
+    /// Keys derived from `secrets`; the first signs, all are accepted. An
+    /// empty list means no authentication.
+    pub(crate) fn new(secrets: &[Vec<u8>]) -> Self {
+        if secrets.is_empty() {
+            return Auth::default();
+        }
+        let keys: Vec<[u8; 32]> = secrets
+            .iter()
+            .map(|s| blake3::derive_key(CONTEXT, s))
+            .collect();
+        Auth {
+            keys: Some(keys.into()),
+        }
+    }
+
+    fn tag(key: &[u8; 32], frame: &[u8]) -> [u8; TAG_LEN] {
+        let hash = blake3::keyed_hash(key, frame);
+        hash.as_bytes()[..TAG_LEN].try_into().expect("16 of 32 bytes")
+    }
+
+    /// Appends the tag of the message's bytes under the signing key.
+    pub(crate) fn seal(&self, msg: &mut nng::Message) {
+        if let Some(keys) = &self.keys {
+            let tag = Self::tag(&keys[0], msg.as_slice());
+            msg.push_back(&tag);
+        }
+    }
+
+    /// A sealed message holding `frame`.
+    pub(crate) fn message(&self, frame: &[u8]) -> nng::Message {
+        let mut msg = nng::Message::with_capacity(frame.len() + TAG_LEN);
+        msg.push_back(frame);
+        self.seal(&mut msg);
+        msg
+    }
+
+    /// The frame of an authentic message, without its tag.
+    pub(crate) fn open<'a>(&self, bytes: &'a [u8]) -> Result<&'a [u8], AuthError> {
+        let Some(keys) = &self.keys else {
+            return Ok(bytes);
+        };
+        let split = bytes
+            .len()
+            .checked_sub(TAG_LEN)
+            .ok_or(AuthError::Untagged)?;
+        let (frame, tag) = bytes.split_at(split);
+        let tag: &[u8; TAG_LEN] = tag.try_into().expect("TAG_LEN bytes");
+        // Every key is tried (no early exit on the first), so the time
+        // taken does not tell which key matched.
+        let mut ok = false;
+        for key in keys.iter() {
+            ok |= constant_time_eq::constant_time_eq_16(&Self::tag(key, frame), tag);
+        }
+        if ok {
+            Ok(frame)
+        } else {
+            Err(AuthError::BadTag)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn auth(keys: &[&str]) -> Auth {
+        Auth::new(&keys.iter().map(|k| k.as_bytes().to_vec()).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn sealed_messages_open_with_the_same_key_only() {
+        let a = auth(&["correct horse battery staple"]);
+        let msg = a.message(b"frame bytes");
+        assert_eq!(msg.len(), 11 + TAG_LEN);
+        assert_eq!(a.open(msg.as_slice()), Ok(&b"frame bytes"[..]));
+        let other = auth(&["another secret of enough length"]);
+        assert_eq!(other.open(msg.as_slice()), Err(AuthError::BadTag));
+        // No key: the tag is just trailing bytes to the frame decoder.
+        assert_eq!(Auth::default().open(msg.as_slice()), Ok(msg.as_slice()));
+    }
+
+    #[test]
+    fn any_change_breaks_the_tag() {
+        let a = auth(&["correct horse battery staple"]);
+        let msg = a.message(b"origin 1 incarnation 2 seq 3");
+        for i in 0..msg.len() {
+            let mut bytes = msg.as_slice().to_vec();
+            bytes[i] ^= 0x01;
+            assert_eq!(a.open(&bytes), Err(AuthError::BadTag), "flip at {i}");
+        }
+        assert_eq!(a.open(&msg.as_slice()[1..]), Err(AuthError::BadTag));
+        assert_eq!(a.open(&[0u8; 5]), Err(AuthError::Untagged));
+        assert_eq!(a.open(&[]), Err(AuthError::Untagged));
+    }
+
+    #[test]
+    fn rotation_signs_with_the_first_key_and_accepts_all() {
+        let old = auth(&["the old secret, 16+ bytes"]);
+        let both = auth(&["the new secret, 16+ bytes", "the old secret, 16+ bytes"]);
+        let new = auth(&["the new secret, 16+ bytes"]);
+        let from_old = old.message(b"x");
+        let from_both = both.message(b"y");
+        assert!(both.open(from_old.as_slice()).is_ok());
+        assert!(new.open(from_both.as_slice()).is_ok(), "signed with the first key");
+        assert!(old.open(from_both.as_slice()).is_err());
+    }
+}
