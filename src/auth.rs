@@ -27,6 +27,29 @@ const CONTEXT: &str = "chorus 2026-11 bus message authentication v1";
 /// Shortest secret accepted.
 pub const MIN_BUS_KEY_LEN: usize = 16;
 
+/// Seals one frame as a peer built with
+/// [`bus_key(secret)`](crate::PeerBuilder::bus_key) sends it: the frame
+/// followed by its 16-byte tag (see `docs/WIRE.md`). For peers written in
+/// other languages, tools and tests; peers seal by themselves.
+///
+/// ```
+/// let msg = chorus::auth::seal_frame(b"sixteen+ byte secret", b"frame");
+/// assert_eq!(chorus::auth::open_frame(b"sixteen+ byte secret", &msg), Some(&b"frame"[..]));
+/// assert_eq!(chorus::auth::open_frame(b"another 16+ byte secret", &msg), None);
+/// ```
+pub fn seal_frame(secret: &[u8], frame: &[u8]) -> Vec<u8> {
+    Auth::new(&[secret.to_vec()])
+        .message(frame)
+        .as_slice()
+        .to_vec()
+}
+
+/// The frame of a message sealed under `secret`, or `None` if its tag does
+/// not match.
+pub fn open_frame<'a>(secret: &[u8], message: &'a [u8]) -> Option<&'a [u8]> {
+    Auth::new(&[secret.to_vec()]).open(message).ok()
+}
+
 /// Why a message failed authentication.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum AuthError {
@@ -69,7 +92,9 @@ impl Auth {
 
     fn tag(key: &[u8; 32], frame: &[u8]) -> [u8; TAG_LEN] {
         let hash = blake3::keyed_hash(key, frame);
-        hash.as_bytes()[..TAG_LEN].try_into().expect("16 of 32 bytes")
+        hash.as_bytes()[..TAG_LEN]
+            .try_into()
+            .expect("16 of 32 bytes")
     }
 
     /// Appends the tag of the message's bytes under the signing key.
@@ -118,7 +143,12 @@ mod tests {
     use super::*;
 
     fn auth(keys: &[&str]) -> Auth {
-        Auth::new(&keys.iter().map(|k| k.as_bytes().to_vec()).collect::<Vec<_>>())
+        Auth::new(
+            &keys
+                .iter()
+                .map(|k| k.as_bytes().to_vec())
+                .collect::<Vec<_>>(),
+        )
     }
 
     #[test]
@@ -155,7 +185,10 @@ mod tests {
         let from_old = old.message(b"x");
         let from_both = both.message(b"y");
         assert!(both.open(from_old.as_slice()).is_ok());
-        assert!(new.open(from_both.as_slice()).is_ok(), "signed with the first key");
+        assert!(
+            new.open(from_both.as_slice()).is_ok(),
+            "signed with the first key"
+        );
         assert!(old.open(from_both.as_slice()).is_err());
     }
 }

@@ -18,8 +18,8 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::time::{sleep_until, Instant, MissedTickBehavior};
 
 use crate::bad_input::BadInputLog;
-use crate::gate::Gate;
 use crate::frame::DecodeError;
+use crate::gate::Gate;
 use crate::heartbeat::{Ack, Response, Survey};
 use crate::member::{Member, MemberEvent, MemberEventKind, PeerInfo};
 use crate::membership::{Action, Membership};
@@ -191,7 +191,10 @@ impl Discovery {
         response.last_seq = self.last_seq.load(Ordering::Relaxed);
         response.acks = acks_to_send(&self.acks, &self.registry);
         match aio
-            .send(&self.respondent, self.gate.auth().message(&response.encode()))
+            .send(
+                &self.respondent,
+                self.gate.auth().message(&response.encode()),
+            )
             .await
         {
             Ok(()) => Counters::add(&self.counters.surveys_answered, 1),
@@ -225,7 +228,8 @@ impl Discovery {
         let source = msg
             .pipe()
             .map_or_else(|| "unknown".to_owned(), |p| format!("{what} pipe {p:?}"));
-        self.bad.reject("unauthentic", &source, &"failed bus-key authentication");
+        self.bad
+            .reject("unauthentic", &source, &"failed bus-key authentication");
     }
 
     fn reject(&mut self, what: &'static str, msg: &mut nng::Message, e: DecodeError) {
@@ -335,7 +339,9 @@ impl Discovery {
                             let Ok(len) = self.gate.check(&mut msg) else {
                                 continue;
                             };
-                            if let Ok(r) = Response::decode(&msg.as_slice()[..len], self.max_message_size) {
+                            if let Ok(r) =
+                                Response::decode(&msg.as_slice()[..len], self.max_message_size)
+                            {
                                 waiting.remove(&r.from.id);
                             }
                         }

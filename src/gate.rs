@@ -90,13 +90,9 @@ impl Gate {
                             let _ = pipe.close();
                             return;
                         }
-                        gate.pipes.lock().insert(
-                            pipe,
-                            PipeState {
-                                addr,
-                                failures: 0,
-                            },
-                        );
+                        gate.pipes
+                            .lock()
+                            .insert(pipe, PipeState { addr, failures: 0 });
                     }
                     PipeEvent::AddPost => {
                         own.lock().insert(pipe);

@@ -38,7 +38,7 @@
 
 #![warn(missing_docs)]
 
-mod auth;
+pub mod auth;
 mod bad_input;
 mod builder;
 pub mod correlator;

@@ -20,12 +20,12 @@ use bytes::Bytes;
 use nng::Socket;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::auth::TAG_LEN;
 use crate::envelope::{BatchWriter, Envelope, Headers, PeerId};
+use crate::gate::Gate;
 use crate::outbox::Outbox;
 use crate::repair::{Nak, RepairRequest};
 use crate::stats::Counters;
-use crate::auth::TAG_LEN;
-use crate::gate::Gate;
 use crate::transport::{AioSend, RecvReady};
 
 /// An event accepted by `publish`, not yet numbered.

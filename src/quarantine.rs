@@ -38,7 +38,12 @@ impl Quarantine {
     pub(crate) fn offend(&mut self, addr: IpAddr, now: Instant) -> Duration {
         self.forget_quiet(now);
         if !self.entries.contains_key(&addr) && self.entries.len() >= MAX_ENTRIES {
-            if let Some(oldest) = self.entries.iter().min_by_key(|(_, e)| e.until).map(|(a, _)| *a) {
+            if let Some(oldest) = self
+                .entries
+                .iter()
+                .min_by_key(|(_, e)| e.until)
+                .map(|(a, _)| *a)
+            {
                 self.entries.remove(&oldest);
             }
         }

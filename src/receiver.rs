@@ -360,20 +360,20 @@ impl Receiver {
         let Ok(len) = self.sockets.gate.check(&mut msg) else {
             Counters::add(&self.counters.received, 1);
             let source = source_of(&mut msg);
-            self.bad.reject("unauthentic", &source, &"failed bus-key authentication");
+            self.bad
+                .reject("unauthentic", &source, &"failed bus-key authentication");
             return;
         };
         let frame = &msg.as_slice()[..len];
-        let decoded =
-            Envelope::decode_events(frame, self.max_message_size, out).and_then(|()| {
-                match out.iter().find(|env| validate_topic(&env.topic).is_err()) {
-                    Some(env) => Err(DecodeError::Malformed(format!(
-                        "invalid topic {:?}",
-                        env.topic
-                    ))),
-                    None => Ok(()),
-                }
-            });
+        let decoded = Envelope::decode_events(frame, self.max_message_size, out).and_then(|()| {
+            match out.iter().find(|env| validate_topic(&env.topic).is_err()) {
+                Some(env) => Err(DecodeError::Malformed(format!(
+                    "invalid topic {:?}",
+                    env.topic
+                ))),
+                None => Ok(()),
+            }
+        });
         match decoded {
             Ok(()) => Counters::add(&self.counters.received, out.len() as u64),
             Err(e) => {

@@ -14,10 +14,10 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use crate::envelope::{Envelope, PeerId};
+use crate::gate::Gate;
 use crate::repair::{Repair, RepairRequest};
 use crate::stats::Counters;
 use crate::topic::validate_topic;
-use crate::gate::Gate;
 use crate::transport::{self, AioSend, RecvReady, SocketConfig};
 
 /// How long a NAK waits for its answer before the inbox may send it again.

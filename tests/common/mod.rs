@@ -101,6 +101,8 @@ pub fn unique_url(scheme: &str, tag: &str) -> String {
 pub struct FakeMember {
     pub info: Arc<PeerInfo>,
     pub publisher: nng::Socket,
+    /// Bus key: surveys are opened and replies and events sealed with it.
+    key: Option<Vec<u8>>,
     respondent: nng::Socket,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -112,6 +114,20 @@ pub type Answer = Box<dyn FnMut(&Survey) -> Option<Vec<u8>> + Send>;
 impl FakeMember {
     /// A fake member that joins through `seed` and answers with `answer`.
     pub fn start(seed: &str, id: u64, answer: impl FnOnce(Arc<PeerInfo>) -> Answer) -> Self {
+        Self::start_with(seed, id, 1, None, answer)
+    }
+
+    /// [`start`](Self::start) with an incarnation and a bus key. Without a
+    /// key, a survey's last 16 bytes are ignored if it does not decode
+    /// whole (an outsider can read a keyed bus: it is not encrypted).
+    pub fn start_with(
+        seed: &str,
+        id: u64,
+        incarnation: u64,
+        key: Option<&[u8]>,
+        answer: impl FnOnce(Arc<PeerInfo>) -> Answer,
+    ) -> Self {
+        let key = key.map(<[u8]>::to_vec);
         let publisher = nng::Socket::new(nng::Protocol::Pub0).unwrap();
         publisher
             .set_opt::<nng::options::SendBufferSize>(1024)
@@ -122,7 +138,7 @@ impl FakeMember {
             .unwrap();
         let info = Arc::new(PeerInfo {
             id: PeerId(id),
-            incarnation: 1,
+            incarnation,
             name: "fake".into(),
             endpoints: Endpoints {
                 // Nobody listens here: discovery must cope with a dead endpoint.
@@ -138,14 +154,25 @@ impl FakeMember {
         nng::Dialer::new(&respondent, seed, true).unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let mut answer = answer(info.clone());
-        let (r, halt) = (respondent.clone(), stop.clone());
+        let (r, halt, k) = (respondent.clone(), stop.clone(), key.clone());
         let thread = std::thread::spawn(move || {
             while !halt.load(Ordering::Relaxed) {
                 let Ok(msg) = r.recv() else { continue };
-                let Ok(survey) = Survey::decode(msg.as_slice(), 1 << 20) else {
-                    continue;
+                let frame = match &k {
+                    Some(k) => chorus::auth::open_frame(k, msg.as_slice()),
+                    None => Some(msg.as_slice()),
                 };
+                let Some(frame) = frame else { continue };
+                let survey = Survey::decode(frame, 1 << 20).or_else(|e| {
+                    let untagged = frame.len().checked_sub(16).ok_or(e)?;
+                    Survey::decode(&frame[..untagged], 1 << 20)
+                });
+                let Ok(survey) = survey else { continue };
                 if let Some(reply) = answer(&survey) {
+                    let reply = match &k {
+                        Some(k) => chorus::auth::seal_frame(k, &reply),
+                        None => reply,
+                    };
                     let _ = r.send(nng::Message::from(&reply[..]));
                 }
             }
@@ -153,6 +180,7 @@ impl FakeMember {
         FakeMember {
             info,
             publisher,
+            key,
             respondent,
             stop,
             thread: Some(thread),
@@ -161,7 +189,12 @@ impl FakeMember {
 
     /// A fake member that answers every survey truthfully.
     pub fn honest(seed: &str, id: u64) -> Self {
-        Self::start(seed, id, |info| {
+        Self::honest_with(seed, id, 1, None)
+    }
+
+    /// [`honest`](Self::honest) with an incarnation and a bus key.
+    pub fn honest_with(seed: &str, id: u64, incarnation: u64, key: Option<&[u8]>) -> Self {
+        Self::start_with(seed, id, incarnation, key, |info| {
             let mut heartbeat = 0;
             Box::new(move |_| {
                 heartbeat += 1;
@@ -179,8 +212,16 @@ impl FakeMember {
         })
     }
 
-    /// Publishes raw bytes.
+    /// Publishes raw bytes, sealed with the bus key if it has one.
     pub fn send(&self, bytes: &[u8]) {
+        match &self.key {
+            Some(k) => self.send_unsealed(&chorus::auth::seal_frame(k, bytes)),
+            None => self.send_unsealed(bytes),
+        }
+    }
+
+    /// Publishes raw bytes as they are.
+    pub fn send_unsealed(&self, bytes: &[u8]) {
         self.publisher.send(nng::Message::from(bytes)).unwrap();
     }
 }
