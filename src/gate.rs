@@ -87,7 +87,7 @@ impl Gate {
                             .is_some_and(|a| gate.quarantine.lock().is_banned(a, Instant::now()));
                         if banned {
                             Counters::add(&gate.counters.pipes_refused, 1);
-                            let _ = pipe.close();
+                            pipe.close();
                             return;
                         }
                         gate.pipes
@@ -145,6 +145,6 @@ impl Gate {
         } else {
             tracing::warn!("closing a link that keeps failing authentication");
         }
-        let _ = pipe.close();
+        pipe.close();
     }
 }
