@@ -125,6 +125,14 @@ pub struct Inbox {
     /// where their stream starts, so losing an origin's first messages can
     /// never pass for "published before we joined".
     pending: HashMap<PeerId, Vec<Arc<Envelope>>>,
+    /// Origins forgotten (left or failed), with the incarnation and the
+    /// sequence number through which their stream was settled (delivered or
+    /// declared lost): an envelope of that incarnation arriving later is a
+    /// duplicate up to there, and a member that comes back with the same
+    /// incarnation (a healed partition) resumes after it. Bounded by
+    /// `max_origins`, oldest dropped first.
+    forgotten: HashMap<PeerId, (u64, u64)>,
+    forgotten_order: VecDeque<PeerId>,
     events: VecDeque<InboxEvent>,
     counters: InboxCounters,
 }
@@ -320,6 +328,7 @@ impl Inbox {
             });
         }
         st.window.skip_through(st.highest);
+        self.remember_forgotten(origin, st.incarnation, st.highest);
         Self::release(&mut st, &mut self.events);
         // Envelopes held beyond the window's reach go out in order too.
         for (_, env) in std::mem::take(&mut st.held) {
@@ -347,10 +356,46 @@ impl Inbox {
                 self.counters.origins_refused += 1;
                 false
             }
-            None => {
-                self.streams.insert(origin, Stream::new(incarnation, base));
-                true
+            None => match self.forgotten.get(&origin).copied() {
+                Some((known, _)) if incarnation < known => {
+                    self.counters.stale += 1;
+                    false
+                }
+                Some((known, through)) if incarnation == known => {
+                    self.forgotten.remove(&origin);
+                    self.streams
+                        .insert(origin, Stream::new(incarnation, base.max(through)));
+                    true
+                }
+                _ => {
+                    self.forgotten.remove(&origin);
+                    self.streams.insert(origin, Stream::new(incarnation, base));
+                    true
+                }
+            },
+        }
+    }
+
+    fn remember_forgotten(&mut self, origin: PeerId, incarnation: u64, through: u64) {
+        if self
+            .forgotten
+            .insert(origin, (incarnation, through))
+            .is_none()
+        {
+            self.forgotten_order.push_back(origin);
+        }
+        while self.forgotten.len() > self.cfg.max_origins {
+            match self.forgotten_order.pop_front() {
+                Some(old) => {
+                    self.forgotten.remove(&old);
+                }
+                None => break,
             }
+        }
+        // Ids reopened since stay in the queue; keep it within bounds.
+        if self.forgotten_order.len() > 2 * self.cfg.max_origins {
+            let live = &self.forgotten;
+            self.forgotten_order.retain(|id| live.contains_key(id));
         }
     }
 
@@ -480,6 +525,36 @@ mod tests {
         i.forget(PeerId(1));
         assert_eq!(drain(&mut i), ["lost1-1", "d2"]);
         assert_eq!(i.acks().count(), 0);
+    }
+
+    /// Regression (found by `cargo fuzz run reliability`): an envelope of a
+    /// forgotten origin arriving late was delivered a second time.
+    #[test]
+    fn a_forgotten_origin_is_never_delivered_twice_and_resumes_after_healing() {
+        let t = Instant::now();
+        let mut i = Inbox::new(InboxConfig::default());
+        i.on_envelope(env(1, 1, 1), t);
+        i.on_envelope(env(1, 1, 2), t);
+        i.forget(PeerId(1)); // failed or left
+        assert_eq!(drain(&mut i), ["d1", "d2"]);
+        i.on_envelope(env(1, 1, 1), t); // late copies
+        i.on_envelope(env(1, 1, 2), t);
+        assert!(drain(&mut i).is_empty());
+        assert_eq!(i.counters().duplicates, 2);
+        // A healed partition: same incarnation, it resumes after what was settled.
+        i.forget(PeerId(1));
+        i.announce(PeerId(1));
+        i.on_heartbeat(PeerId(1), 1, 4, t);
+        assert_eq!(drain(&mut i), ["nak[(3, 4)]"]);
+        i.on_envelope(env(1, 1, 3), t);
+        i.on_envelope(env(1, 1, 4), t);
+        assert_eq!(drain(&mut i), ["d3", "d4"]);
+        // An older incarnation than the one forgotten is stale.
+        i.forget(PeerId(1));
+        i.on_envelope(env(1, 2, 1), t);
+        i.forget(PeerId(1));
+        i.on_envelope(env(1, 1, 9), t);
+        assert_eq!(i.counters().stale, 1);
     }
 
     #[test]

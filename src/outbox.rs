@@ -226,6 +226,8 @@ impl Outbox {
     /// Answers a NAK: retained frames (up to the reply size), ranges no
     /// longer retained as `gone`, never-published numbers ignored. The work
     /// is bounded by `max_nak_seqs` whatever the ranges say.
+    /// Overlapping or repeated ranges are merged first, so one NAK never
+    /// gets the same envelope twice (no amplification).
     pub fn answer(&mut self, nak: &Nak) -> Repair {
         let mut repair = Repair {
             origin: self.origin,
@@ -247,7 +249,7 @@ impl Outbox {
         // Everything below this was freed (or never retained).
         let oldest = self.retained.front().map_or(self.last_seq + 1, |(s, _)| *s);
         let (mut budget, mut bytes) = (self.cfg.max_nak_seqs, 0usize);
-        for &(first, last) in nak.ranges.iter().take(MAX_RANGES) {
+        for (first, last) in merged(&nak.ranges[..nak.ranges.len().min(MAX_RANGES)]) {
             if budget == 0 || bytes >= self.cfg.max_reply_bytes {
                 break;
             }
@@ -273,6 +275,21 @@ impl Outbox {
         }
         repair
     }
+}
+
+/// `ranges` sorted, with overlapping and adjacent ones merged; inverted
+/// ranges dropped.
+fn merged(ranges: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let mut sorted: Vec<(u64, u64)> = ranges.iter().copied().filter(|(a, b)| a <= b).collect();
+    sorted.sort_unstable();
+    let mut out: Vec<(u64, u64)> = Vec::with_capacity(sorted.len());
+    for (first, last) in sorted {
+        match out.last_mut() {
+            Some(prev) if first <= prev.1.saturating_add(1) => prev.1 = prev.1.max(last),
+            _ => out.push((first, last)),
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -302,6 +319,24 @@ mod tests {
             ranges: ranges.to_vec(),
             member: PeerId(2),
         }
+    }
+
+    /// Regression (found by `cargo fuzz run reliability`): overlapping
+    /// ranges in one NAK made the origin send the same envelope repeatedly.
+    #[test]
+    fn overlapping_nak_ranges_never_repeat_an_envelope() {
+        let mut o = outbox(8);
+        o.set_members([PeerId(2)]);
+        for s in 1..=4 {
+            o.push(frame(s));
+        }
+        let r = o.answer(&nak(&[(2, 3), (1, 2), (3, 3), (3, 4), (9, 1), (2, 3)]));
+        assert_eq!(r.frames, (1..=4).map(frame).collect::<Vec<_>>());
+        assert_eq!(
+            merged(&[(5, 6), (1, 2), (3, 3), (8, 9)]),
+            [(1, 3), (5, 6), (8, 9)]
+        );
+        assert_eq!(merged(&[(0, u64::MAX), (7, 8)]), [(0, u64::MAX)]);
     }
 
     #[test]
