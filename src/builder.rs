@@ -57,6 +57,7 @@ pub const MAX_NNG_BUFFER: usize = 8192;
 /// | `ordered_delivery` | true | per-origin sequence order, gaps held back until repaired or lost |
 /// | `duplicate_window` | 65536 keys, 120 s | idempotency keys remembered to drop repeats |
 /// | `batch_bytes` | 64 KiB | events already queued are sent together up to this size |
+/// | `stall_limit` | 30 s | how long a full retransmit buffer waits for members that do not ack before cutting them off |
 /// | `bus_key` / `bus_keys` | none | shared secret(s): every message authenticated (see [`bus_key`](Self::bus_key)) |
 /// | `link_faults` | none | injected drop/duplicate/reorder/delay on receive (tests, demos) |
 ///
@@ -100,6 +101,7 @@ pub struct PeerBuilder {
     pub(crate) max_message_size: usize,
     pub(crate) link_faults: LinkFaults,
     pub(crate) bus_keys: Vec<Secret>,
+    pub(crate) stall_limit: Duration,
     pub(crate) retransmit_buffer: usize,
     pub(crate) backpressure: Backpressure,
     pub(crate) ordered: bool,
@@ -137,6 +139,7 @@ impl Default for PeerBuilder {
             max_message_size: 1 << 20,
             link_faults: LinkFaults::default(),
             bus_keys: Vec::new(),
+            stall_limit: Duration::from_secs(30),
             retransmit_buffer: 8192,
             backpressure: Backpressure::Wait,
             ordered: true,
@@ -243,6 +246,18 @@ impl PeerBuilder {
     /// Largest encoded frame, in bytes, that is sent or accepted (≥ 1 KiB).
     pub fn max_message_size(mut self, bytes: usize) -> Self {
         self.max_message_size = bytes;
+        self
+    }
+
+    /// How long the retransmit buffer may stay full, waiting for members
+    /// that do not acknowledge (a stuck handler, a subscriber that never
+    /// reads, a malicious peer), before this peer stops waiting for them
+    /// (default 30 s). Until then `publish` waits (backpressure); after,
+    /// publishing goes on, those members are counted in
+    /// `Stats::members_cut_off` and what they can no longer be sent is
+    /// reported as lost on their side.
+    pub fn stall_limit(mut self, limit: Duration) -> Self {
+        self.stall_limit = limit;
         self
     }
 
@@ -441,6 +456,7 @@ impl PeerBuilder {
             batch: BatchWriter::default(),
             batch_bytes: self.batch_bytes.min(self.max_message_size / 2),
             gate: gate.clone(),
+            stall_limit: self.stall_limit,
         };
         let acks: AckView = Default::default();
         let last_seqs = Arc::new(LastSeqBoard::default());

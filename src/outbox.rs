@@ -17,9 +17,17 @@
 //! The buffer never drops an envelope a member with a known watermark has
 //! not acknowledged: [`Outbox::is_full`] then tells the driver to stop
 //! taking new messages (so `publish` waits, or fails fast if configured)
-//! until acks arrive or the lagging member fails.
+//! until acks arrive or the lagging member fails — or, if the buffer stays
+//! full for longer than the stall limit, until the members holding it back
+//! are cut off ([`Outbox::check_stall`]): their watermarks stop counting,
+//! the buffer turns into a ring for them, and what they ask for after it
+//! was evicted is answered "gone", so they report it as lost. One stuck or
+//! malicious member therefore cannot stop a publisher for longer than the
+//! stall limit. A member that was cut off counts again once its ack reaches
+//! what is still retained.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
@@ -78,6 +86,10 @@ pub struct Outbox {
     provisional: HashMap<PeerId, u32>,
     /// The last sequence number published when each member joined.
     joined_at: HashMap<PeerId, u64>,
+    /// Members cut off for holding the buffer full too long.
+    cut_off: HashSet<PeerId>,
+    /// Since when the buffer has been full.
+    full_since: Option<Instant>,
     refused: OutboxRefused,
 }
 
@@ -95,8 +107,39 @@ impl Outbox {
             acks: HashMap::new(),
             provisional: HashMap::new(),
             joined_at: HashMap::new(),
+            cut_off: HashSet::new(),
+            full_since: None,
             refused: OutboxRefused::default(),
         }
+    }
+
+    /// Called regularly (each heartbeat round) by the driver: if the buffer
+    /// has been full for `limit`, the members whose watermark holds it back
+    /// are cut off (returned). See the module documentation.
+    pub fn check_stall(&mut self, now: Instant, limit: Duration) -> Vec<PeerId> {
+        if !self.is_full() {
+            self.full_since = None;
+            return Vec::new();
+        }
+        let since = *self.full_since.get_or_insert(now);
+        if now.saturating_duration_since(since) < limit {
+            return Vec::new();
+        }
+        let floor = self.floor();
+        let laggards: Vec<PeerId> = self
+            .acks
+            .iter()
+            .filter(|(_, ack)| **ack == floor)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &laggards {
+            self.acks.remove(id);
+            self.provisional.remove(id);
+            self.cut_off.insert(*id);
+        }
+        self.full_since = None;
+        self.free();
+        laggards
     }
 
     /// Last sequence number pushed (0 before the first).
@@ -175,6 +218,7 @@ impl Outbox {
             self.joined_at.insert(joined, self.last_seq);
         }
         self.members = live;
+        self.cut_off.retain(|id| self.members.contains(id));
         self.joined_at.retain(|id, _| self.members.contains(id));
         self.acks.retain(|id, _| self.members.contains(id));
         self.provisional.retain(|id, _| self.members.contains(id));
@@ -201,6 +245,14 @@ impl Outbox {
             return;
         }
         let seq = seq.min(self.last_seq);
+        if self.cut_off.contains(&member) {
+            // Counts again only once it has caught up with what is retained.
+            let oldest = self.retained.front().map_or(self.last_seq + 1, |(s, _)| *s);
+            if seq + 1 < oldest {
+                return;
+            }
+            self.cut_off.remove(&member);
+        }
         self.provisional.remove(&member);
         let ack = self.acks.entry(member).or_insert(0);
         *ack = (*ack).max(seq);
@@ -337,6 +389,57 @@ mod tests {
             [(1, 3), (5, 6), (8, 9)]
         );
         assert_eq!(merged(&[(0, u64::MAX), (7, 8)]), [(0, u64::MAX)]);
+    }
+
+    #[test]
+    fn a_member_holding_the_buffer_full_past_the_stall_limit_is_cut_off() {
+        let (t0, limit) = (Instant::now(), Duration::from_secs(5));
+        let mut o = outbox(4);
+        o.set_members([PeerId(2), PeerId(3)]);
+        for s in 1..=4 {
+            o.push(frame(s));
+        }
+        o.on_ack(PeerId(2), 9, 4); // keeps up
+        o.on_ack(PeerId(3), 9, 0); // stuck at 0
+        assert!(o.is_full());
+        assert!(o.check_stall(t0, limit).is_empty());
+        assert!(o.check_stall(t0 + Duration::from_secs(4), limit).is_empty());
+        assert_eq!(o.check_stall(t0 + limit, limit), [PeerId(3)]);
+        assert!(!o.is_full(), "publishing goes on");
+        assert_eq!(
+            o.len(),
+            4,
+            "kept as a ring, for repairs of the cut-off member"
+        );
+        for s in 5..=9 {
+            o.push(frame(s));
+            o.on_ack(PeerId(2), 9, s);
+        }
+        // The cut-off member's old acks do not count; its NAK gets "gone".
+        o.on_ack(PeerId(3), 9, 2);
+        assert!(!o.is_full());
+        let r = o.answer(&Nak {
+            member: PeerId(3),
+            ..nak(&[(2, 9)])
+        });
+        assert_eq!(r.gone, [(2, 5)]);
+        assert_eq!(r.frames, (6..=9).map(frame).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_cut_off_member_counts_again_once_caught_up() {
+        let (t0, limit) = (Instant::now(), Duration::from_secs(1));
+        let mut o = outbox(2);
+        o.set_members([PeerId(2)]);
+        o.push(frame(1));
+        o.push(frame(2));
+        assert_eq!(o.check_stall(t0, limit), []);
+        assert_eq!(o.check_stall(t0 + limit, limit), [PeerId(2)]);
+        o.push(frame(3)); // ring: 2, 3
+        o.on_ack(PeerId(2), 9, 0);
+        assert_eq!(o.len(), 2, "an ack behind the ring does not count");
+        o.on_ack(PeerId(2), 9, 2);
+        assert_eq!(o.len(), 1, "caught up: counts again, 1 and 2 freed");
     }
 
     #[test]

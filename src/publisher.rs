@@ -14,7 +14,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use nng::Socket;
@@ -68,6 +68,8 @@ pub(crate) struct Publisher {
     pub batch_bytes: usize,
     /// Seals outgoing messages and checks NAKs.
     pub gate: Arc<Gate>,
+    /// How long the buffer may stay full before laggards are cut off.
+    pub stall_limit: Duration,
 }
 
 /// Most envelopes in one batch.
@@ -93,8 +95,14 @@ impl Publisher {
                         biased;
                         c = ctl.recv() => match c {
                             Some(PubCtl::Members(ids)) => self.outbox.set_members(ids),
-                            Some(PubCtl::Ack(member, incarnation, seq)) => self.outbox.on_ack(member, incarnation, seq),
-                            Some(PubCtl::NoAck(member)) => self.outbox.on_no_ack(member),
+                            Some(PubCtl::Ack(member, incarnation, seq)) => {
+                                self.outbox.on_ack(member, incarnation, seq);
+                                self.check_stall();
+                            }
+                            Some(PubCtl::NoAck(member)) => {
+                                self.outbox.on_no_ack(member);
+                                self.check_stall();
+                            }
                             Some(PubCtl::Shutdown(done)) => {
                                 ack = Some(done);
                                 break;
@@ -209,6 +217,17 @@ impl Publisher {
                 tracing::error!(error = %e, envelopes = n, "pub socket refused a message")
             }
         }
+    }
+
+    /// Cuts off the members that kept the retransmit buffer full for longer
+    /// than the stall limit (checked at every heartbeat's ack).
+    fn check_stall(&mut self) {
+        for member in self.outbox.check_stall(Instant::now(), self.stall_limit) {
+            Counters::add(&self.counters.members_cut_off, 1);
+            tracing::warn!(%member, limit = ?self.stall_limit,
+                "a member held the retransmit buffer full too long: no longer waiting for it (what it misses, it reports lost)");
+        }
+        self.update_gauges();
     }
 
     /// Answers one NAK from the repair socket.

@@ -83,6 +83,9 @@ stats! {
     retransmit_buffer,
     /// Gauge: bytes of envelopes retained for retransmission.
     retransmit_bytes,
+    /// Members no longer waited for because they held the retransmit buffer
+    /// full for longer than the stall limit (`PeerBuilder::stall_limit`).
+    members_cut_off,
     /// Envelopes sent again in answer to NAKs.
     retransmits,
     /// NAKs received on the repair endpoint.

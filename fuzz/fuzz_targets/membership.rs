@@ -21,8 +21,16 @@ struct Who {
 
 #[derive(Arbitrary, Debug)]
 enum Op {
-    Survey { from: Who, heartbeat: u16, leaving: bool },
-    Response { from: Who, heartbeat: u16, gossip: Vec<(Who, u16)> },
+    Survey {
+        from: Who,
+        heartbeat: u16,
+        leaving: bool,
+    },
+    Response {
+        from: Who,
+        heartbeat: u16,
+        gossip: Vec<(Who, u16)>,
+    },
     StartRound,
     EndRound,
     Wait(u16),
@@ -33,7 +41,11 @@ const MAX: usize = 8;
 
 fn info(w: &Who) -> Arc<PeerInfo> {
     // Id 0 is invalid on the wire; id 1000 is this peer.
-    let id = if w.id == 255 { ME } else { u64::from(w.id % 32) + 1 };
+    let id = if w.id == 255 {
+        ME
+    } else {
+        u64::from(w.id % 32) + 1
+    };
     let port = 10_000 + u32::from(w.id) + if w.moved { 1000 } else { 0 };
     Arc::new(PeerInfo {
         id: PeerId(id),
@@ -48,23 +60,53 @@ fn info(w: &Who) -> Arc<PeerInfo> {
 }
 
 fuzz_target!(|ops: Vec<Op>| {
-    let me = info(&Who { id: 255, incarnation: 0, moved: false });
-    let cfg = MembershipConfig { max_members: MAX, ..MembershipConfig::default() };
+    let me = info(&Who {
+        id: 255,
+        incarnation: 0,
+        moved: false,
+    });
+    let cfg = MembershipConfig {
+        max_members: MAX,
+        ..MembershipConfig::default()
+    };
     let mut m = Membership::new(me, cfg);
     let mut now = Instant::now();
     for op in ops {
         match op {
-            Op::Survey { from, heartbeat, leaving } => {
-                let s = Survey { from: info(&from), heartbeat: heartbeat.into(), leaving, last_seq: 0, acks: vec![] };
+            Op::Survey {
+                from,
+                heartbeat,
+                leaving,
+            } => {
+                let s = Survey {
+                    from: info(&from),
+                    heartbeat: heartbeat.into(),
+                    leaving,
+                    last_seq: 0,
+                    acks: vec![],
+                };
                 let r = m.on_survey(&s, now);
                 assert_eq!(r.from.id, PeerId(ME));
             }
-            Op::Response { from, heartbeat, gossip } => {
+            Op::Response {
+                from,
+                heartbeat,
+                gossip,
+            } => {
                 let gossip = gossip
                     .iter()
-                    .map(|(w, hb)| Gossip { info: info(w), heartbeat: (*hb).into() })
+                    .map(|(w, hb)| Gossip {
+                        info: info(w),
+                        heartbeat: (*hb).into(),
+                    })
                     .collect();
-                let r = Response { from: info(&from), heartbeat: heartbeat.into(), last_seq: 0, gossip, acks: vec![] };
+                let r = Response {
+                    from: info(&from),
+                    heartbeat: heartbeat.into(),
+                    last_seq: 0,
+                    gossip,
+                    acks: vec![],
+                };
                 m.on_response(&r, now);
             }
             Op::StartRound => {

@@ -18,18 +18,41 @@ use libfuzzer_sys::fuzz_target;
 
 #[derive(Arbitrary, Debug)]
 enum Op {
-    Envelope { origin: u8, incarnation: u8, seq: u16 },
-    Heartbeat { origin: u8, incarnation: u8, last_seq: u16 },
-    Repair { origin: u8, incarnation: u8, seqs: Vec<u16>, gone: Vec<(u16, u16)>, owed_from: u16 },
+    Envelope {
+        origin: u8,
+        incarnation: u8,
+        seq: u16,
+    },
+    Heartbeat {
+        origin: u8,
+        incarnation: u8,
+        last_seq: u16,
+    },
+    Repair {
+        origin: u8,
+        incarnation: u8,
+        seqs: Vec<u16>,
+        gone: Vec<(u16, u16)>,
+        owed_from: u16,
+    },
     Announce(u8),
     Forget(u8),
     Tick(u16),
     // Outbox side.
     Publish,
     Members(Vec<u8>),
-    Ack { member: u8, incarnation: u8, seq: u16 },
+    Ack {
+        member: u8,
+        incarnation: u8,
+        seq: u16,
+    },
     NoAck(u8),
-    Nak { member: u8, incarnation: u8, ranges: Vec<(u16, u16)> },
+    Nak {
+        member: u8,
+        incarnation: u8,
+        ranges: Vec<(u16, u16)>,
+    },
+    Stall,
 }
 
 const MAX_HELD: usize = 64;
@@ -50,24 +73,56 @@ fn env(origin: u8, incarnation: u8, seq: u16) -> Arc<Envelope> {
 }
 
 fuzz_target!(|ops: Vec<Op>| {
-    let cfg = InboxConfig { me: PeerId(99), max_held: MAX_HELD, max_origins: 8, ..InboxConfig::default() };
+    let cfg = InboxConfig {
+        me: PeerId(99),
+        max_held: MAX_HELD,
+        max_origins: 8,
+        ..InboxConfig::default()
+    };
     let mut inbox = Inbox::new(cfg);
-    let out_cfg = OutboxConfig { capacity: CAPACITY, ..OutboxConfig::default() };
+    let out_cfg = OutboxConfig {
+        capacity: CAPACITY,
+        ..OutboxConfig::default()
+    };
     let mut outbox = Outbox::new(PeerId(99), 5, out_cfg);
     let mut now = Instant::now();
     let mut delivered = HashSet::new();
     for op in ops {
         match op {
-            Op::Envelope { origin, incarnation, seq } => inbox.on_envelope(env(origin, incarnation, seq), now),
-            Op::Heartbeat { origin, incarnation, last_seq } => {
+            Op::Envelope {
+                origin,
+                incarnation,
+                seq,
+            } => inbox.on_envelope(env(origin, incarnation, seq), now),
+            Op::Heartbeat {
+                origin,
+                incarnation,
+                last_seq,
+            } => {
                 let e = env(origin, incarnation, 0);
                 inbox.on_heartbeat(e.origin, e.incarnation, u64::from(last_seq % 600), now)
             }
-            Op::Repair { origin, incarnation, seqs, gone, owed_from } => {
+            Op::Repair {
+                origin,
+                incarnation,
+                seqs,
+                gone,
+                owed_from,
+            } => {
                 let e = env(origin, incarnation, 0);
                 let envelopes = seqs.iter().map(|s| env(origin, incarnation, *s)).collect();
-                let gone: Vec<(u64, u64)> = gone.iter().map(|(a, b)| (u64::from(*a % 600), u64::from(*b % 600))).collect();
-                inbox.on_repair(e.origin, e.incarnation, envelopes, &gone, u64::from(owed_from % 600), now);
+                let gone: Vec<(u64, u64)> = gone
+                    .iter()
+                    .map(|(a, b)| (u64::from(*a % 600), u64::from(*b % 600)))
+                    .collect();
+                inbox.on_repair(
+                    e.origin,
+                    e.incarnation,
+                    envelopes,
+                    &gone,
+                    u64::from(owed_from % 600),
+                    now,
+                );
             }
             Op::Announce(o) => inbox.announce(env(o, 0, 0).origin),
             Op::Forget(o) => inbox.forget(env(o, 0, 0).origin),
@@ -81,15 +136,31 @@ fuzz_target!(|ops: Vec<Op>| {
                 }
             }
             Op::Members(ids) => outbox.set_members(ids.iter().map(|i| PeerId(u64::from(*i % 8)))),
-            Op::Ack { member, incarnation, seq } => {
-                outbox.on_ack(PeerId(u64::from(member % 8)), u64::from(incarnation % 7), u64::from(seq))
-            }
+            Op::Ack {
+                member,
+                incarnation,
+                seq,
+            } => outbox.on_ack(
+                PeerId(u64::from(member % 8)),
+                u64::from(incarnation % 7),
+                u64::from(seq),
+            ),
             Op::NoAck(m) => outbox.on_no_ack(PeerId(u64::from(m % 8))),
-            Op::Nak { member, incarnation, ranges } => {
+            Op::Stall => {
+                outbox.check_stall(now, Duration::from_millis(100));
+            }
+            Op::Nak {
+                member,
+                incarnation,
+                ranges,
+            } => {
                 let nak = Nak {
                     origin: PeerId(99),
                     incarnation: u64::from(incarnation % 7),
-                    ranges: ranges.iter().map(|(a, b)| (u64::from(*a), u64::from(*b))).collect(),
+                    ranges: ranges
+                        .iter()
+                        .map(|(a, b)| (u64::from(*a), u64::from(*b)))
+                        .collect(),
                     member: PeerId(u64::from(member % 8)),
                 };
                 let answer = outbox.answer(&nak);
@@ -100,7 +171,10 @@ fuzz_target!(|ops: Vec<Op>| {
             if let InboxEvent::Deliver(env) = e {
                 assert!(
                     delivered.insert((env.origin, env.incarnation, env.seq)),
-                    "delivered twice: {:?} {} {}", env.origin, env.incarnation, env.seq
+                    "delivered twice: {:?} {} {}",
+                    env.origin,
+                    env.incarnation,
+                    env.seq
                 );
             }
         }
