@@ -4,6 +4,8 @@
 # scripts/test.sh (it may extend PATH).
 #   - cmake: the nng crate builds the NNG C library with it.
 #   - python3 packages pynng + msgpack: the interoperability test's outside peer.
+#   - iptables (as root only): the network-namespace fault suite (tests/netns.rs),
+#     which skips itself where it cannot run.
 set -euo pipefail
 
 as_root() { [ "$(id -u)" = 0 ]; }
@@ -28,4 +30,11 @@ fi
 if ! python3 -c 'import pynng, msgpack' >/dev/null 2>&1; then
   echo "setup: installing pynng and msgpack (interoperability test peer)" >&2
   pip_install pynng msgpack
+fi
+
+if as_root && ! command -v iptables >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+  echo "setup: installing iptables (network-namespace fault tests)" >&2
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iptables >/dev/null || \
+    echo "setup: iptables not installed; tests/netns.rs will be skipped" >&2
 fi

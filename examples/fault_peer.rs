@@ -1,0 +1,118 @@
+//! One peer of a fault-injection run (the network-namespace suite in
+//! `tests/netns.rs` starts one per host): joins the bus, publishes `--count`
+//! messages at `--rate` per second, and prints, one line each, what it
+//! processed and what happened, for a checker to read:
+//!
+//! ```text
+//! ready <id> <incarnation>
+//! event <Kind> <member name> <member id> <incarnation>
+//! got <origin id> <incarnation> <seq>
+//! lost <origin id> <incarnation> <first> <last>
+//! published <count>
+//! stats <Stats debug>            (on SIGTERM, before leaving)
+//! ```
+//!
+//! Run by hand: `cargo run --example fault_peer -- --name a --listen tcp://127.0.0.1:7000`.
+
+use std::io::Write;
+use std::time::Duration;
+
+use clap::Parser;
+use futures::StreamExt;
+use tokio::signal::unix::{signal, SignalKind};
+
+#[derive(Parser, Debug)]
+#[command(about = "A chorus peer that publishes and reports everything it processes")]
+struct Args {
+    /// Service name.
+    #[arg(long)]
+    name: String,
+    /// Public address.
+    #[arg(long)]
+    listen: String,
+    /// Member to join through (repeatable).
+    #[arg(long)]
+    seed: Vec<String>,
+    /// Messages to publish.
+    #[arg(long, default_value_t = 0)]
+    count: u64,
+    /// Messages per second.
+    #[arg(long, default_value_t = 100.0)]
+    rate: f64,
+    /// Seconds to wait before publishing (lets the bus form).
+    #[arg(long, default_value_t = 0.0)]
+    delay: f64,
+    /// Heartbeat interval in milliseconds.
+    #[arg(long, default_value_t = 200)]
+    interval_ms: u64,
+    /// Rounds without progress before a member is Failed.
+    #[arg(long, default_value_t = 5)]
+    miss_limit: u32,
+    /// Bus key (optional).
+    #[arg(long)]
+    key: Option<String>,
+}
+
+/// Writes one line to stdout at once (the checker reads as we go).
+fn line(s: String) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{s}");
+    let _ = out.flush();
+}
+
+#[tokio::main]
+async fn main() -> chorus::Result<()> {
+    let args = Args::parse();
+    let mut builder = chorus::Peer::builder()
+        .name(&args.name)
+        .listen(&args.listen)
+        .heartbeat_interval(Duration::from_millis(args.interval_ms))
+        .heartbeat_deadline(Duration::from_millis(args.interval_ms / 2))
+        .miss_limit(args.miss_limit)
+        .suspect_after(2);
+    for s in &args.seed {
+        builder = builder.seed(s);
+    }
+    if let Some(k) = &args.key {
+        builder = builder.bus_key(k);
+    }
+    let peer = builder.start().await?;
+    line(format!("ready {} {}", peer.id(), peer.incarnation()));
+
+    let mut events = peer.membership();
+    let mut losses = peer.losses();
+    let mut got = peer.subscribe_bytes("soak.>")?;
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+
+    let publisher = peer.clone();
+    let (count, rate, delay) = (args.count, args.rate, args.delay);
+    let topic = format!("soak.{}", args.name);
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs_f64(delay)).await;
+        let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate.max(0.001)));
+        for _ in 0..count {
+            tick.tick().await;
+            if publisher
+                .publish_bytes(&topic, vec![0u8; 100])
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+        line(format!("published {count}"));
+    });
+    loop {
+        tokio::select! {
+            Some(e) = events.next() => line(format!(
+                "event {:?} {} {} {}", e.kind, e.member.name(), e.member.id(), e.member.info.incarnation
+            )),
+            Some(l) = losses.next() => line(format!("lost {} {} {} {}", l.origin, l.incarnation, l.first, l.last)),
+            Some(d) = got.next() => line(format!("got {} {} {}", d.origin(), d.incarnation(), d.seq())),
+            _ = term.recv() => break,
+        }
+    }
+    line(format!("stats {:?}", peer.stats()));
+    peer.shutdown().await;
+    Ok(())
+}
