@@ -1,6 +1,6 @@
 //! Bus-key authentication of every message on every socket.
 //!
-//! Owns: [`Auth`], the keys of a peer's bus and the seal/open of messages.
+//! Owns: `Auth` (crate-private), the keys of a peer's bus and the seal/open of messages, and [`seal_frame`]/[`open_frame`] for other implementations.
 //! With a bus key, each NNG message is its frame (batch, heartbeat, NAK,
 //! repair answer…) followed by a 16-byte tag: keyed BLAKE3 of the frame
 //! bytes under a key derived from the shared secret. The frame already names
