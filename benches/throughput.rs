@@ -6,7 +6,8 @@
 //! `cargo bench --bench throughput -- --quick` (under a minute). Options:
 //! `--scenarios 1x1,1x4,4x4 --payloads 64,1024,16384 --transports tcp,inproc
 //! --json target/throughput.json --svg target/throughput.svg --batch-bytes 0`
-//! (0 turns chorus's batching off, to measure what it is worth).
+//! (0 turns chorus's batching off, to measure what it is worth)
+//! `--bus-key SECRET` (authenticate every chorus message, to measure what it costs).
 //! Under `cargo test` (no `--bench` argument) it runs one tiny point as a
 //! smoke test and checks only that every figure is sane and non-zero.
 
@@ -50,6 +51,7 @@ fn main() {
             .parse()
             .unwrap_or_else(|_| invalid(format!("invalid --batch-bytes {v:?}")));
     }
+    o.bus_key = opt("--bus-key");
     o.json = opt("--json").unwrap_or(o.json);
     o.svg = opt("--svg").unwrap_or(o.svg);
     let doc = throughput::run(&o);

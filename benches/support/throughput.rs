@@ -260,11 +260,18 @@ struct ChorusRun {
 /// Batch size of chorus peers in this run (`--batch-bytes`, 0 = unbatched).
 static BATCH_BYTES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(64 * 1024);
 
+/// Bus key of chorus peers in this run (`--bus-key`; none by default).
+static BUS_KEY: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
 fn builder(name: String, url: String) -> chorus::PeerBuilder {
-    Peer::builder()
+    let b = Peer::builder()
         .name(name)
         .listen(url)
-        .batch_bytes(BATCH_BYTES.load(Ordering::Relaxed))
+        .batch_bytes(BATCH_BYTES.load(Ordering::Relaxed));
+    match BUS_KEY.lock().unwrap().as_deref() {
+        Some(key) => b.bus_key(key),
+        None => b,
+    }
 }
 
 async fn chorus_bus(p: Point, addr: &mut u32) -> (Vec<Peer>, Vec<Peer>) {
@@ -428,6 +435,8 @@ pub struct Options {
     pub svg: String,
     /// chorus's batch size (0 = unbatched).
     pub batch_bytes: usize,
+    /// A bus key for the chorus peers (every message authenticated).
+    pub bus_key: Option<String>,
 }
 
 impl Options {
@@ -451,6 +460,7 @@ impl Options {
             json: format!("{files}.json"),
             svg: format!("{files}.svg"),
             batch_bytes: 64 * 1024,
+            bus_key: None,
         }
     }
 }
@@ -501,6 +511,7 @@ pub fn run(o: &Options) -> serde_json::Value {
     // hide drops: a quarter second of 64 B messages fits in socket buffers.
     let raw_secs = if smoke { 0.25 } else { 1.0 };
     BATCH_BYTES.store(o.batch_bytes, Ordering::Relaxed);
+    *BUS_KEY.lock().unwrap() = o.bus_key.clone();
 
     let mut points = Vec::new();
     for &(pubs, subs) in scenarios {
@@ -617,7 +628,7 @@ pub fn run(o: &Options) -> serde_json::Value {
         println!("{row}");
     }
     println!("peak RSS of the whole bench process: {} MiB", rss / 1024);
-    let doc = json!({ "quick": quick, "peak_rss_kib": rss, "points": results });
+    let doc = json!({ "quick": quick, "bus_key": o.bus_key.is_some(), "peak_rss_kib": rss, "points": results });
     if let Some(dir) = std::path::Path::new(json_path).parent() {
         let _ = std::fs::create_dir_all(dir);
     }

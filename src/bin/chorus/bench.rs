@@ -24,6 +24,9 @@ pub struct Args {
     /// chorus's batch size in bytes; 0 turns batching off.
     #[arg(long, value_name = "BYTES", default_value_t = 64 * 1024)]
     batch_bytes: usize,
+    /// Authenticate every chorus message with this bus key (what it costs).
+    #[arg(long, value_name = "SECRET")]
+    bus_key: Option<String>,
     /// Where to write every figure as JSON.
     #[arg(long, value_name = "FILE", default_value = "throughput.json")]
     json: String,
@@ -49,6 +52,7 @@ pub fn run(args: Args) -> Result<()> {
         o.transports = throughput::parse_transports(t).map_err(|e| anyhow!(e))?;
     }
     o.batch_bytes = args.batch_bytes;
+    o.bus_key = args.bus_key;
     o.json = args.json;
     o.svg = args.svg;
     throughput::run(&o);
