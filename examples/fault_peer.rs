@@ -42,6 +42,11 @@ struct Args {
     /// Seconds to wait before publishing (lets the bus form).
     #[arg(long, default_value_t = 0.0)]
     delay: f64,
+    /// Before publishing, wait (up to 60 s) until this many other members
+    /// are live and linked both ways, so that every one of them is owed
+    /// everything published.
+    #[arg(long, default_value_t = 0)]
+    members: u64,
     /// Heartbeat interval in milliseconds.
     #[arg(long, default_value_t = 200)]
     interval_ms: u64,
@@ -85,9 +90,17 @@ async fn main() -> chorus::Result<()> {
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
 
     let publisher = peer.clone();
-    let (count, rate, delay) = (args.count, args.rate, args.delay);
+    let (count, rate, delay, members) = (args.count, args.rate, args.delay, args.members);
     let topic = format!("soak.{}", args.name);
     tokio::spawn(async move {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while tokio::time::Instant::now() < deadline {
+            let s = publisher.stats();
+            if s.members >= members && s.links_out >= members && s.links_in >= members {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         tokio::time::sleep(Duration::from_secs_f64(delay)).await;
         let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate.max(0.001)));
         for _ in 0..count {

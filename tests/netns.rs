@@ -182,6 +182,8 @@ impl Drop for Net {
 /// One line a peer printed, with the host and when it arrived.
 struct Line {
     host: usize,
+    /// 0 for the first process on the host, 1 after a restart, …
+    life: usize,
     at: Instant,
     text: String,
 }
@@ -190,13 +192,16 @@ struct Line {
 struct Bus<'n> {
     net: &'n Net,
     children: HashMap<usize, Child>,
+    /// Processes started per host so far.
+    lives: HashMap<usize, usize>,
     tx: mpsc::Sender<Line>,
     rx: mpsc::Receiver<Line>,
     log: Vec<Line>,
     /// Peer id → host, from the `ready` lines.
     ids: HashMap<String, usize>,
-    /// Per receiving host: (origin host, incarnation) → sequence numbers
-    /// processed, in order, and the ranges reported lost.
+    /// Per receiving process (`host + 100 × life`): (origin host,
+    /// incarnation) → sequence numbers processed, in order, and the ranges
+    /// reported lost. A restarted process starts afresh.
     processed: Processed,
 }
 
@@ -208,6 +213,7 @@ impl<'n> Bus<'n> {
         Bus {
             net,
             children: HashMap::new(),
+            lives: HashMap::new(),
             tx,
             rx,
             log: Vec::new(),
@@ -247,11 +253,17 @@ impl<'n> Bus<'n> {
         let mut child = cmd.spawn().expect("start fault_peer");
         let out = BufReader::new(child.stdout.take().unwrap());
         let tx = self.tx.clone();
+        let life = {
+            let n = self.lives.entry(host).or_insert(0);
+            *n += 1;
+            *n - 1
+        };
         std::thread::spawn(move || {
             for text in out.lines().map_while(Result::ok) {
                 if tx
                     .send(Line {
                         host,
+                        life,
                         at: Instant::now(),
                         text,
                     })
@@ -323,7 +335,7 @@ impl<'n> Bus<'n> {
             return;
         };
         let num = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-        let entry = self.processed.entry(l.host).or_default();
+        let entry = self.processed.entry(l.host + 100 * l.life).or_default();
         match f[0] {
             "got" => entry.entry((origin, num(2))).or_default().0.push(num(3)),
             "lost" => entry
