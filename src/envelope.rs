@@ -75,6 +75,22 @@ pub struct Envelope {
     pub payload: Bytes,
 }
 
+/// An [`Envelope`] as decoded from a buffer, its payload borrowed (the
+/// same wire layout; the payload must be a MessagePack bin).
+#[derive(Deserialize)]
+struct EnvelopeRef<'a> {
+    origin: PeerId,
+    incarnation: u64,
+    seq: u64,
+    id: Option<String>,
+    topic: String,
+    timestamp_us: u64,
+    correlation_id: Option<String>,
+    headers: Headers,
+    #[serde(borrow)]
+    payload: &'a [u8],
+}
+
 /// Worst-case MessagePack size of a string, bin or container header.
 const MAX_HEADER: usize = 5;
 /// Worst-case size of a MessagePack unsigned integer.
@@ -149,6 +165,73 @@ impl Envelope {
     /// The topic is not checked here. Never panics, whatever the input.
     pub fn decode(bytes: &[u8], max_size: usize) -> Result<Envelope, DecodeError> {
         frame::decode(bytes, max_size, KIND_EVENT)
+    }
+
+    /// [`decode_events`](Self::decode_events) from a shared buffer: each
+    /// payload is a slice of `frame` (no copy, no allocation per payload).
+    pub fn decode_events_shared(
+        frame: &Bytes,
+        max_size: usize,
+        out: &mut Vec<Envelope>,
+    ) -> Result<(), DecodeError> {
+        let (kind, cur) = frame::read_header(frame, max_size)?;
+        let mut pos = cur.position() as usize;
+        let start = out.len();
+        let one = |pos: &mut usize, out: &mut Vec<Envelope>| -> Result<(), DecodeError> {
+            let rest = &frame[*pos..];
+            let mut de = rmp_serde::Deserializer::from_read_ref(rest);
+            let r = EnvelopeRef::deserialize(&mut de).map_err(DecodeError::malformed)?;
+            // The payload is the envelope's last field: the envelope ends
+            // where the payload ends (checked to lie within the input).
+            let start = (r.payload.as_ptr() as usize).wrapping_sub(rest.as_ptr() as usize);
+            let end = start.wrapping_add(r.payload.len());
+            if start > rest.len() || end > rest.len() || end < start {
+                return Err(DecodeError::Malformed("payload outside the frame".into()));
+            }
+            *pos += end;
+            out.push(Envelope {
+                origin: r.origin,
+                incarnation: r.incarnation,
+                seq: r.seq,
+                id: r.id,
+                topic: r.topic,
+                timestamp_us: r.timestamp_us,
+                correlation_id: r.correlation_id,
+                headers: r.headers,
+                payload: frame.slice_ref(r.payload),
+            });
+            Ok(())
+        };
+        let result = match kind {
+            KIND_EVENT => one(&mut pos, out),
+            KIND_BATCH => (|| {
+                let mut cur = std::io::Cursor::new(&frame[pos..]);
+                let n = rmp::decode::read_array_len(&mut cur).map_err(DecodeError::malformed)?;
+                if n == 0 || n > MAX_BATCH {
+                    return Err(DecodeError::Malformed(format!("batch of {n} envelopes")));
+                }
+                pos += cur.position() as usize;
+                for _ in 0..n {
+                    one(&mut pos, out)?;
+                }
+                Ok(())
+            })(),
+            other => Err(DecodeError::UnknownKind(other)),
+        };
+        let result = result.and_then(|()| {
+            if pos == frame.len() {
+                Ok(())
+            } else {
+                Err(DecodeError::Malformed(format!(
+                    "{} trailing bytes after the body",
+                    frame.len() - pos
+                )))
+            }
+        });
+        if result.is_err() {
+            out.truncate(start);
+        }
+        result
     }
 
     /// Decodes an event frame (kind 0) or a batch (kind 5), appending the
@@ -403,6 +486,8 @@ mod tests {
             let mut batch = vec![0x93, 1, KIND_BATCH];
             batch.extend_from_slice(&bytes);
             let _ = Envelope::decode_events(&batch, usize::MAX, &mut out);
+            let _ = Envelope::decode_events_shared(&Bytes::from(bytes), usize::MAX, &mut out);
+            let _ = Envelope::decode_events_shared(&Bytes::from(batch), usize::MAX, &mut out);
         }
 
         #[test]
@@ -412,7 +497,29 @@ mod tests {
                 let i = i.index(bytes.len());
                 bytes[i] = b;
             }
-            let _ = Envelope::decode(&bytes, usize::MAX);
+            let copied = Envelope::decode(&bytes, usize::MAX);
+            let mut out = Vec::new();
+            let shared = Envelope::decode_events_shared(&Bytes::from(bytes), usize::MAX, &mut out);
+            // Both decoders accept the same envelopes (the shared one also
+            // requires the payload to be a bin, which the encoder writes).
+            if let (Ok(c), Ok(())) = (copied, shared) {
+                prop_assert_eq!(c, out.pop().unwrap());
+            }
+        }
+
+        #[test]
+        fn shared_decoding_matches_copying_decoding(envs in prop::collection::vec(arb_envelope(), 1..20)) {
+            let mut w = BatchWriter::default();
+            for e in &envs {
+                w.push(&Bytes::from(e.encode()));
+            }
+            let mut frame = Vec::new();
+            w.finish(|parts| parts.iter().for_each(|p| frame.extend_from_slice(p)));
+            let (mut copied, mut shared) = (Vec::new(), Vec::new());
+            Envelope::decode_events(&frame, usize::MAX, &mut copied).unwrap();
+            Envelope::decode_events_shared(&Bytes::from(frame), usize::MAX, &mut shared).unwrap();
+            prop_assert_eq!(&copied, &envs);
+            prop_assert_eq!(&shared, &envs);
         }
     }
 }

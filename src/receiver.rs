@@ -10,6 +10,7 @@
 //! task wait, so NNG's bounded queue takes the overflow and repair fills the
 //! gaps afterwards.
 
+use bytes::Bytes;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
@@ -364,16 +365,18 @@ impl Receiver {
                 .reject("unauthentic", &source, &"failed bus-key authentication");
             return;
         };
-        let frame = &msg.as_slice()[..len];
-        let decoded = Envelope::decode_events(frame, self.max_message_size, out).and_then(|()| {
-            match out.iter().find(|env| validate_topic(&env.topic).is_err()) {
-                Some(env) => Err(DecodeError::Malformed(format!(
-                    "invalid topic {:?}",
-                    env.topic
-                ))),
-                None => Ok(()),
-            }
-        });
+        // One copy of the whole frame; every payload is a slice of it.
+        let frame = Bytes::copy_from_slice(&msg.as_slice()[..len]);
+        let decoded =
+            Envelope::decode_events_shared(&frame, self.max_message_size, out).and_then(|()| {
+                match out.iter().find(|env| validate_topic(&env.topic).is_err()) {
+                    Some(env) => Err(DecodeError::Malformed(format!(
+                        "invalid topic {:?}",
+                        env.topic
+                    ))),
+                    None => Ok(()),
+                }
+            });
         match decoded {
             Ok(()) => Counters::add(&self.counters.received, out.len() as u64),
             Err(e) => {
