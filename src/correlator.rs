@@ -162,7 +162,7 @@ impl<V> Fifo<V> {
 
     fn remove(&mut self, key: &str) -> Option<V> {
         let v = self.map.remove(key).map(|(_, v)| v);
-        self.compact();
+        self.tidy();
         v
     }
 
@@ -171,6 +171,7 @@ impl<V> Fifo<V> {
         self.next += 1;
         self.order.push_back((self.next, key.clone()));
         self.map.insert(key, (self.next, value));
+        self.tidy(); // a replaced key may have left its old slot in front
         if self.map.len() > bound {
             self.pop_oldest()
         } else {
@@ -178,28 +179,33 @@ impl<V> Fifo<V> {
         }
     }
 
+    /// The oldest live entry: the front slot, which [`tidy`](Self::tidy)
+    /// keeps live, so this is O(1).
     fn oldest(&self) -> Option<(&str, &V)> {
-        self.order.iter().find_map(|(stamp, key)| {
-            self.map
-                .get(key)
-                .filter(|(s, _)| s == stamp)
-                .map(|(_, v)| (key.as_str(), v))
-        })
+        let (stamp, key) = self.order.front()?;
+        let (s, v) = self.map.get(key)?;
+        debug_assert_eq!(s, stamp, "front slot kept live");
+        Some((key.as_str(), v))
     }
 
     fn pop_oldest(&mut self) -> Option<(String, V)> {
-        while let Some((stamp, key)) = self.order.pop_front() {
-            if self.map.get(&key).is_some_and(|(s, _)| *s == stamp) {
-                let (_, v) = self.map.remove(&key).expect("present");
-                return Some((key, v));
-            }
-        }
-        None
+        let (_, key) = self.order.pop_front()?;
+        let (_, v) = self.map.remove(&key).expect("front slot kept live");
+        self.tidy();
+        Some((key, v))
     }
 
-    /// Drops stale queue slots once they outnumber live entries, so the
-    /// queue stays within twice the bound.
-    fn compact(&mut self) {
+    fn is_live(&self, (stamp, key): &(u64, String)) -> bool {
+        self.map.get(key).is_some_and(|(s, _)| s == stamp)
+    }
+
+    /// Keeps the front slot live (stale ones before it are dropped), and
+    /// drops all stale slots once they outnumber live entries, so the queue
+    /// stays within about twice the bound.
+    fn tidy(&mut self) {
+        while self.order.front().is_some_and(|slot| !self.is_live(slot)) {
+            self.order.pop_front();
+        }
         if self.order.len() > 2 * self.map.len() + 64 {
             let map = &self.map;
             self.order
