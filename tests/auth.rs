@@ -6,8 +6,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use bytes::Bytes;
 use chorus::heartbeat::Response;
 use chorus::{Envelope, Headers, Peer, PeerId};
@@ -63,8 +61,20 @@ async fn peers_without_the_key_stay_out_of_membership_and_delivery() {
         no_key.stats().heartbeat_malformed >= 3 && wrong_key.stats().auth_failed >= 3
     })
     .await;
-    // Several rounds later, nobody counts anybody across the key boundary.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Five more heartbeat rounds of every peer (what joining takes is one or
+    // two), and still nobody counts anybody across the key boundary.
+    let rounds = |p: &Peer| p.stats().heartbeat_rounds;
+    let start: Vec<u64> = [&a, &b, &no_key, &wrong_key]
+        .iter()
+        .map(|p| rounds(p))
+        .collect();
+    wait_for("five more rounds everywhere", || {
+        [&a, &b, &no_key, &wrong_key]
+            .iter()
+            .zip(&start)
+            .all(|(p, r0)| rounds(p) >= r0 + 5)
+    })
+    .await;
     for outsider in [&no_key, &wrong_key] {
         assert!(!is_member(&a, outsider.id()) && !is_member(&b, outsider.id()));
         assert!(outsider.members().is_empty(), "{:?}", outsider.members());
