@@ -121,13 +121,15 @@ impl Publisher {
                             Some(out) => {
                                 // Whatever else is already queued goes in the same
                                 // message: alone when idle, batched under load.
-                                self.stage(out, &mut buf, true);
+                                // One clock read per message sent, not per event.
+                                let stamp = now_us();
+                                self.stage(out, &mut buf, true, stamp);
                                 while self.batch.bytes() < self.batch_bytes
                                     && self.batch.len() < MAX_BATCH_COUNT
                                     && !self.outbox.is_full()
                                 {
                                     match events.try_recv() {
-                                        Ok(out) => self.stage(out, &mut buf, true),
+                                        Ok(out) => self.stage(out, &mut buf, true, stamp),
                                         Err(_) => break,
                                     }
                                 }
@@ -144,10 +146,10 @@ impl Publisher {
         }
         // Best effort for what was queued before the shutdown.
         events.close();
-        let mut buf = Vec::new();
+        let (mut buf, stamp) = (Vec::new(), now_us());
         while let Ok(out) = events.try_recv() {
             let retain = !self.outbox.is_full();
-            self.stage(out, &mut buf, retain);
+            self.stage(out, &mut buf, retain, stamp);
             if self.batch.bytes() >= self.batch_bytes {
                 self.flush();
             }
@@ -161,8 +163,8 @@ impl Publisher {
     }
 
     /// Numbers, encodes, retains (if `retain`) and stages one event for the
-    /// next message.
-    fn stage(&mut self, out: Outgoing, buf: &mut Vec<u8>, retain: bool) {
+    /// next message, stamped with `stamp` (µs since the epoch).
+    fn stage(&mut self, out: Outgoing, buf: &mut Vec<u8>, retain: bool, stamp: u64) {
         let seq = self.outbox.last_seq() + 1;
         let env = Envelope {
             origin: self.origin,
@@ -170,7 +172,7 @@ impl Publisher {
             seq,
             id: out.id,
             topic: out.topic,
-            timestamp_us: now_us(),
+            timestamp_us: stamp,
             correlation_id: out.correlation_id,
             headers: out.headers,
             payload: out.payload,
