@@ -6,7 +6,8 @@
 //! notification callback each socket gets (which also keeps the link
 //! gauges). A pipe whose messages fail authentication
 //! [`FAILURES_BEFORE_CLOSE`] times is closed and its remote IP address
-//! quarantined with doubling bans (see `quarantine`); while banned, new
+//! quarantined with doubling bans (see `quarantine`), as is a pipe whose
+//! peer stops reading the answers it asked for (see `publisher`); while banned, new
 //! pipes from or to that address are closed as they are added (NNG's
 //! `AddPre`). Only tcp pipes have an address; ipc and inproc pipes are
 //! closed but not quarantined.
@@ -127,7 +128,7 @@ impl Gate {
     }
 
     fn failed(&self, pipe: Pipe) {
-        let addr = {
+        {
             let mut pipes = self.pipes.lock();
             let Some(state) = pipes.get_mut(&pipe) else {
                 return; // already closed
@@ -136,14 +137,24 @@ impl Gate {
             if state.failures < FAILURES_BEFORE_CLOSE {
                 return;
             }
-            pipes.remove(&pipe).and_then(|s| s.addr)
+        }
+        self.close(pipe, "keeps failing authentication");
+    }
+
+    /// Closes `pipe` for misbehaving (`why`), counts it in `pipes_closed`
+    /// and quarantines its address: used for authentication failures and
+    /// for a peer that stops reading what it asked for.
+    pub(crate) fn close(&self, pipe: Pipe, why: &str) {
+        let Some(state) = self.pipes.lock().remove(&pipe) else {
+            return; // already closed
         };
         Counters::add(&self.counters.pipes_closed, 1);
-        if let Some(addr) = addr {
-            let ban = self.quarantine.lock().offend(addr, Instant::now());
-            tracing::warn!(%addr, ?ban, "closing a link that keeps failing authentication; address quarantined");
-        } else {
-            tracing::warn!("closing a link that keeps failing authentication");
+        match state.addr {
+            Some(addr) => {
+                let ban = self.quarantine.lock().offend(addr, Instant::now());
+                tracing::warn!(%addr, ?ban, why, "closing a link; address quarantined");
+            }
+            None => tracing::warn!(why, "closing a link"),
         }
         pipe.close();
     }

@@ -237,6 +237,7 @@ impl Publisher {
         let Ok(len) = self.gate.check(&mut msg) else {
             return; // counted by the gate
         };
+        let asker = msg.pipe();
         let nak = match RepairRequest::decode(&msg.as_slice()[..len], self.max_message_size) {
             Ok(RepairRequest::Nak(n)) => {
                 Counters::add(&self.counters.naks_received, 1);
@@ -266,11 +267,21 @@ impl Publisher {
         let repair = self.outbox.answer(&nak);
         Counters::add(&self.counters.retransmits, repair.frames.len() as u64);
         self.update_gauges(); // counted before the answer can be seen
-        if let Err(e) = aio
+        match aio
             .send(&self.rep, self.gate.auth().message(&repair.encode()))
             .await
         {
-            tracing::debug!(error = %e, "repair answer not sent");
+            Ok(()) => {}
+            // NNG peers read their pipes all the time: one whose answer does
+            // not go out within the timeout has stopped reading (its socket
+            // buffers are full). Waiting on it again would stall publishing
+            // for everyone, so its link is closed and its address quarantined.
+            Err(nng::Error::TimedOut) => {
+                if let Some(pipe) = asker {
+                    self.gate.close(pipe, "does not read its repair answers");
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "repair answer not sent"),
         }
     }
 

@@ -283,3 +283,82 @@ async fn a_nak_storm_does_bounded_work_and_traffic_flows() {
         within("shutdown", p.shutdown()).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_stops_reading_its_repair_answers_is_disconnected() {
+    use std::io::Write;
+    let (v, s) = victim_and_subscriber(|b| b.retransmit_buffer(4096)).await;
+    // A member that never acks: the victim keeps its newest 4096 envelopes.
+    let _ring = FakeMember::honest(v.local_url(), 4444);
+    wait_for("ring member joined", || v.stats().members == 2).await;
+    let mut got = s.subscribe_bytes("abuse.>").unwrap();
+    for i in 0..4000u64 {
+        let mut p = vec![0u8; 1024];
+        p[..8].copy_from_slice(&i.to_be_bytes());
+        v.publish_bytes("abuse.big", p).await.unwrap();
+    }
+    for _ in 0..4000 {
+        next("warm-up", &mut got).await;
+    }
+    // A raw SP/TCP req0 client: handshake, then NAKs for everything, and it
+    // never reads an answer.
+    let addr = v
+        .info()
+        .endpoints
+        .repair
+        .trim_start_matches("tcp://")
+        .to_owned();
+    let nak = Nak {
+        origin: v.id(),
+        incarnation: v.incarnation(),
+        ranges: vec![(1, u64::MAX)],
+        member: PeerId(5),
+    }
+    .encode();
+    let stop = Arc::new(AtomicBool::new(false));
+    let halt = stop.clone();
+    let attacker = std::thread::spawn(move || {
+        let mut tcp = std::net::TcpStream::connect(addr).unwrap();
+        tcp.write_all(&[0, b'S', b'P', 0, 0, 48, 0, 0]).unwrap(); // SP header, req0
+        tcp.set_write_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let mut id = 0x8000_0000u32;
+        while !halt.load(Ordering::Relaxed) {
+            id += 1;
+            let mut m = ((4 + nak.len()) as u64).to_be_bytes().to_vec();
+            m.extend_from_slice(&id.to_be_bytes());
+            m.extend_from_slice(&nak);
+            if tcp.write_all(&m).is_err() {
+                std::thread::sleep(Duration::from_millis(10)); // closed or full: keep it open, unread
+            }
+        }
+    });
+    let t0 = Instant::now();
+    wait_for("the non-reading link closed", || {
+        v.stats().pipes_closed >= 1
+    })
+    .await;
+    let closed_after = t0.elapsed();
+    // Publishing goes on for the others.
+    for i in 0..200u64 {
+        v.publish_bytes("abuse.after", i.to_be_bytes().to_vec())
+            .await
+            .unwrap();
+    }
+    for i in 0..200u64 {
+        assert_eq!(
+            next("delivery after", &mut got).await.value[..],
+            i.to_be_bytes()
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    attacker.join().unwrap();
+    println!(
+        "non-reading NAKer: link closed {closed_after:?} after it started ({} NAKs answered before its buffers filled, {} envelopes)",
+        v.stats().naks_received,
+        v.stats().retransmits
+    );
+    for p in [v, s] {
+        within("shutdown", p.shutdown()).await;
+    }
+}
