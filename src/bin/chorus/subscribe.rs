@@ -3,7 +3,9 @@
 
 use anyhow::Result;
 use bytes::Bytes;
-use chorus::{Delivery, Pattern, Peer};
+use std::collections::HashMap;
+
+use chorus::{Delivery, Pattern, Peer, PeerId};
 use futures::StreamExt;
 use serde_json::json;
 
@@ -44,10 +46,11 @@ async fn print(args: &Args, peer: &Peer) -> Result<()> {
     let stop = stop_signal();
     tokio::pin!(stop);
     let mut seen = 0;
+    let mut names = HashMap::new();
     while args.count.is_none_or(|n| seen < n) {
         tokio::select! {
             d = deliveries.next() => match d {
-                Some(d) => println!("{}", line(peer, &d, args.json)),
+                Some(d) => println!("{}", line(&mut names, peer, &d, args.json)),
                 None => break,
             },
             _ = &mut stop => break,
@@ -57,13 +60,22 @@ async fn print(args: &Args, peer: &Peer) -> Result<()> {
     Ok(())
 }
 
-fn line(peer: &Peer, d: &Delivery<Bytes>, json: bool) -> String {
-    let origin = peer
-        .members()
-        .into_iter()
-        .find(|m| m.id() == d.origin())
-        .map(|m| m.name().to_owned())
-        .unwrap_or_default();
+/// Origin names by id, refreshed from the member table only when an
+/// origin is not known yet (not once per delivery).
+fn origin_name(names: &mut HashMap<PeerId, String>, peer: &Peer, id: PeerId) -> String {
+    if !names.contains_key(&id) {
+        names.extend(peer.members().iter().map(|m| (m.id(), m.name().to_owned())));
+    }
+    names.get(&id).cloned().unwrap_or_default()
+}
+
+fn line(
+    names: &mut HashMap<PeerId, String>,
+    peer: &Peer,
+    d: &Delivery<Bytes>,
+    json: bool,
+) -> String {
+    let origin = origin_name(names, peer, d.origin());
     let content_type = d.headers().get(CONTENT_TYPE).map(String::as_str);
     let rendered = payload::render(&d.value, content_type);
     if !json {
