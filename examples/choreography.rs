@@ -86,14 +86,6 @@ async fn join(name: &str, seed: Option<&str>) -> chorus::Result<Peer> {
     b.start().await
 }
 
-/// Waits until `peer` sees `n` other members and all of them are linked.
-async fn wait_for_bus(peer: &Peer, n: u64) {
-    while !(peer.stats().members >= n && peer.stats().links_in >= n && peer.stats().links_out >= n)
-    {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 /// The bid processor: accepts `count` bids at `rate` per second.
 async fn bids(peer: Peer, count: u64, rate: f64) -> chorus::Result<()> {
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
@@ -247,7 +239,7 @@ async fn main() -> chorus::Result<()> {
     let invoice_peer = join("invoicing", Some(&seed)).await?;
     let all = [&board, &bid_peer, &work_peer, &invoice_peer];
     for p in all {
-        wait_for_bus(p, 3).await;
+        p.wait_for_members(3, Duration::from_secs(30)).await?;
     }
     println!("bus formed: dashboard, bids, work-orders, invoicing");
 

@@ -93,14 +93,10 @@ async fn main() -> chorus::Result<()> {
     let (count, rate, delay, members) = (args.count, args.rate, args.delay, args.members);
     let topic = format!("soak.{}", args.name);
     tokio::spawn(async move {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        while tokio::time::Instant::now() < deadline {
-            let s = publisher.stats();
-            if s.members >= members && s.links_out >= members && s.links_in >= members {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        // Publishes anyway after the wait; the checker reports what is missing.
+        let _ = publisher
+            .wait_for_members(members, Duration::from_secs(60))
+            .await;
         tokio::time::sleep(Duration::from_secs_f64(delay)).await;
         let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate.max(0.001)));
         for _ in 0..count {

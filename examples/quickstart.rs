@@ -29,24 +29,10 @@ async fn main() -> chorus::Result<()> {
 
     // Pub/sub does not replay to late joiners: wait until bids has
     // discovered work-orders and its subscriber link is up.
-    let mut changes = bids.membership();
-    let wait = async {
-        while bids.stats().links_out == 0 {
-            if let Ok(Some(e)) =
-                tokio::time::timeout(Duration::from_millis(20), changes.next()).await
-            {
-                println!(
-                    "bids sees {:?}: {} ({})",
-                    e.kind,
-                    e.member.name(),
-                    e.member.id()
-                );
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(10), wait)
-        .await
-        .map_err(|_| chorus::Error::Config("peers did not find each other within 10 s".into()))?;
+    bids.wait_for_members(1, Duration::from_secs(10)).await?;
+    for m in bids.members() {
+        println!("bids sees {:?}: {} ({})", m.state, m.name(), m.id());
+    }
 
     let event = BidAccepted {
         bid: 1,

@@ -19,9 +19,7 @@ use crate::envelope::{Envelope, Headers, PeerId};
 /// let shop = Peer::builder().listen("inproc://shop").start().await?;
 /// let peer = Peer::builder().listen("inproc://billing").seed(shop.local_url()).start().await?;
 /// let mut orders = peer.subscribe::<String>("orders.*")?;
-/// while shop.stats().links_out == 0 {
-///     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-/// }
+/// shop.wait_for_members(1, std::time::Duration::from_secs(10)).await?;
 /// let opts = PublishOptions::new().id("order-1").header("tenant", "acme");
 /// shop.publish_with("orders.placed", "two tickets", opts).await?;
 /// let d = orders.next().await.unwrap();

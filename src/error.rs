@@ -69,6 +69,10 @@ pub enum Error {
     /// The peer was shut down; create a new one.
     #[error("the peer has been shut down")]
     Shutdown,
+    /// A wait (e.g. [`Peer::wait_for_members`](crate::Peer::wait_for_members))
+    /// ran out of time; says what was reached.
+    #[error("timed out: {0}")]
+    Timeout(String),
 }
 
 impl Error {

@@ -17,9 +17,7 @@
 //! let bids = chorus::Peer::builder().name("bids").start().await?;
 //! let work = chorus::Peer::builder().name("work-orders").seed(bids.local_url()).start().await?;
 //! // Pub/sub does not replay: wait until bids has discovered work-orders.
-//! while bids.stats().links_out == 0 {
-//!     tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-//! }
+//! bids.wait_for_members(1, std::time::Duration::from_secs(10)).await?;
 //!
 //! let mut accepted = work.subscribe::<BidAccepted>("bids.accepted")?;
 //! bids.publish("bids.accepted", &BidAccepted { bid: 1, amount_cents: 12_500 }).await?;

@@ -155,9 +155,7 @@ fn report(o: &Observation) {
 /// let mut observer = chorus::Observer::builder()
 ///     .expect("work order for every bid", "bids.accepted", "work.created", Duration::from_millis(100))
 ///     .start(&peer)?;
-/// while bids.stats().links_out == 0 {
-///     tokio::time::sleep(Duration::from_millis(5)).await;
-/// }
+/// bids.wait_for_members(1, Duration::from_secs(10)).await?;
 /// // A bid that nobody turns into a work order.
 /// bids.publish_with_id("bid-1", "bids.accepted", &1u32).await?;
 /// if let Some(chorus::Observation::Missing { key, waited_for, .. }) = observer.next().await {

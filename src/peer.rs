@@ -71,10 +71,7 @@ struct Inner {
 ///     .seed(a.local_url()).start().await?;
 /// let mut placed = b.subscribe::<OrderPlaced>("orders.>")?;
 /// // Pub/sub does not replay: publish once `a` has `b` as a linked member.
-/// let mut joined = a.membership();
-/// while a.stats().links_out == 0 {
-///     let _ = tokio::time::timeout(std::time::Duration::from_millis(10), joined.next()).await;
-/// }
+/// a.wait_for_members(1, std::time::Duration::from_secs(10)).await?;
 /// a.publish("orders.placed", &OrderPlaced { id: 7 }).await?;
 /// let delivery = placed.next().await.unwrap();
 /// assert_eq!(delivery.value.id, 7);
@@ -156,6 +153,27 @@ impl Peer {
 
     pub(crate) fn counters(&self) -> Arc<Counters> {
         self.inner.parts.counters.clone()
+    }
+
+    /// Waits until at least `n` other members are live and linked both ways
+    /// (they receive this peer's events, it receives theirs): what is
+    /// published after this is owed to each of them — pub/sub does not
+    /// replay what came before. [`Error::Timeout`] after `timeout`.
+    pub async fn wait_for_members(&self, n: u64, timeout: std::time::Duration) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let s = self.stats();
+            if s.members >= n && s.links_in >= n && s.links_out >= n {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::Timeout(format!(
+                    "{} of {n} members live, {} linked in, {} linked out after {timeout:?}",
+                    s.members, s.links_in, s.links_out
+                )));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
     }
 
     /// A snapshot of this peer's counters.

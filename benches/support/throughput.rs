@@ -305,16 +305,10 @@ async fn chorus_bus(p: Point, addr: &mut u32) -> (Vec<Peer>, Vec<Peer>) {
         );
     }
     let n = (p.pubs + p.subs) as u64 - 1;
-    let start = Instant::now();
-    while !pubs.iter().chain(&subs).all(|x| {
-        let s = x.stats();
-        s.members == n && s.links_in == n && s.links_out == n
-    }) {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "bus did not form"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    for x in pubs.iter().chain(&subs) {
+        x.wait_for_members(n, Duration::from_secs(30))
+            .await
+            .expect("bus did not form");
     }
     (pubs, subs)
 }

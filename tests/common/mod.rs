@@ -59,13 +59,11 @@ pub async fn peer(name: &str, url: &str) -> Result<Peer> {
 /// pub/sub links up, so nothing published afterwards is lost to a late join.
 pub async fn wait_mesh(peers: &[&Peer]) {
     let others = peers.len() as u64 - 1;
-    wait_for("full mesh", || {
-        peers.iter().all(|p| {
-            let s = p.stats();
-            s.members == others && s.links_in >= others && s.links_out >= others
-        })
-    })
-    .await;
+    for p in peers {
+        p.wait_for_members(others, DEADLINE)
+            .await
+            .unwrap_or_else(|e| panic!("full mesh: {e}"));
+    }
 }
 
 /// Two peers on `scheme`, `b` joined through `a`, fully linked.
