@@ -6,8 +6,7 @@
 //! notification callback each socket gets (which also keeps the link
 //! gauges). A pipe whose messages fail authentication
 //! [`FAILURES_BEFORE_CLOSE`] times is closed and its remote IP address
-//! quarantined with doubling bans (see `quarantine`), as is a pipe whose
-//! peer stops reading the answers it asked for (see `publisher`); while banned, new
+//! quarantined with doubling bans (see `quarantine`); while banned, new
 //! pipes from or to that address are closed as they are added (NNG's
 //! `AddPre`). Only tcp pipes have an address; ipc and inproc pipes are
 //! closed but not quarantined.
@@ -138,18 +137,22 @@ impl Gate {
                 return;
             }
         }
-        self.close(pipe, "keeps failing authentication");
+        self.shut(pipe, "keeps failing authentication", true);
     }
 
-    /// Closes `pipe` for misbehaving (`why`), counts it in `pipes_closed`
-    /// and quarantines its address: used for authentication failures and
-    /// for a peer that stops reading what it asked for.
+    /// Closes `pipe` for misbehaving (`why`) and counts it in `pipes_closed`.
+    /// A real peer redials.
     pub(crate) fn close(&self, pipe: Pipe, why: &str) {
+        self.shut(pipe, why, false);
+    }
+
+    /// [`close`](Self::close), and with `quarantine` bans the address.
+    fn shut(&self, pipe: Pipe, why: &str, quarantine: bool) {
         let Some(state) = self.pipes.lock().remove(&pipe) else {
             return; // already closed
         };
         Counters::add(&self.counters.pipes_closed, 1);
-        match state.addr {
+        match state.addr.filter(|_| quarantine) {
             Some(addr) => {
                 let ban = self.quarantine.lock().offend(addr, Instant::now());
                 tracing::warn!(%addr, ?ban, why, "closing a link; address quarantined");

@@ -36,6 +36,7 @@
 
 #![warn(missing_docs)]
 
+mod answerer;
 pub mod auth;
 mod bad_input;
 mod builder;

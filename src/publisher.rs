@@ -20,13 +20,14 @@ use bytes::Bytes;
 use nng::Socket;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::answerer::Answerer;
 use crate::auth::TAG_LEN;
 use crate::envelope::{BatchWriter, Envelope, Headers, PeerId};
 use crate::gate::Gate;
 use crate::outbox::Outbox;
 use crate::repair::{Nak, RepairRequest};
 use crate::stats::Counters;
-use crate::transport::{AioSend, RecvReady};
+use crate::transport::RecvReady;
 
 /// An event accepted by `publish`, not yet numbered.
 #[derive(Debug)]
@@ -85,9 +86,9 @@ impl Publisher {
         let mut ack = None;
         match (
             RecvReady::new(&self.rep),
-            AioSend::new(Duration::from_secs(1)),
+            Answerer::spawn(self.rep.clone(), self.gate.clone()),
         ) {
-            (Ok(rep_ready), Ok(mut aio)) => {
+            (Ok(rep_ready), Ok(mut answerer)) => {
                 let mut buf = Vec::with_capacity(4096);
                 let mut naks = Vec::with_capacity(1);
                 loop {
@@ -109,14 +110,17 @@ impl Publisher {
                             }
                             None => break,
                         },
-                        r = rep_ready.recv_batch(&self.rep, &mut naks, 1) => {
+                        r = rep_ready.recv_batch(&self.rep, &mut naks, 1), if !answerer.busy() => {
                             if r.is_err() {
                                 break;
                             }
                             for msg in naks.drain(..) {
-                                self.answer(msg, &mut aio).await;
+                                if let Some((answer, asker)) = self.answer(msg) {
+                                    answerer.send(answer, asker);
+                                }
                             }
                         }
+                        () = answerer.sent(), if answerer.busy() => {}
                         e = events.recv(), if !self.outbox.is_full() => match e {
                             Some(out) => {
                                 // Whatever else is already queued goes in the same
@@ -140,7 +144,8 @@ impl Publisher {
                     }
                     self.update_gauges();
                 }
-                drop((rep_ready, aio)); // before the sockets close
+                drop(rep_ready);
+                answerer.stop().await; // before the sockets close
             }
             _ => tracing::error!("cannot drive the repair socket; publishing stopped"),
         }
@@ -233,9 +238,11 @@ impl Publisher {
     }
 
     /// Answers one NAK from the repair socket.
-    async fn answer(&mut self, mut msg: nng::Message, aio: &mut AioSend) {
+    /// The answer to one request from the repair socket, and the pipe to
+    /// blame if it is not read; none for a request that is dropped.
+    fn answer(&mut self, mut msg: nng::Message) -> Option<(nng::Message, Option<nng::Pipe>)> {
         let Ok(len) = self.gate.check(&mut msg) else {
-            return; // counted by the gate
+            return None; // counted by the gate
         };
         let asker = msg.pipe();
         let nak = match RepairRequest::decode(&msg.as_slice()[..len], self.max_message_size) {
@@ -261,28 +268,13 @@ impl Publisher {
             Err(e) => {
                 Counters::add(&self.counters.naks_malformed, 1);
                 tracing::debug!(error = %e, "malformed repair request dropped");
-                return;
+                return None;
             }
         };
         let repair = self.outbox.answer(&nak);
         Counters::add(&self.counters.retransmits, repair.frames.len() as u64);
         self.update_gauges(); // counted before the answer can be seen
-        match aio
-            .send(&self.rep, self.gate.auth().message(&repair.encode()))
-            .await
-        {
-            Ok(()) => {}
-            // NNG peers read their pipes all the time: one whose answer does
-            // not go out within the timeout has stopped reading (its socket
-            // buffers are full). Waiting on it again would stall publishing
-            // for everyone, so its link is closed and its address quarantined.
-            Err(nng::Error::TimedOut) => {
-                if let Some(pipe) = asker {
-                    self.gate.close(pipe, "does not read its repair answers");
-                }
-            }
-            Err(e) => tracing::debug!(error = %e, "repair answer not sent"),
-        }
+        Some((self.gate.auth().message(&repair.encode()), asker))
     }
 
     fn update_gauges(&self) {

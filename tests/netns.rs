@@ -382,7 +382,7 @@ impl<'n> Bus<'n> {
             .iter()
             .filter(|l| l.text.starts_with("event") || l.text.starts_with("stats"))
         {
-            out += &format!("  h{} {}\n", l.host, &l.text[..l.text.len().min(400)]);
+            out += &format!("  h{} {}\n", l.host, l.text);
         }
         out
     }
