@@ -448,7 +448,6 @@ impl PeerBuilder {
             rep: rep_socket,
             outbox: Outbox::new(id, info.incarnation, outbox),
             origin: id,
-            incarnation: info.incarnation,
             max_message_size: self.max_message_size,
             counters: counters.clone(),
             last_seq: last_seq.clone(),

@@ -31,6 +31,8 @@ pub struct SeqWindow {
     contiguous: u64,
     /// Bit `i` set: `contiguous + 1 + i` was seen. Bit 0 is always clear.
     bits: [u64; WORDS],
+    /// Bits set in `bits`: while none are, an in-order insert is O(1).
+    marked: u32,
 }
 
 impl SeqWindow {
@@ -39,6 +41,7 @@ impl SeqWindow {
         SeqWindow {
             contiguous: base,
             bits: [0; WORDS],
+            marked: 0,
         }
     }
 
@@ -65,9 +68,14 @@ impl SeqWindow {
         if i >= WINDOW {
             return Seen::TooFarAhead;
         }
+        if i == 0 && self.marked == 0 {
+            self.contiguous += 1; // in order, nothing held above: the common case
+            return Seen::Fresh;
+        }
         self.bits[(i / 64) as usize] |= 1 << (i % 64);
         let run = self.leading_run();
         self.shift(run);
+        self.recount();
         Seen::Fresh
     }
 
@@ -81,6 +89,11 @@ impl SeqWindow {
         self.shift(last - self.contiguous);
         let run = self.leading_run();
         self.shift(run);
+        self.recount();
+    }
+
+    fn recount(&mut self) {
+        self.marked = self.bits.iter().map(|w| w.count_ones()).sum();
     }
 
     /// Number of set bits at the start of the bitmap.

@@ -150,7 +150,20 @@ impl Envelope {
 
     /// Appends this envelope as one complete event frame to `buf`.
     pub fn encode_into(&self, buf: &mut Vec<u8>) {
-        frame::encode_into(buf, KIND_EVENT, self);
+        write_event(
+            buf,
+            Fields {
+                origin: self.origin,
+                incarnation: self.incarnation,
+                seq: self.seq,
+                id: self.id.as_deref(),
+                topic: &self.topic,
+                timestamp_us: self.timestamp_us,
+                correlation_id: self.correlation_id.as_deref(),
+                headers: &self.headers,
+                payload: &self.payload,
+            },
+        );
     }
 
     /// Encodes this envelope as one complete event frame.
@@ -270,6 +283,79 @@ impl Envelope {
 /// Each envelope is encoded once, as a complete event frame (what the
 /// retransmit buffer keeps and repair answers carry); a batch reuses those
 /// bytes without re-encoding: `[1, 5, [envelope, …]]`.
+/// The fields of one envelope, borrowed, for [`write_event`].
+pub(crate) struct Fields<'a> {
+    pub origin: PeerId,
+    pub incarnation: u64,
+    pub seq: u64,
+    pub id: Option<&'a str>,
+    pub topic: &'a str,
+    pub timestamp_us: u64,
+    pub correlation_id: Option<&'a str>,
+    pub headers: &'a Headers,
+    pub payload: &'a [u8],
+}
+
+/// Appends one event frame (the layout of `docs/WIRE.md`) to `buf`, seq
+/// and timestamp as 9-byte uints; returns where their 8 value bytes start.
+fn write_event(buf: &mut Vec<u8>, f: Fields<'_>) -> (usize, usize) {
+    use rmp::encode as w;
+    // Writing into a Vec cannot fail.
+    let opt_str = |buf: &mut Vec<u8>, s: Option<&str>| match s {
+        Some(s) => w::write_str(buf, s).expect("Vec"),
+        None => w::write_nil(buf).expect("Vec"),
+    };
+    buf.extend_from_slice(&[0x93, WIRE_VERSION, KIND_EVENT, 0x99]);
+    w::write_uint(buf, f.origin.0).expect("Vec");
+    w::write_uint(buf, f.incarnation).expect("Vec");
+    let seq_at = buf.len() + 1;
+    w::write_u64(buf, f.seq).expect("Vec");
+    opt_str(buf, f.id);
+    w::write_str(buf, f.topic).expect("Vec");
+    let ts_at = buf.len() + 1;
+    w::write_u64(buf, f.timestamp_us).expect("Vec");
+    opt_str(buf, f.correlation_id);
+    w::write_map_len(buf, f.headers.len() as u32).expect("Vec");
+    for (k, v) in f.headers {
+        w::write_str(buf, k).expect("Vec");
+        w::write_str(buf, v).expect("Vec");
+    }
+    w::write_bin(buf, f.payload).expect("Vec");
+    (seq_at, ts_at)
+}
+
+/// An event encoded by `publish`, in the caller's task, before it has a
+/// place in the origin's stream: a complete event frame whose seq and
+/// timestamp the publisher fills in with [`number`](Self::number), so the
+/// publish driver neither encodes nor allocates per event.
+#[derive(Debug)]
+pub(crate) struct Draft {
+    frame: Vec<u8>,
+    seq_at: usize,
+    ts_at: usize,
+}
+
+impl Draft {
+    /// Encodes `f` (its seq and timestamp are placeholders) into a buffer
+    /// of `capacity` bytes (the size bound checked by the caller).
+    pub fn new(f: Fields<'_>, capacity: usize) -> Self {
+        let mut frame = Vec::with_capacity(capacity);
+        let (seq_at, ts_at) = write_event(&mut frame, f);
+        Draft {
+            frame,
+            seq_at,
+            ts_at,
+        }
+    }
+
+    /// The finished frame with `seq` and `timestamp_us` in place.
+    pub fn number(mut self, seq: u64, timestamp_us: u64) -> Bytes {
+        self.frame[self.seq_at..self.seq_at + 8].copy_from_slice(&seq.to_be_bytes());
+        self.frame[self.ts_at..self.ts_at + 8].copy_from_slice(&timestamp_us.to_be_bytes());
+        Bytes::from(self.frame)
+    }
+}
+
 #[derive(Debug, Default)]
 pub(crate) struct BatchWriter {
     bodies: Vec<u8>,
@@ -375,11 +461,21 @@ mod tests {
             payload: Bytes::from_static(b"x"),
         };
         // [1, 0, [1, 2, 3, nil, "t", 4, nil, {}, bin8(1) "x"]]
+        #[rustfmt::skip]
         let expected = [
+            0x93, 0x01, 0x00, 0x99, 0x01, 0x02,
+            0xcf, 0, 0, 0, 0, 0, 0, 0, 0x03,
+            0xc0, 0xa1, b't',
+            0xcf, 0, 0, 0, 0, 0, 0, 0, 0x04,
+            0xc0, 0x80, 0xc4, 0x01, b'x',
+        ];
+        assert_eq!(env.encode(), expected);
+        // Any MessagePack uint encoding is accepted: the smallest here.
+        let smallest = [
             0x93, 0x01, 0x00, 0x99, 0x01, 0x02, 0x03, 0xc0, 0xa1, b't', 0x04, 0xc0, 0x80, 0xc4,
             0x01, b'x',
         ];
-        assert_eq!(env.encode(), expected);
+        assert_eq!(Envelope::decode(&smallest, 1 << 20).unwrap(), env);
     }
 
     #[test]
@@ -475,7 +571,19 @@ mod tests {
         fn encode_decode_round_trips(env in arb_envelope()) {
             let bytes = env.encode();
             prop_assert!(bytes.len() <= env.max_encoded_len());
-            prop_assert_eq!(Envelope::decode(&bytes, usize::MAX).unwrap(), env);
+            prop_assert_eq!(Envelope::decode(&bytes, usize::MAX).unwrap(), env.clone());
+            // The serde encoding (smallest uints) reads the same.
+            let mut serde = Vec::new();
+            frame::encode_into(&mut serde, KIND_EVENT, &env);
+            prop_assert_eq!(Envelope::decode(&serde, usize::MAX).unwrap(), env.clone());
+            // A draft numbered afterwards is the same frame.
+            let draft = Draft::new(Fields {
+                origin: env.origin, incarnation: env.incarnation, seq: 0,
+                id: env.id.as_deref(), topic: &env.topic, timestamp_us: 0,
+                correlation_id: env.correlation_id.as_deref(), headers: &env.headers,
+                payload: &env.payload,
+            }, env.max_encoded_len());
+            prop_assert_eq!(&draft.number(env.seq, env.timestamp_us)[..], &bytes[..]);
         }
 
         #[test]

@@ -21,13 +21,13 @@ use crate::builder::PeerBuilder;
 use crate::delivery::Delivery;
 use crate::delivery::Loss;
 use crate::discovery::{DiscoveryCmd, View};
-use crate::envelope::{encoded_len_bound, PeerId};
+use crate::envelope::{encoded_len_bound, Draft, Fields, PeerId};
 use crate::error::{Error, Result};
 use crate::events::{Events, MembershipEvents};
 use crate::handler::{Handler, HandlerOptions};
 use crate::member::{Member, MemberEvent, PeerInfo};
 use crate::publish_options::PublishOptions;
-use crate::publisher::{Outgoing, PubCtl};
+use crate::publisher::PubCtl;
 use crate::receiver::SubCmd;
 use crate::stats::{Counters, Stats};
 use crate::subscription::{decode_msgpack, decode_raw, Registry, Subscription};
@@ -41,7 +41,7 @@ pub(crate) struct Parts {
     pub registry: Arc<Registry>,
     pub view: View,
     pub events: broadcast::Sender<MemberEvent>,
-    pub pub_tx: mpsc::Sender<Outgoing>,
+    pub pub_tx: mpsc::Sender<Draft>,
     pub pub_ctl: mpsc::UnboundedSender<PubCtl>,
     pub full: Arc<AtomicBool>,
     pub losses: broadcast::Sender<Loss>,
@@ -252,14 +252,22 @@ impl Peer {
         if size > max {
             return Err(Error::TooLarge { size, max });
         }
-        let out = Outgoing {
-            topic: topic.to_owned(),
-            payload,
-            id: options.id,
-            correlation_id: options.correlation_id,
-            headers: options.headers,
-        };
         let parts = &self.inner.parts;
+        // Encoded here, in the caller's task; the publisher only numbers it.
+        let out = Draft::new(
+            Fields {
+                origin: parts.info.id,
+                incarnation: parts.info.incarnation,
+                seq: 0,
+                id: options.id.as_deref(),
+                topic,
+                timestamp_us: 0,
+                correlation_id: options.correlation_id.as_deref(),
+                headers: &options.headers,
+                payload: &payload,
+            },
+            size,
+        );
         match parts.config.backpressure {
             Backpressure::Wait => parts.pub_tx.send(out).await.map_err(|_| Error::Shutdown),
             Backpressure::FailFast => {

@@ -1,10 +1,10 @@
 //! The publish driver: the tokio task that owns the pub0 and rep0 sockets.
 //!
 //! Owns: sequence numbering (so sequence order equals send order), stamping,
-//! encoding, sending, the [`Outbox`] (retransmit buffer and ack watermarks)
-//! and answering NAKs on the repair endpoint. `Peer::publish` validates and
-//! serializes in the caller's task and hands an [`Outgoing`] over a bounded
-//! channel. While the outbox is full of unacknowledged envelopes this task
+//! sending, the [`Outbox`] (retransmit buffer and ack watermarks) and
+//! answering NAKs on the repair endpoint. `Peer::publish` validates and
+//! encodes in the caller's task and hands a [`Draft`] (a frame with seq and
+//! timestamp left blank) over a bounded channel; this task fills them in. While the outbox is full of unacknowledged envelopes this task
 //! stops taking new ones, so `publish` waits (or fails fast if configured).
 //! Events already queued when one is taken go out together as one batch
 //! message (one NNG message and one syscall for many small events); an event
@@ -16,28 +16,17 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
 use nng::Socket;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::answerer::Answerer;
 use crate::auth::TAG_LEN;
-use crate::envelope::{BatchWriter, Envelope, Headers, PeerId};
+use crate::envelope::{BatchWriter, Draft, Envelope, PeerId};
 use crate::gate::Gate;
 use crate::outbox::Outbox;
 use crate::repair::{Nak, RepairRequest};
 use crate::stats::Counters;
 use crate::transport::RecvReady;
-
-/// An event accepted by `publish`, not yet numbered.
-#[derive(Debug)]
-pub(crate) struct Outgoing {
-    pub topic: String,
-    pub payload: Bytes,
-    pub id: Option<String>,
-    pub correlation_id: Option<String>,
-    pub headers: Headers,
-}
 
 /// Control messages to the publish driver (never held back by backpressure).
 pub(crate) enum PubCtl {
@@ -56,7 +45,6 @@ pub(crate) struct Publisher {
     pub rep: Socket,
     pub outbox: Outbox,
     pub origin: PeerId,
-    pub incarnation: u64,
     pub max_message_size: usize,
     pub counters: Arc<Counters>,
     /// Last sequence number sent, advertised in heartbeats.
@@ -80,7 +68,7 @@ impl Publisher {
     /// Runs until told to shut down or until every `Peer` handle is gone.
     pub(crate) async fn run(
         mut self,
-        mut events: mpsc::Receiver<Outgoing>,
+        mut events: mpsc::Receiver<Draft>,
         mut ctl: mpsc::UnboundedReceiver<PubCtl>,
     ) {
         let mut ack = None;
@@ -89,7 +77,6 @@ impl Publisher {
             Answerer::spawn(self.rep.clone(), self.gate.clone()),
         ) {
             (Ok(rep_ready), Ok(mut answerer)) => {
-                let mut buf = Vec::with_capacity(4096);
                 let mut naks = Vec::with_capacity(1);
                 loop {
                     tokio::select! {
@@ -127,13 +114,13 @@ impl Publisher {
                                 // message: alone when idle, batched under load.
                                 // One clock read per message sent, not per event.
                                 let stamp = now_us();
-                                self.stage(out, &mut buf, true, stamp);
+                                self.stage(out, true, stamp);
                                 while self.batch.bytes() < self.batch_bytes
                                     && self.batch.len() < MAX_BATCH_COUNT
                                     && !self.outbox.is_full()
                                 {
                                     match events.try_recv() {
-                                        Ok(out) => self.stage(out, &mut buf, true, stamp),
+                                        Ok(out) => self.stage(out, true, stamp),
                                         Err(_) => break,
                                     }
                                 }
@@ -151,10 +138,10 @@ impl Publisher {
         }
         // Best effort for what was queued before the shutdown.
         events.close();
-        let (mut buf, stamp) = (Vec::new(), now_us());
+        let stamp = now_us();
         while let Ok(out) = events.try_recv() {
             let retain = !self.outbox.is_full();
-            self.stage(out, &mut buf, retain, stamp);
+            self.stage(out, retain, stamp);
             if self.batch.bytes() >= self.batch_bytes {
                 self.flush();
             }
@@ -167,27 +154,18 @@ impl Publisher {
         }
     }
 
-    /// Numbers, encodes, retains (if `retain`) and stages one event for the
-    /// next message, stamped with `stamp` (µs since the epoch).
-    fn stage(&mut self, out: Outgoing, buf: &mut Vec<u8>, retain: bool, stamp: u64) {
+    /// Numbers, retains (if `retain`) and stages one event for the next
+    /// message, stamped with `stamp` (µs since the epoch).
+    fn stage(&mut self, draft: Draft, retain: bool, stamp: u64) {
         let seq = self.outbox.last_seq() + 1;
-        let env = Envelope {
-            origin: self.origin,
-            incarnation: self.incarnation,
-            seq,
-            id: out.id,
-            topic: out.topic,
-            timestamp_us: stamp,
-            correlation_id: out.correlation_id,
-            headers: out.headers,
-            payload: out.payload,
-        };
-        tracing::debug_span!("publish", topic = %env.topic, origin = %env.origin, seq,
-            correlation_id = env.correlation_id.as_deref())
-        .in_scope(|| tracing::trace!("numbered and staged"));
-        buf.clear();
-        env.encode_into(buf);
-        let frame = Bytes::copy_from_slice(buf);
+        let frame = draft.number(seq, stamp);
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            if let Ok(env) = Envelope::decode(&frame, usize::MAX) {
+                tracing::debug_span!("publish", topic = %env.topic, origin = %env.origin, seq,
+                    correlation_id = env.correlation_id.as_deref())
+                .in_scope(|| tracing::trace!("numbered and staged"));
+            }
+        }
         self.batch.push(&frame);
         if retain {
             self.outbox.push(frame);
