@@ -487,6 +487,7 @@ impl PeerBuilder {
             dialers: HashMap::new(),
             repairers: HashMap::new(),
             scratch: Vec::new(),
+            topics: Default::default(),
             me: id,
             direct_acked: HashMap::new(),
         };

@@ -10,11 +10,13 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::frame::{self, DecodeError, WIRE_VERSION};
+use crate::topic::Interner;
 
 /// Frame kind of a single event envelope.
 pub const KIND_EVENT: u8 = 0;
@@ -63,8 +65,9 @@ pub struct Envelope {
     /// Application message id (idempotency key); `None` when the message is
     /// identified by `(origin, incarnation, seq)` alone.
     pub id: Option<String>,
-    /// Concrete topic, e.g. `orders.eu.created`.
-    pub topic: String,
+    /// Concrete topic, e.g. `orders.eu.created` (shared: received
+    /// envelopes of one topic point to one copy).
+    pub topic: Arc<str>,
     /// Publish time, microseconds since the Unix epoch (publisher's clock).
     pub timestamp_us: u64,
     /// Correlation / trace id linking this event to the flow it belongs to.
@@ -73,22 +76,6 @@ pub struct Envelope {
     pub headers: Headers,
     /// Application payload: MessagePack for typed publishes, anything for bytes.
     pub payload: Bytes,
-}
-
-/// An [`Envelope`] as decoded from a buffer, its payload borrowed (the
-/// same wire layout; the payload must be a MessagePack bin).
-#[derive(Deserialize)]
-struct EnvelopeRef<'a> {
-    origin: PeerId,
-    incarnation: u64,
-    seq: u64,
-    id: Option<String>,
-    topic: String,
-    timestamp_us: u64,
-    correlation_id: Option<String>,
-    headers: Headers,
-    #[serde(borrow)]
-    payload: &'a [u8],
 }
 
 /// Worst-case MessagePack size of a string, bin or container header.
@@ -174,45 +161,36 @@ impl Envelope {
     }
 
     /// Decodes one event frame, rejecting frames longer than `max_size`,
-    /// of another version or kind, malformed, or with trailing bytes.
-    /// The topic is not checked here. Never panics, whatever the input.
+    /// of another version or kind, malformed (including an invalid topic),
+    /// or with trailing bytes. Never panics, whatever the input.
     pub fn decode(bytes: &[u8], max_size: usize) -> Result<Envelope, DecodeError> {
-        frame::decode(bytes, max_size, KIND_EVENT)
+        match frame::read_header(bytes, max_size)?.0 {
+            KIND_EVENT => {
+                let mut out = Vec::with_capacity(1);
+                Self::decode_events(bytes, max_size, &mut out)?;
+                Ok(out.pop().expect("one event decoded"))
+            }
+            other => Err(DecodeError::UnknownKind(other)),
+        }
     }
 
     /// [`decode_events`](Self::decode_events) from a shared buffer: each
-    /// payload is a slice of `frame` (no copy, no allocation per payload).
-    pub fn decode_events_shared(
+    /// payload is a slice of `frame` (no copy, no allocation per payload),
+    /// each topic validated and shared through `topics` (no allocation for
+    /// a topic seen before). A frame with an invalid topic is malformed.
+    pub(crate) fn decode_events_shared(
         frame: &Bytes,
         max_size: usize,
+        topics: &mut Interner,
         out: &mut Vec<Envelope>,
     ) -> Result<(), DecodeError> {
         let (kind, cur) = frame::read_header(frame, max_size)?;
         let mut pos = cur.position() as usize;
         let start = out.len();
-        let one = |pos: &mut usize, out: &mut Vec<Envelope>| -> Result<(), DecodeError> {
-            let rest = &frame[*pos..];
-            let mut de = rmp_serde::Deserializer::from_read_ref(rest);
-            let r = EnvelopeRef::deserialize(&mut de).map_err(DecodeError::malformed)?;
-            // The payload is the envelope's last field: the envelope ends
-            // where the payload ends (checked to lie within the input).
-            let start = (r.payload.as_ptr() as usize).wrapping_sub(rest.as_ptr() as usize);
-            let end = start.wrapping_add(r.payload.len());
-            if start > rest.len() || end > rest.len() || end < start {
-                return Err(DecodeError::Malformed("payload outside the frame".into()));
-            }
-            *pos += end;
-            out.push(Envelope {
-                origin: r.origin,
-                incarnation: r.incarnation,
-                seq: r.seq,
-                id: r.id,
-                topic: r.topic,
-                timestamp_us: r.timestamp_us,
-                correlation_id: r.correlation_id,
-                headers: r.headers,
-                payload: frame.slice_ref(r.payload),
-            });
+        let mut one = |pos: &mut usize, out: &mut Vec<Envelope>| -> Result<(), DecodeError> {
+            let (env, used) = read_envelope(frame, *pos, topics)?;
+            *pos += used;
+            out.push(env);
             Ok(())
         };
         let result = match kind {
@@ -254,27 +232,9 @@ impl Envelope {
         max_size: usize,
         out: &mut Vec<Envelope>,
     ) -> Result<(), DecodeError> {
-        let (kind, mut cur) = frame::read_header(bytes, max_size)?;
-        let start = out.len();
-        let result = match kind {
-            KIND_EVENT => frame::read_value(&mut cur).map(|e| out.push(e)),
-            KIND_BATCH => (|| {
-                let n = rmp::decode::read_array_len(&mut cur).map_err(DecodeError::malformed)?;
-                if n == 0 || n > MAX_BATCH {
-                    return Err(DecodeError::Malformed(format!("batch of {n} envelopes")));
-                }
-                for _ in 0..n {
-                    out.push(frame::read_value(&mut cur)?);
-                }
-                Ok(())
-            })(),
-            other => Err(DecodeError::UnknownKind(other)),
-        };
-        let result = result.and_then(|()| frame::finish(&cur));
-        if result.is_err() {
-            out.truncate(start);
-        }
-        result
+        frame::read_header(bytes, max_size)?; // the size, before copying
+        let frame = Bytes::copy_from_slice(bytes);
+        Self::decode_events_shared(&frame, max_size, &mut Interner::default(), out)
     }
 }
 
@@ -283,6 +243,76 @@ impl Envelope {
 /// Each envelope is encoded once, as a complete event frame (what the
 /// retransmit buffer keeps and repair answers carry); a batch reuses those
 /// bytes without re-encoding: `[1, 5, [envelope, …]]`.
+/// Reads the envelope at `frame[at..]` (the kind-0 body layout): its topic
+/// through `topics`, its payload as a slice of `frame`. Returns it with the
+/// number of bytes it took. Never panics, whatever the input.
+fn read_envelope(
+    frame: &Bytes,
+    at: usize,
+    topics: &mut Interner,
+) -> Result<(Envelope, usize), DecodeError> {
+    use rmp::decode as r;
+    let start = frame
+        .get(at..)
+        .ok_or_else(|| DecodeError::Malformed("envelope outside the frame".into()))?;
+    let mut rd: &[u8] = start;
+    let fields = r::read_array_len(&mut rd).map_err(DecodeError::malformed)?;
+    if fields != 9 {
+        return Err(DecodeError::Malformed(format!(
+            "envelope is an array of {fields}, expected 9"
+        )));
+    }
+    fn string<'a>(rd: &mut &'a [u8]) -> Result<&'a str, DecodeError> {
+        let (s, rest) = rmp::decode::read_str_from_slice(*rd).map_err(DecodeError::malformed)?;
+        *rd = rest;
+        Ok(s)
+    }
+    fn opt_string(rd: &mut &[u8]) -> Result<Option<String>, DecodeError> {
+        if rd.first() == Some(&0xc0) {
+            *rd = &rd[1..];
+            return Ok(None);
+        }
+        string(rd).map(|s| Some(s.to_owned()))
+    }
+    let origin = PeerId(r::read_int(&mut rd).map_err(DecodeError::malformed)?);
+    let incarnation = r::read_int(&mut rd).map_err(DecodeError::malformed)?;
+    let seq = r::read_int(&mut rd).map_err(DecodeError::malformed)?;
+    let id = opt_string(&mut rd)?;
+    let text = string(&mut rd)?;
+    let topic = topics
+        .intern(text)
+        .map_err(|reason| DecodeError::Malformed(format!("invalid topic {text:?}: {reason}")))?;
+    let timestamp_us = r::read_int(&mut rd).map_err(DecodeError::malformed)?;
+    let correlation_id = opt_string(&mut rd)?;
+    let mut headers = Headers::new();
+    for _ in 0..r::read_map_len(&mut rd).map_err(DecodeError::malformed)? {
+        let key = string(&mut rd)?.to_owned();
+        headers.insert(key, string(&mut rd)?.to_owned());
+    }
+    let len = r::read_bin_len(&mut rd).map_err(DecodeError::malformed)? as usize;
+    if len > rd.len() {
+        return Err(DecodeError::Malformed(
+            "payload longer than the frame".into(),
+        ));
+    }
+    let payload = frame.slice_ref(&rd[..len]);
+    let used = start.len() - (rd.len() - len);
+    Ok((
+        Envelope {
+            origin,
+            incarnation,
+            seq,
+            id,
+            topic,
+            timestamp_us,
+            correlation_id,
+            headers,
+            payload,
+        },
+        used,
+    ))
+}
+
 /// The fields of one envelope, borrowed, for [`write_event`].
 pub(crate) struct Fields<'a> {
     pub origin: PeerId,
@@ -558,7 +588,7 @@ mod tests {
                 incarnation: i,
                 seq: s,
                 id,
-                topic,
+                topic: topic.into(),
                 timestamp_us: ts,
                 correlation_id: c,
                 headers,
@@ -594,8 +624,9 @@ mod tests {
             let mut batch = vec![0x93, 1, KIND_BATCH];
             batch.extend_from_slice(&bytes);
             let _ = Envelope::decode_events(&batch, usize::MAX, &mut out);
-            let _ = Envelope::decode_events_shared(&Bytes::from(bytes), usize::MAX, &mut out);
-            let _ = Envelope::decode_events_shared(&Bytes::from(batch), usize::MAX, &mut out);
+            let topics = &mut Interner::default();
+            let _ = Envelope::decode_events_shared(&Bytes::from(bytes), usize::MAX, topics, &mut out);
+            let _ = Envelope::decode_events_shared(&Bytes::from(batch), usize::MAX, topics, &mut out);
         }
 
         #[test]
@@ -605,18 +636,18 @@ mod tests {
                 let i = i.index(bytes.len());
                 bytes[i] = b;
             }
-            let copied = Envelope::decode(&bytes, usize::MAX);
-            let mut out = Vec::new();
-            let shared = Envelope::decode_events_shared(&Bytes::from(bytes), usize::MAX, &mut out);
-            // Both decoders accept the same envelopes (the shared one also
-            // requires the payload to be a bin, which the encoder writes).
-            if let (Ok(c), Ok(())) = (copied, shared) {
-                prop_assert_eq!(c, out.pop().unwrap());
+            // Differential: what this decoder accepts, serde's generic
+            // MessagePack decoder reads the same (this one is stricter: str
+            // fields must be str, the payload a bin, the topic valid).
+            if let Ok(env) = Envelope::decode(&bytes, usize::MAX) {
+                prop_assert!(crate::validate_topic(&env.topic).is_ok());
+                let generic: Envelope = frame::decode(&bytes, usize::MAX, KIND_EVENT).unwrap();
+                prop_assert_eq!(generic, env);
             }
         }
 
         #[test]
-        fn shared_decoding_matches_copying_decoding(envs in prop::collection::vec(arb_envelope(), 1..20)) {
+        fn batches_decode_in_order_and_share_topics(envs in prop::collection::vec(arb_envelope(), 1..20)) {
             let mut w = BatchWriter::default();
             for e in &envs {
                 w.push(&Bytes::from(e.encode()));
@@ -625,9 +656,16 @@ mod tests {
             w.finish(|parts| parts.iter().for_each(|p| frame.extend_from_slice(p)));
             let (mut copied, mut shared) = (Vec::new(), Vec::new());
             Envelope::decode_events(&frame, usize::MAX, &mut copied).unwrap();
-            Envelope::decode_events_shared(&Bytes::from(frame), usize::MAX, &mut shared).unwrap();
+            let topics = &mut Interner::default();
+            Envelope::decode_events_shared(&Bytes::from(frame.clone()), usize::MAX, topics, &mut shared).unwrap();
             prop_assert_eq!(&copied, &envs);
             prop_assert_eq!(&shared, &envs);
+            // Topics seen before are shared, not copied.
+            let mut again = Vec::new();
+            Envelope::decode_events_shared(&Bytes::from(frame), usize::MAX, topics, &mut again).unwrap();
+            for (a, b) in shared.iter().zip(&again) {
+                prop_assert!(Arc::ptr_eq(&a.topic, &b.topic));
+            }
         }
     }
 }

@@ -77,13 +77,13 @@ pub(crate) fn read_header(
 }
 
 /// Deserializes one value at the cursor.
-pub(crate) fn read_value<T: DeserializeOwned>(cur: &mut Cursor<&[u8]>) -> Result<T, DecodeError> {
+fn read_value<T: DeserializeOwned>(cur: &mut Cursor<&[u8]>) -> Result<T, DecodeError> {
     let mut de = rmp_serde::Deserializer::new(cur);
     T::deserialize(&mut de).map_err(DecodeError::malformed)
 }
 
 /// Checks that the cursor consumed the whole frame.
-pub(crate) fn finish(cur: &Cursor<&[u8]>) -> Result<(), DecodeError> {
+fn finish(cur: &Cursor<&[u8]>) -> Result<(), DecodeError> {
     let (used, len) = (cur.position() as usize, cur.get_ref().len());
     if used != len {
         return Err(DecodeError::Malformed(format!(

@@ -33,7 +33,7 @@ use crate::repair::{DirectAck, RepairRequest};
 use crate::repairer::{self, Repaired};
 use crate::stats::Counters;
 use crate::subscription::{Dispatched, Registry};
-use crate::topic::validate_topic;
+use crate::topic::Interner;
 use crate::transport::{self, RecvReady, SocketConfig};
 
 /// How many frames are taken from NNG per wake-up.
@@ -120,6 +120,8 @@ pub(crate) struct Receiver {
     pub direct_acked: HashMap<(PeerId, u64), u64>,
     /// Reused buffer of decoded envelopes.
     pub scratch: Vec<Envelope>,
+    /// Received topics, validated once and shared.
+    pub topics: Interner,
 }
 
 impl Receiver {
@@ -368,15 +370,7 @@ impl Receiver {
         // One copy of the whole frame; every payload is a slice of it.
         let frame = Bytes::copy_from_slice(&msg.as_slice()[..len]);
         let decoded =
-            Envelope::decode_events_shared(&frame, self.max_message_size, out).and_then(|()| {
-                match out.iter().find(|env| validate_topic(&env.topic).is_err()) {
-                    Some(env) => Err(DecodeError::Malformed(format!(
-                        "invalid topic {:?}",
-                        env.topic
-                    ))),
-                    None => Ok(()),
-                }
-            });
+            Envelope::decode_events_shared(&frame, self.max_message_size, &mut self.topics, out);
         match decoded {
             Ok(()) => Counters::add(&self.counters.received, out.len() as u64),
             Err(e) => {

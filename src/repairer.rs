@@ -17,7 +17,6 @@ use crate::envelope::{Envelope, PeerId};
 use crate::gate::Gate;
 use crate::repair::{Repair, RepairRequest};
 use crate::stats::Counters;
-use crate::topic::validate_topic;
 use crate::transport::{self, AioSend, RecvReady, SocketConfig};
 
 /// How long a NAK waits for its answer before the inbox may send it again.
@@ -159,11 +158,8 @@ impl Client {
         let mut envelopes = Vec::with_capacity(repair.frames.len());
         for frame in &repair.frames {
             match Envelope::decode(frame, self.max_message_size) {
-                Ok(e)
-                    if e.origin == repair.origin
-                        && e.incarnation == repair.incarnation
-                        && validate_topic(&e.topic).is_ok() =>
-                {
+                // The decoder checks the topic.
+                Ok(e) if e.origin == repair.origin && e.incarnation == repair.incarnation => {
                     envelopes.push(Arc::new(e))
                 }
                 _ => return bad("retained frame not from this origin"),

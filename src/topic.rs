@@ -7,6 +7,8 @@
 //! `orders.eu.created`; `orders.>` matches both, but not `orders` itself.
 //! Pure code: no I/O.
 
+use std::sync::Arc;
+
 use crate::error::{Error, Result};
 
 /// Longest topic or pattern accepted, in bytes.
@@ -134,6 +136,41 @@ impl std::fmt::Display for Pattern {
     }
 }
 
+/// Most distinct topics an [`Interner`] holds before it starts over.
+const MAX_INTERNED: usize = 4096;
+
+/// Received topics, validated once and shared: an envelope whose topic was
+/// seen before costs neither an allocation nor a validation. Bounded: it
+/// forgets every topic once [`MAX_INTERNED`] distinct ones are held.
+#[derive(Debug, Default)]
+pub(crate) struct Interner {
+    seen: fnv::FnvHashSet<Arc<str>>,
+    last: Option<Arc<str>>,
+}
+
+impl Interner {
+    /// The shared copy of `topic`, or why it is not a valid topic.
+    pub(crate) fn intern(&mut self, topic: &str) -> std::result::Result<Arc<str>, &'static str> {
+        if let Some(last) = self.last.as_ref().filter(|l| ***l == *topic) {
+            return Ok(last.clone());
+        }
+        let shared = match self.seen.get(topic) {
+            Some(t) => t.clone(),
+            None => {
+                check_tokens(topic, false)?;
+                if self.seen.len() >= MAX_INTERNED {
+                    self.seen.clear();
+                }
+                let t: Arc<str> = topic.into();
+                self.seen.insert(t.clone());
+                t
+            }
+        };
+        self.last = Some(shared.clone());
+        Ok(shared)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -218,5 +255,21 @@ mod tests {
             if let Ok(p) = Pattern::parse(&p) { let _ = p.matches(&t); }
             let _ = validate_topic(&t);
         }
+    }
+
+    #[test]
+    fn interner_validates_once_shares_and_stays_bounded() {
+        let mut i = Interner::default();
+        let a = i.intern("orders.created").unwrap();
+        let b = i.intern("orders.paid").unwrap();
+        assert!(Arc::ptr_eq(&a, &i.intern("orders.created").unwrap()));
+        assert!(Arc::ptr_eq(&b, &i.intern("orders.paid").unwrap()));
+        assert!(i.intern("orders.*").is_err());
+        assert!(i.intern("").is_err());
+        for n in 0..3 * MAX_INTERNED {
+            i.intern(&format!("t.{n}")).unwrap();
+        }
+        assert!(i.seen.len() <= MAX_INTERNED);
+        assert_eq!(&*i.intern("orders.created").unwrap(), "orders.created");
     }
 }
