@@ -52,7 +52,8 @@ pub const MAX_NNG_BUFFER: usize = 8192;
 /// | `subscription_buffer` | 1024 | deliveries queued per subscription before the receive path waits |
 /// | `publish_queue` | 1024 | messages queued between `publish` and the socket before `publish` waits |
 /// | `max_message_size` | 1 MiB | largest encoded frame sent or accepted |
-/// | `retransmit_buffer` | 8192 | envelopes kept until every live member acknowledged them |
+/// | `retransmit_buffer` | 65536 | envelopes kept until every live member acknowledged them |
+/// | `retransmit_bytes` | 16 MiB | bytes of those envelopes at most (whichever bound is reached first) |
 /// | `backpressure` | `Wait` | `publish` waits while that buffer is full (`FailFast`: error) |
 /// | `ordered_delivery` | true | per-origin sequence order, gaps held back until repaired or lost |
 /// | `duplicate_window` | 65536 keys, 120 s | idempotency keys remembered to drop repeats |
@@ -103,6 +104,7 @@ pub struct PeerBuilder {
     pub(crate) bus_keys: Vec<Secret>,
     pub(crate) stall_limit: Duration,
     pub(crate) retransmit_buffer: usize,
+    pub(crate) retransmit_bytes: usize,
     pub(crate) backpressure: Backpressure,
     pub(crate) ordered: bool,
     pub(crate) dedup_keys: usize,
@@ -140,7 +142,8 @@ impl Default for PeerBuilder {
             link_faults: LinkFaults::default(),
             bus_keys: Vec::new(),
             stall_limit: Duration::from_secs(30),
-            retransmit_buffer: 8192,
+            retransmit_buffer: 65_536,
+            retransmit_bytes: 16 << 20,
             backpressure: Backpressure::Wait,
             ordered: true,
             dedup_keys: 65536,
@@ -300,6 +303,16 @@ impl PeerBuilder {
         self
     }
 
+    /// Bytes of encoded envelopes the retransmit buffer keeps at most (≥
+    /// 1024; exceeded by one envelope at most). The
+    /// buffer is full at this size or at
+    /// [`retransmit_buffer`](Self::retransmit_buffer) envelopes, whichever
+    /// comes first; this bounds a publisher's memory whatever the payloads.
+    pub fn retransmit_bytes(mut self, bytes: usize) -> Self {
+        self.retransmit_bytes = bytes;
+        self
+    }
+
     /// What `publish` does while the retransmit buffer is full.
     pub fn backpressure(mut self, policy: Backpressure) -> Self {
         self.backpressure = policy;
@@ -347,6 +360,7 @@ impl PeerBuilder {
         range("max_message_size", self.max_message_size, 1024, 1 << 30)?;
         range("max_members", self.membership.max_members, 1, 1 << 16)?;
         range("retransmit_buffer", self.retransmit_buffer, 16, 1 << 24)?;
+        range("retransmit_bytes", self.retransmit_bytes, 1024, 1 << 40)?;
         range("duplicate_window keys", self.dedup_keys, 1, 1 << 24)?;
         let m = self.membership;
         if m.suspect_after == 0 || m.miss_limit < m.suspect_after {
@@ -440,6 +454,7 @@ impl PeerBuilder {
         let full = Arc::new(AtomicBool::new(false));
         let outbox = OutboxConfig {
             capacity: self.retransmit_buffer,
+            max_bytes: self.retransmit_bytes,
             max_reply_bytes: self.max_message_size / 2,
             ..OutboxConfig::default()
         };

@@ -11,9 +11,9 @@
 //! [`NO_ACK_ROUNDS`] rounds (an implementation that does not ack) loses its
 //! provisional watermark. When every live member has a watermark, what all
 //! of them have is freed at once. Otherwise the buffer keeps the newest
-//! `capacity` envelopes as a ring, so a member without a watermark can still
-//! be repaired; it never holds the buffer back, and what it asks for after
-//! eviction is "gone".
+//! `capacity` envelopes (and at most `max_bytes` of them) as a ring, so a
+//! member without a watermark can still be repaired; it never holds the
+//! buffer back, and what it asks for after eviction is "gone".
 //! The buffer never drops an envelope a member with a known watermark has
 //! not acknowledged: [`Outbox::is_full`] then tells the driver to stop
 //! taking new messages (so `publish` waits, or fails fast if configured)
@@ -42,6 +42,8 @@ pub const NO_ACK_ROUNDS: u32 = 3;
 pub struct OutboxConfig {
     /// Envelopes retained at most.
     pub capacity: usize,
+    /// Bytes of retained frames at most (exceeded by one frame at most).
+    pub max_bytes: usize,
     /// Largest repair answer, in bytes of retained frames.
     pub max_reply_bytes: usize,
     /// Most sequence numbers looked at for one NAK.
@@ -51,7 +53,8 @@ pub struct OutboxConfig {
 impl Default for OutboxConfig {
     fn default() -> Self {
         OutboxConfig {
-            capacity: 8192,
+            capacity: 65_536,
+            max_bytes: 16 << 20,
             max_reply_bytes: 512 * 1024,
             max_nak_seqs: 4096,
         }
@@ -79,6 +82,9 @@ pub struct Outbox {
     /// `(seq, frame)`, ascending and contiguous.
     retained: VecDeque<(u64, Bytes)>,
     retained_bytes: usize,
+    /// What every live member has (0: some watermark is unknown), kept
+    /// up to date by [`free`](Self::free), so a push frees in O(1).
+    freeable: u64,
     members: HashSet<PeerId>,
     acks: HashMap<PeerId, u64>,
     /// Members whose watermark was set at join and not yet confirmed, with
@@ -103,6 +109,7 @@ impl Outbox {
             last_seq: 0,
             retained: VecDeque::new(),
             retained_bytes: 0,
+            freeable: u64::MAX,
             members: HashSet::new(),
             acks: HashMap::new(),
             provisional: HashMap::new(),
@@ -170,11 +177,16 @@ impl Outbox {
     /// True when a new envelope cannot be retained without dropping one a
     /// live member has not acknowledged.
     pub fn is_full(&self) -> bool {
-        self.retained.len() >= self.cfg.capacity
+        self.at_bound()
             && self
                 .retained
                 .front()
                 .is_some_and(|(seq, _)| *seq > self.floor())
+    }
+
+    /// Whether the buffer holds `capacity` envelopes or `max_bytes`.
+    fn at_bound(&self) -> bool {
+        self.retained.len() >= self.cfg.capacity || self.retained_bytes >= self.cfg.max_bytes
     }
 
     /// Highest sequence number every member with a known watermark has.
@@ -186,14 +198,15 @@ impl Outbox {
     /// caller checks [`is_full`](Self::is_full) first.
     pub fn push(&mut self, frame: Bytes) -> u64 {
         debug_assert!(!self.is_full(), "push into a full outbox");
-        if self.retained.len() >= self.cfg.capacity {
-            let (_, old) = self.retained.pop_front().expect("at capacity");
+        // Not full: the oldest is acknowledged by all, or this is a ring.
+        while self.at_bound() {
+            let (_, old) = self.retained.pop_front().expect("at the bound");
             self.retained_bytes -= old.len();
         }
         self.last_seq += 1;
         self.retained_bytes += frame.len();
         self.retained.push_back((self.last_seq, frame));
-        self.free();
+        self.drop_freeable();
         self.last_seq
     }
 
@@ -262,12 +275,18 @@ impl Outbox {
     /// Frees what every live member has received, once all their
     /// watermarks are known.
     fn free(&mut self) {
-        if !self.members.iter().all(|m| self.acks.contains_key(m)) {
-            return;
-        }
-        let floor = self.floor();
+        self.freeable = if self.members.iter().all(|m| self.acks.contains_key(m)) {
+            self.floor()
+        } else {
+            0
+        };
+        self.drop_freeable();
+    }
+
+    /// Drops the retained frames every live member has.
+    fn drop_freeable(&mut self) {
         while let Some((seq, frame)) = self.retained.front() {
-            if *seq > floor {
+            if *seq > self.freeable {
                 break;
             }
             self.retained_bytes -= frame.len();
@@ -354,6 +373,7 @@ mod tests {
             9,
             OutboxConfig {
                 capacity,
+                max_bytes: usize::MAX,
                 max_reply_bytes: 100,
                 max_nak_seqs: 50,
             },
@@ -371,6 +391,47 @@ mod tests {
             ranges: ranges.to_vec(),
             member: PeerId(2),
         }
+    }
+
+    #[test]
+    fn the_byte_bound_fills_and_rings_like_the_count_bound() {
+        let bounded = || {
+            Outbox::new(
+                PeerId(1),
+                9,
+                OutboxConfig {
+                    capacity: 1000,
+                    max_bytes: 35, // three 10-byte frames are below, four are not
+                    max_reply_bytes: 100,
+                    max_nak_seqs: 50,
+                },
+            )
+        };
+        let mut o = bounded();
+        o.set_members([PeerId(2)]);
+        for s in 1..=4 {
+            assert!(!o.is_full());
+            o.push(frame(s));
+        }
+        assert!(o.is_full(), "40 bytes unacknowledged");
+        o.on_ack(PeerId(2), 9, 2);
+        assert_eq!((o.len(), o.bytes()), (2, 20));
+        assert!(!o.is_full());
+        // A member that never acks: the buffer is a ring of ~35 bytes.
+        let mut o = bounded();
+        o.set_members([PeerId(2)]);
+        for _ in 0..NO_ACK_ROUNDS {
+            o.on_no_ack(PeerId(2));
+        }
+        for s in 1..=20 {
+            assert!(!o.is_full());
+            o.push(frame(s));
+            assert!(o.bytes() <= 40, "bounded by max_bytes + one frame");
+        }
+        assert_eq!(o.len(), 4);
+        let answer = o.answer(&nak(&[(1, 20)]));
+        assert_eq!(answer.frames.len(), 4);
+        assert_eq!(answer.gone, vec![(1, 16)]);
     }
 
     /// Regression (found by `cargo fuzz run reliability`): overlapping

@@ -241,6 +241,12 @@ async fn caller_errors_are_clear() {
         .unwrap_err();
     assert!(e.to_string().contains("send_buffer"), "{e}");
     let e = chorus::Peer::builder()
+        .retransmit_bytes(100)
+        .start()
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("retransmit_bytes"), "{e}");
+    let e = chorus::Peer::builder()
         .listen("udp://x:1")
         .start()
         .await

@@ -60,6 +60,7 @@ fn run(
         INC,
         OutboxConfig {
             capacity,
+            max_bytes: usize::MAX,
             max_reply_bytes: 4096,
             max_nak_seqs: 64,
         },
