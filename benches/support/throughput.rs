@@ -8,15 +8,22 @@
 //! - **raw NNG**: one pub0 socket per publisher and one sub0 per subscriber,
 //!   with chorus's default buffer sizes, paced at increasing rates; the
 //!   highest rate with at most 0.1 % drops is its drop-free rate.
-//! - **chorus flood**: every publisher publishes as fast as `publish`
-//!   returns (backpressure included); delivered msg/s per subscriber and in
-//!   aggregate, with retransmits, duplicates dropped and losses.
-//! - **latency, paced**: both at 10 % of raw NNG's drop-free rate, latency
-//!   measured from each message's *intended* send time (corrected for
-//!   coordinated omission), percentiles from HdrHistogram.
+//! - **chorus flood**: every publisher (a tokio task, as in an application)
+//!   publishes as fast as `publish` returns (backpressure included);
+//!   delivered msg/s per subscriber and in aggregate, with retransmits,
+//!   duplicates dropped and losses.
+//! - **latency, paced**: both at 10 % of raw NNG's drop-free rate, in
+//!   alternating rounds (raw, chorus, raw, chorus, …) so that a burst of CPU
+//!   steal hits both alike. Latency runs from each message's *intended*
+//!   send time on a fixed schedule (open loop), so a stall of the sender or
+//!   of the system counts for every message it held up: the correction for
+//!   coordinated omission. Percentiles from HdrHistogram.
+//! - **subscriber in its own process** (tcp): a child process joins as the
+//!   only subscriber of a flooding publisher; its delivered rate and its peak
+//!   RSS against the memory its configured buffers allow.
 //!
-//! All peers live in this one process (2 cores): figures compare chorus and
-//! raw NNG under the same conditions, not absolute capacity.
+//! Everything but that child lives in this one process (2 cores): figures
+//! compare chorus and raw NNG under the same conditions.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,7 +31,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use chorus::Peer;
+use chorus::{Peer, Subscription};
 use futures::StreamExt;
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -41,26 +48,49 @@ fn now_us() -> u64 {
         .as_micros() as u64
 }
 
-/// Sleeps until `due` (no spinning: a spinning sender would steal one of
-/// the two cores from the system under test) and returns the actual send
-/// time in µs. Latency is measured from it and recorded with HdrHistogram's
-/// coordinated-omission correction for the expected interval, so a stall of
-/// the system still counts for every message it held up.
-fn pace(due: Instant) -> u64 {
-    if let Some(wait) = due.checked_duration_since(Instant::now()) {
-        std::thread::sleep(wait);
+/// Lets this thread's sleeps end within microseconds of their deadline
+/// (Linux's default timer slack is 50 µs, comparable to what is measured).
+fn fine_timer() {
+    // SAFETY: PR_SET_TIMERSLACK takes one integer and touches only the
+    // calling thread's scheduling attribute.
+    unsafe {
+        libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong);
     }
-    now_us()
 }
 
-/// Records one latency; `interval_us` > 0 in paced runs.
-fn record(h: &mut Histogram<u64>, stamp: u64, interval_us: u64) {
-    let latency = now_us().saturating_sub(stamp).max(1);
-    if interval_us > 0 {
-        let _ = h.record_correct(latency.min(h.high()), interval_us);
-    } else {
-        h.saturating_record(latency);
+/// A fixed send schedule: message `i` is due at `start + i / rate`. The
+/// sender sleeps (no spinning: a spinning sender would steal one of the two
+/// cores from the system under test) and stamps each message with the time
+/// it was *due*, in µs since the epoch, so its own lateness is measured too.
+struct Schedule {
+    start: Instant,
+    start_us: u64,
+    rate: f64,
+}
+
+impl Schedule {
+    fn new(rate: f64) -> Self {
+        fine_timer();
+        Schedule {
+            start: Instant::now(),
+            start_us: now_us(),
+            rate,
+        }
     }
+
+    /// Waits until message `i` is due; returns its stamp.
+    fn wait(&self, i: u64) -> u64 {
+        let offset = Duration::from_secs_f64(i as f64 / self.rate);
+        if let Some(wait) = (self.start + offset).checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        self.start_us + offset.as_micros() as u64
+    }
+}
+
+/// Records the latency of a message stamped `stamp` (µs since the epoch).
+fn record(h: &mut Histogram<u64>, stamp: u64) {
+    h.saturating_record(now_us().saturating_sub(stamp).max(1));
 }
 
 /// A payload of `size` bytes starting with the send time in µs.
@@ -116,109 +146,132 @@ struct RawRun {
     latency: Histogram<u64>,
 }
 
-/// Raw pub/sub paced at `rate` msg/s in all for `secs`.
-fn raw_run(p: Point, rate: f64, secs: f64, addr: &mut u32) -> RawRun {
-    *addr += 1;
-    let urls: Vec<String> = (0..p.pubs)
-        .map(|i| {
-            if p.tcp {
+/// Raw NNG pub/sub sockets: one pub0 per publisher, one sub0 per
+/// subscriber dialed to every publisher, with chorus's default buffers.
+struct RawBus {
+    pubs: Vec<Socket>,
+    subs: Vec<Socket>,
+}
+
+impl RawBus {
+    fn open(p: Point, addr: &mut u32) -> RawBus {
+        *addr += 1;
+        let mut pubs = Vec::new();
+        let mut bound = Vec::new();
+        for i in 0..p.pubs {
+            let url = if p.tcp {
                 "tcp://127.0.0.1:0".to_string()
             } else {
                 format!("inproc://raw-{}-{addr}-{i}", std::process::id())
-            }
-        })
-        .collect();
-    let mut pub_socks = Vec::new();
-    let mut bound = Vec::new();
-    for url in &urls {
-        let s = Socket::new(Protocol::Pub0).unwrap();
-        s.set_opt::<SendBufferSize>(BUFFER).unwrap();
-        let l = nng::Listener::new(&s, url).unwrap();
-        bound.push(if p.tcp {
-            format!(
-                "tcp://127.0.0.1:{}",
-                l.get_opt::<nng::options::transport::tcp::BoundPort>()
-                    .unwrap()
-            )
-        } else {
-            url.clone()
-        });
-        pub_socks.push(s);
-    }
-    let stop = Arc::new(AtomicBool::new(false));
-    // Each publisher's expected interval between messages.
-    let interval_us = (1e6 * p.pubs as f64 / rate) as u64;
-    let mut readers = Vec::new();
-    for _ in 0..p.subs {
-        let s = Socket::new(Protocol::Sub0).unwrap();
-        s.set_opt::<RecvBufferSize>(BUFFER).unwrap();
-        s.set_opt::<RecvTimeout>(Some(Duration::from_millis(50)))
-            .unwrap();
-        s.set_opt::<nng::options::protocol::pubsub::Subscribe>(Vec::new())
-            .unwrap();
-        for u in &bound {
-            s.dial(u).unwrap();
+            };
+            let s = Socket::new(Protocol::Pub0).unwrap();
+            s.set_opt::<SendBufferSize>(BUFFER).unwrap();
+            let l = nng::Listener::new(&s, &url).unwrap();
+            bound.push(if p.tcp {
+                let port = l.get_opt::<nng::options::transport::tcp::BoundPort>();
+                format!("tcp://127.0.0.1:{}", port.unwrap())
+            } else {
+                url
+            });
+            pubs.push(s);
         }
-        let stop = stop.clone();
-        readers.push(std::thread::spawn(move || {
-            let mut h = histogram();
-            let (mut n, mut first, mut last) = (0u64, None, Instant::now());
-            loop {
-                match s.recv() {
-                    Ok(m) => {
-                        record(&mut h, stamp_of(m.as_slice()), interval_us);
-                        n += 1;
-                        first.get_or_insert_with(Instant::now);
-                        last = Instant::now();
-                    }
-                    Err(_) if stop.load(Ordering::Relaxed) => break,
-                    Err(_) => {}
+        let subs = (0..p.subs)
+            .map(|_| {
+                let s = Socket::new(Protocol::Sub0).unwrap();
+                s.set_opt::<RecvBufferSize>(BUFFER).unwrap();
+                s.set_opt::<RecvTimeout>(Some(Duration::from_millis(50)))
+                    .unwrap();
+                s.set_opt::<nng::options::protocol::pubsub::Subscribe>(Vec::new())
+                    .unwrap();
+                for u in &bound {
+                    s.dial(u).unwrap();
                 }
-            }
-            let secs = first.map_or(0.0, |f: Instant| (last - f).as_secs_f64());
-            (n, secs, h)
-        }));
-    }
-    std::thread::sleep(Duration::from_millis(200)); // links up
-    let total = (rate * secs) as u64;
-    let per_pub = total / p.pubs as u64;
-    let senders: Vec<_> = pub_socks
-        .iter()
-        .map(|s| {
-            let s = s.clone();
-            let size = p.size;
-            let rate = rate / p.pubs as f64;
-            std::thread::spawn(move || {
-                let start = Instant::now();
-                for i in 0..per_pub {
-                    let intended = pace(start + Duration::from_secs_f64(i as f64 / rate));
-                    let _ = s.send(nng::Message::from(&payload(size, intended)[..]));
-                }
+                s
             })
-        })
-        .collect();
-    for t in senders {
-        t.join().unwrap();
+            .collect();
+        std::thread::sleep(Duration::from_millis(200)); // links up
+        RawBus { pubs, subs }
     }
-    std::thread::sleep(Duration::from_millis(300));
-    stop.store(true, Ordering::Relaxed);
-    let mut latency = histogram();
-    let (mut min_received, mut rate_sum) = (u64::MAX, 0.0);
-    for r in readers {
-        let (n, secs, h) = r.join().unwrap();
-        latency.add(&h).unwrap();
-        min_received = min_received.min(n);
-        rate_sum += if secs > 0.0 { n as f64 / secs } else { 0.0 };
+
+    /// Every publisher sends on the same schedule, `rate` msg/s in all, for
+    /// `secs`; readers stop once nothing more arrives.
+    fn segment(&self, size: usize, rate: f64, secs: f64) -> RawRun {
+        let stop = Arc::new(AtomicBool::new(false));
+        let readers: Vec<_> = self
+            .subs
+            .iter()
+            .map(|s| {
+                let (s, stop) = (s.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    let mut h = histogram();
+                    let (mut n, mut first, mut last) = (0u64, None, Instant::now());
+                    loop {
+                        match s.recv() {
+                            Ok(m) => {
+                                record(&mut h, stamp_of(m.as_slice()));
+                                n += 1;
+                                first.get_or_insert_with(Instant::now);
+                                last = Instant::now();
+                            }
+                            Err(_) if stop.load(Ordering::Relaxed) => break,
+                            Err(_) => {}
+                        }
+                    }
+                    let secs = first.map_or(0.0, |f: Instant| (last - f).as_secs_f64());
+                    (n, secs, h)
+                })
+            })
+            .collect();
+        let per_pub = (rate * secs) as u64 / self.pubs.len() as u64;
+        let rate = rate / self.pubs.len() as f64;
+        let senders: Vec<_> = self
+            .pubs
+            .iter()
+            .map(|s| {
+                let s = s.clone();
+                std::thread::spawn(move || {
+                    let schedule = Schedule::new(rate);
+                    for i in 0..per_pub {
+                        let stamp = schedule.wait(i);
+                        let _ = s.send(nng::Message::from(&payload(size, stamp)[..]));
+                    }
+                })
+            })
+            .collect();
+        for t in senders {
+            t.join().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(100)); // the tail arrives
+        stop.store(true, Ordering::Relaxed);
+        let mut latency = histogram();
+        let (mut min_received, mut rate_sum) = (u64::MAX, 0.0);
+        for r in readers {
+            let (n, secs, h) = r.join().unwrap();
+            latency.add(&h).unwrap();
+            min_received = min_received.min(n);
+            rate_sum += if secs > 0.0 { n as f64 / secs } else { 0.0 };
+        }
+        RawRun {
+            sent: per_pub * self.pubs.len() as u64,
+            min_received,
+            delivered_per_sec: rate_sum / self.subs.len() as f64,
+            latency,
+        }
     }
-    for s in pub_socks {
-        s.close();
+
+    fn close(self) {
+        for s in self.pubs.into_iter().chain(self.subs) {
+            s.close();
+        }
     }
-    RawRun {
-        sent: per_pub * p.pubs as u64,
-        min_received,
-        delivered_per_sec: rate_sum / p.subs as f64,
-        latency,
-    }
+}
+
+/// Raw pub/sub paced at `rate` msg/s in all for `secs`, on fresh sockets.
+fn raw_run(p: Point, rate: f64, secs: f64, addr: &mut u32) -> RawRun {
+    let bus = RawBus::open(p, addr);
+    let run = bus.segment(p.size, rate, secs);
+    bus.close();
+    run
 }
 
 /// The highest paced rate (msg/s per subscriber) raw NNG sustains with at
@@ -274,118 +327,215 @@ fn builder(name: String, url: String) -> chorus::PeerBuilder {
     }
 }
 
-async fn chorus_bus(p: Point, addr: &mut u32) -> (Vec<Peer>, Vec<Peer>) {
-    *addr += 1;
-    let url = |role: &str, i: usize| {
-        if p.tcp {
-            "tcp://127.0.0.1:0".to_string()
-        } else {
-            format!("inproc://bench-{}-{addr}-{role}{i}", std::process::id())
-        }
-    };
-    let seed = builder("pub-0".into(), url("p", 0)).start().await.unwrap();
-    let mut pubs = vec![seed.clone()];
-    for i in 1..p.pubs {
-        pubs.push(
-            builder(format!("pub-{i}"), url("p", i))
-                .seed(seed.local_url())
-                .start()
-                .await
-                .unwrap(),
-        );
-    }
-    let mut subs = Vec::new();
-    for i in 0..p.subs {
-        subs.push(
-            builder(format!("sub-{i}"), url("s", i))
-                .seed(seed.local_url())
-                .start()
-                .await
-                .unwrap(),
-        );
-    }
-    let n = (p.pubs + p.subs) as u64 - 1;
-    for x in pubs.iter().chain(&subs) {
-        x.wait_for_members(n, Duration::from_secs(30))
-            .await
-            .expect("bus did not form");
-    }
-    (pubs, subs)
+/// A chorus bus: publishers, subscribers and one subscription each to the
+/// bench topic, kept across the segments of a run.
+struct Bus {
+    pubs: Vec<Peer>,
+    subs: Vec<Peer>,
+    streams: Vec<Subscription<Bytes>>,
 }
 
-/// Every publisher sends `count` messages; `rate` in msg/s in all (None: flood).
-async fn chorus_run(p: Point, count: u64, rate: Option<f64>, addr: &mut u32) -> ChorusRun {
-    let (pubs, subs) = chorus_bus(p, addr).await;
-    let total = count * p.pubs as u64;
-    let interval_us = rate.map_or(0, |r| (1e6 * p.pubs as f64 / r) as u64);
-    let mut readers = Vec::new();
-    for s in &subs {
-        let mut stream = s.subscribe_bytes("bench.>").unwrap();
-        readers.push(tokio::spawn(async move {
-            let mut h = histogram();
-            let mut first = None;
-            for _ in 0..total {
-                let d = stream.next().await.expect("stream open");
-                record(&mut h, stamp_of(&d.value), interval_us);
-                first.get_or_insert_with(Instant::now);
+impl Bus {
+    async fn open(p: Point, addr: &mut u32) -> Bus {
+        *addr += 1;
+        let url = |role: &str, i: usize| {
+            if p.tcp {
+                "tcp://127.0.0.1:0".to_string()
+            } else {
+                format!("inproc://bench-{}-{addr}-{role}{i}", std::process::id())
             }
-            (first.unwrap().elapsed(), h)
-        }));
-    }
-    // Publishers run on their own threads with the same pacing loop as the
-    // raw NNG senders (tokio's millisecond timer would add its own lateness
-    // to a paced run), calling into the runtime for each publish.
-    let handle = tokio::runtime::Handle::current();
-    let writers: Vec<_> = pubs
-        .iter()
-        .map(|x| {
-            let (x, handle) = (x.clone(), handle.clone());
-            let size = p.size;
-            let per_pub_rate = rate.map(|r| r / p.pubs as f64);
-            std::thread::spawn(move || {
-                let start = Instant::now();
-                for i in 0..count {
-                    let stamp = match per_pub_rate {
-                        Some(r) => pace(start + Duration::from_secs_f64(i as f64 / r)),
-                        None => now_us(),
-                    };
-                    handle
-                        .block_on(x.publish_bytes("bench.data", Bytes::from(payload(size, stamp))))
-                        .unwrap();
-                }
-            })
-        })
-        .collect();
-    tokio::task::spawn_blocking(move || {
-        for w in writers {
-            w.join().unwrap();
+        };
+        let seed = builder("pub-0".into(), url("p", 0)).start().await.unwrap();
+        let mut pubs = vec![seed.clone()];
+        for i in 1..p.pubs {
+            pubs.push(
+                builder(format!("pub-{i}"), url("p", i))
+                    .seed(seed.local_url())
+                    .start()
+                    .await
+                    .unwrap(),
+            );
         }
-    })
-    .await
-    .unwrap();
-    let mut latency = histogram();
+        let mut subs = Vec::new();
+        for i in 0..p.subs {
+            subs.push(
+                builder(format!("sub-{i}"), url("s", i))
+                    .seed(seed.local_url())
+                    .start()
+                    .await
+                    .unwrap(),
+            );
+        }
+        let n = (p.pubs + p.subs) as u64 - 1;
+        for x in pubs.iter().chain(&subs) {
+            x.wait_for_members(n, Duration::from_secs(30))
+                .await
+                .expect("bus did not form");
+        }
+        let streams = subs
+            .iter()
+            .map(|s| s.subscribe_bytes("bench.>").unwrap())
+            .collect();
+        Bus {
+            pubs,
+            subs,
+            streams,
+        }
+    }
+
+    /// Every publisher sends `count` messages of `size` bytes, `rate` msg/s
+    /// in all (None: flood); returns each subscriber's delivered rate and
+    /// the latencies seen by all.
+    async fn segment(
+        &mut self,
+        count: u64,
+        size: usize,
+        rate: Option<f64>,
+    ) -> (Vec<f64>, Histogram<u64>) {
+        let total = count * self.pubs.len() as u64;
+        let readers: Vec<_> = std::mem::take(&mut self.streams)
+            .into_iter()
+            .map(|mut stream| {
+                tokio::spawn(async move {
+                    let mut h = histogram();
+                    let mut first = None;
+                    for _ in 0..total {
+                        let d = stream.next().await.expect("stream open");
+                        record(&mut h, stamp_of(&d.value));
+                        first.get_or_insert_with(Instant::now);
+                    }
+                    (stream, first.unwrap().elapsed(), h)
+                })
+            })
+            .collect();
+        match rate {
+            // Flood: publishers are tokio tasks, as in an application.
+            None => {
+                let writers: Vec<_> = self
+                    .pubs
+                    .iter()
+                    .map(|x| {
+                        let x = x.clone();
+                        tokio::spawn(async move {
+                            for _ in 0..count {
+                                let p = Bytes::from(payload(size, now_us()));
+                                x.publish_bytes("bench.data", p).await.unwrap();
+                            }
+                        })
+                    })
+                    .collect();
+                for w in writers {
+                    w.await.unwrap();
+                }
+            }
+            // Paced: publishers keep the raw NNG senders' schedule on their
+            // own threads (tokio's millisecond timer would add its own
+            // lateness), calling into the runtime for each publish.
+            Some(rate) => {
+                let handle = tokio::runtime::Handle::current();
+                let per_pub_rate = rate / self.pubs.len() as f64;
+                let writers: Vec<_> = self
+                    .pubs
+                    .iter()
+                    .map(|x| {
+                        let (x, handle) = (x.clone(), handle.clone());
+                        std::thread::spawn(move || {
+                            let schedule = Schedule::new(per_pub_rate);
+                            for i in 0..count {
+                                let p = Bytes::from(payload(size, schedule.wait(i)));
+                                handle.block_on(x.publish_bytes("bench.data", p)).unwrap();
+                            }
+                        })
+                    })
+                    .collect();
+                tokio::task::spawn_blocking(move || {
+                    for w in writers {
+                        w.join().unwrap();
+                    }
+                })
+                .await
+                .unwrap();
+            }
+        }
+        let mut latency = histogram();
+        let mut per_sub = Vec::new();
+        for r in readers {
+            let (stream, elapsed, h) = tokio::time::timeout(Duration::from_secs(300), r)
+                .await
+                .expect("delivery finished")
+                .unwrap();
+            self.streams.push(stream);
+            per_sub.push(total as f64 / elapsed.as_secs_f64());
+            latency.add(&h).unwrap();
+        }
+        (per_sub, latency)
+    }
+
+    /// Shuts every peer down; returns the reliability counters of the run.
+    async fn close(self, per_sub: Vec<f64>, latency: Histogram<u64>) -> ChorusRun {
+        let stats: Vec<_> = self
+            .pubs
+            .iter()
+            .chain(&self.subs)
+            .map(|x| x.stats())
+            .collect();
+        let run = ChorusRun {
+            per_sub,
+            latency,
+            retransmits: stats.iter().map(|s| s.retransmits).sum(),
+            duplicates: stats.iter().map(|s| s.duplicates + s.duplicate_keys).sum(),
+            lost: stats.iter().map(|s| s.lost).sum(),
+            batches: stats.iter().map(|s| s.batches_sent).sum(),
+        };
+        drop(self.streams);
+        for x in self.pubs.into_iter().chain(self.subs) {
+            x.shutdown().await;
+        }
+        run
+    }
+}
+
+/// Chorus flooding: every publisher sends `count` messages.
+async fn chorus_flood(p: Point, count: u64, addr: &mut u32) -> ChorusRun {
+    let mut bus = Bus::open(p, addr).await;
+    let (per_sub, latency) = bus.segment(count, p.size, None).await;
+    bus.close(per_sub, latency).await
+}
+
+/// Rounds of the paced comparison: raw NNG and chorus alternate.
+const ROUNDS: u64 = 10;
+
+/// Paced latency of raw NNG and chorus at `rate` msg/s in all, `count`
+/// messages per publisher each, in alternating rounds on buses kept open.
+/// Returns both merged histograms, the chorus run, and the median over
+/// rounds of chorus p99 ÷ raw p99 (adjacent in time, so robust to a burst
+/// of CPU steal that hits one round).
+fn paced(
+    rt: &tokio::runtime::Runtime,
+    p: Point,
+    rate: f64,
+    count: u64,
+    addr: &mut u32,
+) -> (Histogram<u64>, ChorusRun, f64) {
+    let per_round = (count / ROUNDS).max(100);
+    let secs = (per_round * p.pubs as u64) as f64 / rate;
+    let raw_bus = RawBus::open(p, addr);
+    let mut bus = rt.block_on(Bus::open(p, addr));
+    let (mut raw, mut chorus) = (histogram(), histogram());
     let mut per_sub = Vec::new();
-    for r in readers {
-        let (elapsed, h) = tokio::time::timeout(Duration::from_secs(300), r)
-            .await
-            .expect("delivery finished")
-            .unwrap();
-        per_sub.push(total as f64 / elapsed.as_secs_f64());
-        latency.add(&h).unwrap();
+    let mut ratios = Vec::new();
+    for _ in 0..ROUNDS {
+        let r = raw_bus.segment(p.size, rate, secs).latency;
+        let (rates, c) = rt.block_on(bus.segment(per_round, p.size, Some(rate)));
+        ratios.push(c.value_at_quantile(0.99) as f64 / r.value_at_quantile(0.99).max(1) as f64);
+        raw.add(&r).unwrap();
+        chorus.add(&c).unwrap();
+        per_sub = rates;
     }
-    let stats: Vec<_> = pubs.iter().chain(&subs).map(|x| x.stats()).collect();
-    let run = ChorusRun {
-        per_sub,
-        latency,
-        retransmits: stats.iter().map(|s| s.retransmits).sum(),
-        duplicates: stats.iter().map(|s| s.duplicates + s.duplicate_keys).sum(),
-        lost: stats.iter().map(|s| s.lost).sum(),
-        batches: stats.iter().map(|s| s.batches_sent).sum(),
-    };
-    for x in pubs.into_iter().chain(subs) {
-        x.shutdown().await;
-    }
-    run
+    raw_bus.close();
+    ratios.sort_by(f64::total_cmp);
+    let median = (ratios[ratios.len() / 2] + ratios[(ratios.len() - 1) / 2]) / 2.0;
+    (raw, rt.block_on(bus.close(per_sub, chorus)), median)
 }
 
 fn peak_rss_kib() -> u64 {
@@ -533,16 +683,16 @@ pub fn run(o: &Options) -> serde_json::Value {
         let budget_bytes = if smoke {
             1 << 20
         } else if quick {
-            16 << 20
-        } else {
             256 << 20
+        } else {
+            1 << 30
         };
         let max_count = if smoke {
             10_000
         } else if quick {
-            50_000
+            1_000_000
         } else {
-            500_000
+            3_000_000
         };
         let count =
             ((budget_bytes / p.size.max(64)) as u64 / p.pubs as u64).clamp(2_000, max_count);
@@ -550,7 +700,7 @@ pub fn run(o: &Options) -> serde_json::Value {
             "{} chorus flood, {count} msgs per publisher",
             p.name()
         ));
-        let flood = rt.block_on(chorus_run(p, count, None, &mut addr));
+        let flood = rt.block_on(chorus_flood(p, count, &mut addr));
         // Paced latency at 10 % of raw's drop-free rate, for both.
         let paced_rate = (raw_rate * 0.1).max(500.0);
         let paced_count =
@@ -559,23 +709,17 @@ pub fn run(o: &Options) -> serde_json::Value {
             "{} paced latency at {paced_rate:.0} msg/s",
             p.name()
         ));
-        let raw_paced = raw_run(
-            p,
-            paced_rate,
-            paced_count as f64 * p.pubs as f64 / paced_rate,
-            &mut addr,
-        );
-        let chorus_paced = rt.block_on(chorus_run(p, paced_count, Some(paced_rate), &mut addr));
-
+        let (raw_paced, chorus_paced, round_ratio) =
+            paced(&rt, p, paced_rate, paced_count, &mut addr);
         let chorus_rate = flood.per_sub.iter().sum::<f64>() / flood.per_sub.len() as f64;
         let mb = |rate: f64| rate * p.size as f64 / 1e6;
         let p99 = |h: &Histogram<u64>| h.value_at_quantile(0.99);
         let ratio = chorus_rate / raw_delivered.max(1.0);
-        let lat_ratio = p99(&chorus_paced.latency) as f64 / p99(&raw_paced.latency).max(1) as f64;
+        let lat_ratio = p99(&chorus_paced.latency) as f64 / p99(&raw_paced).max(1) as f64;
         table.insert(
             p.name(),
             format!(
-                "| {} | {:.0} ({:.1} MB/s) | {:.0} ({:.1} MB/s) | {:.0} | **{:.1}×** | {} / {} µs | {} / {} µs | {:.2}× | {} / {} / {} |",
+                "| {} | {:.0} ({:.1} MB/s) | {:.0} ({:.1} MB/s) | {:.0} | **{:.1}×** | {} / {} µs | {} / {} µs | {:.2}× / {:.2}× | {} / {} / {} |",
                 p.name(),
                 raw_delivered,
                 mb(raw_delivered),
@@ -583,26 +727,23 @@ pub fn run(o: &Options) -> serde_json::Value {
                 mb(chorus_rate),
                 chorus_rate * p.subs as f64,
                 ratio,
-                p99(&raw_paced.latency),
-                raw_paced.latency.max(),
+                p99(&raw_paced),
+                raw_paced.max(),
                 p99(&chorus_paced.latency),
                 chorus_paced.latency.max(),
                 lat_ratio,
+                round_ratio,
                 flood.retransmits,
                 flood.duplicates,
                 flood.lost
             ),
         );
-        curves.push((
-            p.name(),
-            ladder(&raw_paced.latency),
-            ladder(&chorus_paced.latency),
-        ));
+        curves.push((p.name(), ladder(&raw_paced), ladder(&chorus_paced.latency)));
         results.push(json!({
             "point": p.name(), "publishers": p.pubs, "subscribers": p.subs, "payload": p.size,
             "transport": if p.tcp { "tcp" } else { "inproc" },
             "raw_nng": { "drop_free_rate": raw_rate, "delivered_per_sub": raw_delivered,
-                          "paced_rate": paced_rate, "paced_latency_us": percentiles(&raw_paced.latency) },
+                          "paced_rate": paced_rate, "paced_latency_us": percentiles(&raw_paced) },
             "chorus": { "messages_per_publisher": count, "delivered_per_sub": flood.per_sub,
                         "delivered_per_sub_mean": chorus_rate, "aggregate": chorus_rate * p.subs as f64,
                         "mb_per_sec_per_sub": mb(chorus_rate),
@@ -611,12 +752,13 @@ pub fn run(o: &Options) -> serde_json::Value {
                         "retransmits": flood.retransmits, "duplicates_dropped": flood.duplicates,
                         "lost": flood.lost, "batches_sent": flood.batches },
             "ratio_throughput": ratio, "ratio_p99_paced": lat_ratio,
+            "ratio_p99_paced_median_of_rounds": round_ratio, "paced_rounds": ROUNDS,
         }));
         bar.inc(1);
     }
     bar.finish_and_clear();
     let rss = peak_rss_kib();
-    println!("| point | raw NNG drop-free msg/s per sub | chorus msg/s per sub | chorus aggregate | chorus ÷ raw | raw paced p99 / max | chorus paced p99 / max | p99 ratio | retransmits / dups dropped / lost |");
+    println!("| point | raw NNG drop-free msg/s per sub | chorus msg/s per sub | chorus aggregate | chorus ÷ raw | raw paced p99 / max | chorus paced p99 / max | p99 ratio: all / median of rounds | retransmits / dups dropped / lost |");
     println!("|---|---|---|---|---|---|---|---|---|");
     for row in table.values() {
         println!("{row}");
