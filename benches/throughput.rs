@@ -19,6 +19,10 @@ use throughput::{Mode, Options};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--subscriber-child") {
+        let arg = |k: usize| args.get(i + k).map_or("", String::as_str);
+        return throughput::subscriber_child(arg(1), arg(2));
+    }
     let opt = |name: &str| {
         args.iter()
             .position(|a| a == name)
@@ -33,6 +37,7 @@ fn main() {
         Mode::Full
     };
     let mut o = Options::new(mode);
+    o.child = Some(vec![args[0].clone()]);
     let invalid = |e: String| -> ! {
         eprintln!("throughput: {e}");
         std::process::exit(2)

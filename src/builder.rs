@@ -471,6 +471,7 @@ impl PeerBuilder {
             batch_bytes: self.batch_bytes.min(self.max_message_size / 2),
             gate: gate.clone(),
             stall_limit: self.stall_limit,
+            linger: Default::default(),
         };
         let acks: AckView = Default::default();
         let last_seqs = Arc::new(LastSeqBoard::default());

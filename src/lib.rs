@@ -54,6 +54,7 @@ mod handler;
 pub mod heartbeat;
 pub mod inbox;
 mod inflight;
+mod linger;
 mod member;
 pub mod membership;
 mod observer;

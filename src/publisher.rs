@@ -7,9 +7,10 @@
 //! timestamp left blank) over a bounded channel; this task fills them in. While the outbox is full of unacknowledged envelopes this task
 //! stops taking new ones, so `publish` waits (or fails fast if configured).
 //! Events already queued when one is taken go out together as one batch
-//! message (one NNG message and one syscall for many small events); an event
-//! published alone goes out alone at once, so batching adds no latency when
-//! idle. Pub0 itself never blocks: NNG queues up to `send_buffer` messages per
+//! message (one NNG message and one syscall for many small events). While
+//! the event rate is low an event goes out at once, so batching adds no
+//! latency; under load ([`Linger`]) a batch gathers about 200 µs of events
+//! first (at most until tokio's next timer tick). Pub0 itself never blocks: NNG queues up to `send_buffer` messages per
 //! subscriber link and drops the oldest beyond — the receivers repair that.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -23,6 +24,7 @@ use crate::answerer::Answerer;
 use crate::auth::TAG_LEN;
 use crate::envelope::{BatchWriter, Draft, Envelope, PeerId};
 use crate::gate::Gate;
+use crate::linger::{Linger, LINGER};
 use crate::outbox::Outbox;
 use crate::repair::{Nak, RepairRequest};
 use crate::stats::Counters;
@@ -59,6 +61,8 @@ pub(crate) struct Publisher {
     pub gate: Arc<Gate>,
     /// How long the buffer may stay full before laggards are cut off.
     pub stall_limit: Duration,
+    /// When a batch is sent: at once, or after gathering under load.
+    pub linger: Linger,
 }
 
 /// Most envelopes in one batch.
@@ -78,6 +82,7 @@ impl Publisher {
         ) {
             (Ok(rep_ready), Ok(mut answerer)) => {
                 let mut naks = Vec::with_capacity(1);
+                let mut linger_until = None;
                 loop {
                     tokio::select! {
                         biased;
@@ -108,23 +113,30 @@ impl Publisher {
                             }
                         }
                         () = answerer.sent(), if answerer.busy() => {}
+                        _ = tokio::time::sleep_until(linger_until.unwrap_or_else(tokio::time::Instant::now)), if linger_until.is_some() => {
+                            linger_until = None;
+                            self.flush();
+                        }
                         e = events.recv(), if !self.outbox.is_full() => match e {
                             Some(out) => {
                                 // Whatever else is already queued goes in the same
-                                // message: alone when idle, batched under load.
-                                // One clock read per message sent, not per event.
+                                // message. One clock read per wake-up, not per event.
                                 let stamp = now_us();
                                 self.stage(out, true, stamp);
-                                while self.batch.bytes() < self.batch_bytes
-                                    && self.batch.len() < MAX_BATCH_COUNT
-                                    && !self.outbox.is_full()
-                                {
+                                while !self.batch_full() {
                                     match events.try_recv() {
                                         Ok(out) => self.stage(out, true, stamp),
                                         Err(_) => break,
                                     }
                                 }
-                                self.flush();
+                                // Alone when the rate is low; under load, once the
+                                // batch holds a linger's worth (or at the deadline).
+                                if self.batch_full() || self.linger.send_now(self.batch.len()) {
+                                    linger_until = None;
+                                    self.flush();
+                                } else if linger_until.is_none() {
+                                    linger_until = Some(tokio::time::Instant::now() + LINGER);
+                                }
                             }
                             None => break,
                         },
@@ -175,9 +187,20 @@ impl Publisher {
         self.last_seq.store(seq, Ordering::Relaxed);
     }
 
+    /// Whether the staged batch must go now: at its size bound, or nothing
+    /// more may be taken.
+    fn batch_full(&self) -> bool {
+        self.batch.bytes() >= self.batch_bytes
+            || self.batch.len() >= MAX_BATCH_COUNT
+            || self.outbox.is_full()
+    }
+
     /// Sends what is staged as one NNG message.
     fn flush(&mut self) {
         let n = self.batch.len();
+        if n > 0 {
+            self.linger.sent(n, Instant::now());
+        }
         let (socket, auth) = (&self.socket, self.gate.auth());
         let sent = self.batch.finish(|parts| {
             let size = parts.iter().map(|p| p.len()).sum::<usize>() + TAG_LEN;

@@ -538,16 +538,117 @@ fn paced(
     (raw, rt.block_on(bus.close(per_sub, chorus)), median)
 }
 
-fn peak_rss_kib() -> u64 {
+/// A `/proc/self/status` figure in KiB (`VmRSS`, `VmHWM` = peak RSS).
+fn status_kib(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .map(|l| l.to_string())
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
         })
-        .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
         .unwrap_or(0)
+}
+
+/// The child side of the subscriber-process measurement (the bench run
+/// with `--subscriber-child SEED COUNT`): joins through SEED with default
+/// buffers, says `ready` once linked, reads COUNT messages of the bench
+/// topic, then prints one JSON line with its rate and memory and exits.
+pub fn subscriber_child(seed: &str, count: &str) {
+    let count: u64 = count.parse().expect("COUNT");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let idle = status_kib("VmRSS:");
+        let mut b = Peer::builder()
+            .name("subscriber-process")
+            .listen("tcp://127.0.0.1:0")
+            .seed(seed);
+        if let Ok(key) = std::env::var(CHILD_KEY_ENV) {
+            b = b.bus_key(key);
+        }
+        let peer = b.start().await.unwrap();
+        let mut stream = peer.subscribe_bytes("bench.>").unwrap();
+        peer.wait_for_members(1, Duration::from_secs(30))
+            .await
+            .expect("joined");
+        let joined = status_kib("VmRSS:");
+        println!("ready");
+        let mut first = None;
+        for _ in 0..count {
+            stream.next().await.expect("stream open");
+            first.get_or_insert_with(Instant::now);
+        }
+        let secs = first.unwrap().elapsed().as_secs_f64();
+        let st = peer.stats();
+        println!(
+            "{}",
+            json!({ "received": count, "per_sec": count as f64 / secs,
+                    "idle_rss_kib": idle, "joined_rss_kib": joined,
+                    "peak_rss_kib": status_kib("VmHWM:"), "lost": st.lost })
+        );
+        drop(stream);
+        peer.shutdown().await;
+    });
+}
+
+/// The bus key travels to the child in the environment, not its arguments.
+const CHILD_KEY_ENV: &str = "CHORUS_BENCH_CHILD_KEY";
+
+/// One publisher here floods `count` messages of `size` bytes to a
+/// subscriber in a child process (`child` + `--subscriber-child SEED
+/// COUNT`); the child's figures, with the memory its buffers allow.
+fn subscriber_process(
+    rt: &tokio::runtime::Runtime,
+    child: &[String],
+    size: usize,
+    count: u64,
+    batch_bytes: usize,
+) -> serde_json::Value {
+    use std::io::BufRead;
+    let publisher = rt
+        .block_on(builder("publisher".into(), "tcp://127.0.0.1:0".into()).start())
+        .unwrap();
+    let mut cmd = std::process::Command::new(&child[0]);
+    cmd.args(&child[1..])
+        .args([
+            "--subscriber-child",
+            publisher.local_url(),
+            &count.to_string(),
+        ])
+        .stdout(std::process::Stdio::piped());
+    if let Some(key) = BUS_KEY.lock().unwrap().as_deref() {
+        cmd.env(CHILD_KEY_ENV, key);
+    }
+    let mut proc = cmd.spawn().expect("subscriber process starts");
+    let mut lines = std::io::BufReader::new(proc.stdout.take().unwrap()).lines();
+    let mut line = || {
+        lines
+            .next()
+            .and_then(|l| l.ok())
+            .expect("a line from the subscriber process")
+    };
+    assert_eq!(line(), "ready");
+    rt.block_on(async {
+        publisher
+            .wait_for_members(1, Duration::from_secs(30))
+            .await
+            .expect("subscriber process joined");
+        for _ in 0..count {
+            let p = Bytes::from(payload(size, now_us()));
+            publisher.publish_bytes("bench.data", p).await.unwrap();
+        }
+    });
+    let mut figures: serde_json::Value = serde_json::from_str(&line()).expect("JSON figures");
+    assert!(proc.wait().unwrap().success(), "subscriber process failed");
+    rt.block_on(publisher.shutdown());
+    // What the subscriber's default buffers can hold: NNG's receive queue
+    // (1024 messages, each a batch of at most `batch_bytes` plus one
+    // envelope), the subscription (1024 deliveries) and the envelopes held
+    // back for order (4096), each envelope ~60 bytes of fields + payload.
+    let envelope = size + 60;
+    let bound = 1024 * (batch_bytes.max(envelope) + envelope) + (1024 + 4096) * envelope;
+    figures["buffers_bound_kib"] = json!(bound / 1024);
+    figures
 }
 
 /// How much to measure: `Smoke` is one tiny point for `cargo test`,
@@ -577,6 +678,10 @@ pub struct Options {
     pub json: String,
     /// Where the latency plot goes.
     pub svg: String,
+    /// How to start this benchmark again as a subscriber in a child
+    /// process (program and arguments, before `--subscriber-child SEED
+    /// COUNT`); `None` skips that measurement.
+    pub child: Option<Vec<String>>,
     /// chorus's batch size (0 = unbatched).
     pub batch_bytes: usize,
     /// A bus key for the chorus peers (every message authenticated).
@@ -603,6 +708,7 @@ impl Options {
             transports: parse_transports(transports).expect("valid default"),
             json: format!("{files}.json"),
             svg: format!("{files}.svg"),
+            child: None,
             batch_bytes: 64 * 1024,
             bus_key: None,
         }
@@ -677,6 +783,7 @@ pub fn run(o: &Options) -> serde_json::Value {
     let mut results = Vec::new();
     let mut curves = Vec::new();
     let mut table = BTreeMap::new();
+    let mut memory = Vec::new();
     for p in points {
         let (raw_rate, raw_delivered) = raw_drop_free(p, raw_secs, &mut addr, &bar);
         // Flood: a fixed byte budget per point, within a message-count range.
@@ -701,6 +808,24 @@ pub fn run(o: &Options) -> serde_json::Value {
             p.name()
         ));
         let flood = rt.block_on(chorus_flood(p, count, &mut addr));
+        let process = match &o.child {
+            Some(child) if p.tcp && p.pubs == 1 && p.subs == 1 => {
+                bar.set_message(format!("{} subscriber in its own process", p.name()));
+                let f = subscriber_process(&rt, child, p.size, count, o.batch_bytes);
+                let mib = |k: &serde_json::Value| k.as_f64().unwrap_or(0.0) / 1024.0;
+                memory.push(format!(
+                    "| {} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} |",
+                    p.name(),
+                    f["per_sec"].as_f64().unwrap_or(0.0),
+                    mib(&f["idle_rss_kib"]),
+                    mib(&f["joined_rss_kib"]),
+                    mib(&f["peak_rss_kib"]),
+                    mib(&f["buffers_bound_kib"]),
+                ));
+                f
+            }
+            _ => serde_json::Value::Null,
+        };
         // Paced latency at 10 % of raw's drop-free rate, for both.
         let paced_rate = (raw_rate * 0.1).max(500.0);
         let paced_count =
@@ -753,15 +878,24 @@ pub fn run(o: &Options) -> serde_json::Value {
                         "lost": flood.lost, "batches_sent": flood.batches },
             "ratio_throughput": ratio, "ratio_p99_paced": lat_ratio,
             "ratio_p99_paced_median_of_rounds": round_ratio, "paced_rounds": ROUNDS,
+            "subscriber_process": process,
         }));
         bar.inc(1);
     }
     bar.finish_and_clear();
-    let rss = peak_rss_kib();
+    let rss = status_kib("VmHWM:");
     println!("| point | raw NNG drop-free msg/s per sub | chorus msg/s per sub | chorus aggregate | chorus ÷ raw | raw paced p99 / max | chorus paced p99 / max | p99 ratio: all / median of rounds | retransmits / dups dropped / lost |");
     println!("|---|---|---|---|---|---|---|---|---|");
     for row in table.values() {
         println!("{row}");
+    }
+    if !memory.is_empty() {
+        println!();
+        println!("| point, subscriber in its own process | delivered msg/s | RSS idle MiB | RSS linked MiB | peak RSS MiB | its buffers hold at most MiB |");
+        println!("|---|---|---|---|---|---|");
+        for row in &memory {
+            println!("{row}");
+        }
     }
     println!("peak RSS of the whole bench process: {} MiB", rss / 1024);
     let doc = json!({ "quick": quick, "bus_key": o.bus_key.is_some(), "peak_rss_kib": rss, "points": results });

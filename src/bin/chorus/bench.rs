@@ -33,9 +33,16 @@ pub struct Args {
     /// Where to write the latency percentile plot.
     #[arg(long, value_name = "FILE", default_value = "throughput.svg")]
     svg: String,
+    /// Internal: run as the subscriber process of the memory measurement.
+    #[arg(long, num_args = 2, value_names = ["SEED", "COUNT"], hide = true)]
+    subscriber_child: Option<Vec<String>>,
 }
 
 pub fn run(args: Args) -> Result<()> {
+    if let Some(child) = &args.subscriber_child {
+        throughput::subscriber_child(&child[0], &child[1]);
+        return Ok(());
+    }
     let mode = if args.quick {
         throughput::Mode::Quick
     } else {
@@ -51,6 +58,8 @@ pub fn run(args: Args) -> Result<()> {
     if let Some(t) = &args.transports {
         o.transports = throughput::parse_transports(t).map_err(|e| anyhow!(e))?;
     }
+    let exe = std::env::current_exe()?.to_string_lossy().into_owned();
+    o.child = Some(vec![exe, "bench".into()]);
     o.batch_bytes = args.batch_bytes;
     o.bus_key = args.bus_key;
     o.json = args.json;
