@@ -10,6 +10,8 @@
 //! `--bus-key SECRET` (authenticate every chorus message, to measure what it costs).
 //! Under `cargo test` (no `--bench` argument) it runs one tiny point as a
 //! smoke test and checks only that every figure is sane and non-zero.
+//! `--subscriber-child SEED COUNT` is internal: the subscriber process of
+//! the memory measurement.
 
 #[path = "support/throughput.rs"]
 mod throughput;
@@ -87,5 +89,13 @@ fn check_sane(doc: &Value) {
         positive(&c["flood_latency_us"]["p50"], "flood latency");
         positive(&c["paced_latency_us"]["count"], "paced latency count");
         assert_eq!(c["lost"], 0, "nothing lost");
+        let sp = &p["subscriber_process"];
+        if p["transport"] == "tcp" {
+            positive(&sp["per_sec"], "subscriber process rate");
+            positive(&sp["idle_rss_kib"], "subscriber process idle RSS");
+            let (peak, idle) = (sp["peak_rss_kib"].as_u64(), sp["idle_rss_kib"].as_u64());
+            assert!(peak >= idle, "peak RSS {peak:?} below idle {idle:?}");
+            assert_eq!(sp["lost"], 0, "nothing lost in the subscriber process");
+        }
     }
 }

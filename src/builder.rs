@@ -52,7 +52,7 @@ pub const MAX_NNG_BUFFER: usize = 8192;
 /// | `subscription_buffer` | 1024 | deliveries queued per subscription before the receive path waits |
 /// | `publish_queue` | 1024 | messages queued between `publish` and the socket before `publish` waits |
 /// | `max_message_size` | 1 MiB | largest encoded frame sent or accepted |
-/// | `retransmit_buffer` | 65536 | envelopes kept until every live member acknowledged them |
+/// | `retransmit_buffer` | 8192 | envelopes kept until every live member acknowledged them |
 /// | `retransmit_bytes` | 16 MiB | bytes of those envelopes at most (whichever bound is reached first) |
 /// | `backpressure` | `Wait` | `publish` waits while that buffer is full (`FailFast`: error) |
 /// | `ordered_delivery` | true | per-origin sequence order, gaps held back until repaired or lost |
@@ -142,7 +142,7 @@ impl Default for PeerBuilder {
             link_faults: LinkFaults::default(),
             bus_keys: Vec::new(),
             stall_limit: Duration::from_secs(30),
-            retransmit_buffer: 65_536,
+            retransmit_buffer: 8192,
             retransmit_bytes: 16 << 20,
             backpressure: Backpressure::Wait,
             ordered: true,

@@ -3,7 +3,9 @@
 //! Owns, per origin incarnation: the [`SeqWindow`] of what arrived, the
 //! envelopes held back until the gap before them is repaired or declared
 //! lost, the highest sequence number known to exist (from envelopes and
-//! heartbeats, which is how tail loss is noticed), and when to NAK. Sans-IO:
+//! heartbeats, which is how tail loss is noticed: a heartbeat's "published
+//! through" is trusted after `tail_grace`, since under a flood the data it
+//! announces is still queued behind it), and when to NAK. Sans-IO:
 //! time comes in as `now`, decisions go out as [`InboxEvent`]s.
 //!
 //! Guarantees: each `(origin, incarnation, seq)` is delivered at most once;
@@ -33,6 +35,14 @@ pub struct InboxConfig {
     pub max_held: usize,
     /// Minimum time between two NAKs to one origin.
     pub nak_interval: Duration,
+    /// How long a NAK waits for its answer before another is sent: while
+    /// one is unanswered a new one would ask again for what the answer
+    /// brings (duplicates that, under a flood, feed on themselves).
+    pub nak_timeout: Duration,
+    /// How long a heartbeat's "published through N" waits for the data it
+    /// announces (still queued behind a flood, not lost) before what is
+    /// missing up to N counts as tail loss and is asked for.
+    pub tail_grace: Duration,
     /// Ranges per NAK.
     pub max_nak_ranges: usize,
     /// Origins tracked at once.
@@ -46,6 +56,8 @@ impl Default for InboxConfig {
             ordered: true,
             max_held: 4096,
             nak_interval: Duration::from_millis(20),
+            nak_timeout: Duration::from_millis(500),
+            tail_grace: Duration::from_millis(500),
             max_nak_ranges: 32,
             max_origins: 1024,
         }
@@ -101,7 +113,15 @@ struct Stream {
     held: BTreeMap<u64, Arc<Envelope>>,
     highest: u64,
     last_nak: Option<Instant>,
+    /// The last NAK is not answered yet.
+    nak_unanswered: bool,
+    /// Heartbeats' "published through" not trusted yet: `(when, seq)`,
+    /// ascending, at most [`MAX_CLAIMS`].
+    claims: VecDeque<(Instant, u64)>,
 }
+
+/// Heartbeat claims remembered per origin while their grace runs.
+const MAX_CLAIMS: usize = 4;
 
 impl Stream {
     fn new(incarnation: u64, base: u64) -> Self {
@@ -111,7 +131,50 @@ impl Stream {
             held: BTreeMap::new(),
             highest: base,
             last_nak: None,
+            nak_unanswered: false,
+            claims: VecDeque::new(),
         }
+    }
+
+    /// The origin says it published through `seq`: trusted after `grace`
+    /// (the oldest claim early, to stay bounded).
+    fn claim(&mut self, seq: u64, now: Instant, grace: Duration) {
+        let known = self.claims.back().map_or(self.highest, |c| c.1);
+        if seq > known {
+            self.claims.push_back((now, seq));
+            if self.claims.len() > MAX_CLAIMS {
+                let (_, oldest) = self.claims.pop_front().expect("more than max");
+                self.highest = self.highest.max(oldest);
+            }
+        }
+        self.trust(now, grace);
+    }
+
+    /// Claims older than `grace` raise `highest`: missing below it is asked for.
+    fn trust(&mut self, now: Instant, grace: Duration) {
+        while let Some(&(at, seq)) = self.claims.front() {
+            if now.saturating_duration_since(at) < grace {
+                break;
+            }
+            self.highest = self.highest.max(seq);
+            self.claims.pop_front();
+        }
+    }
+
+    /// Time between two NAKs: longer while the last one is unanswered.
+    fn nak_wait(&self, cfg: &InboxConfig) -> Duration {
+        if self.nak_unanswered {
+            cfg.nak_timeout
+        } else {
+            cfg.nak_interval
+        }
+    }
+
+    /// Everything the origin has said it published.
+    fn claimed(&self) -> u64 {
+        self.claims
+            .back()
+            .map_or(self.highest, |c| c.1.max(self.highest))
     }
 }
 
@@ -235,7 +298,7 @@ impl Inbox {
             return;
         }
         let st = self.streams.get_mut(&origin).expect("opened");
-        st.highest = st.highest.max(last_seq);
+        st.claim(last_seq, now, self.cfg.tail_grace);
         self.nak(origin, now);
     }
 
@@ -257,10 +320,13 @@ impl Inbox {
                 return;
             }
         }
+        // Still "unanswered" while the answer is applied: a NAK computed
+        // halfway would ask again for the rest of this very answer.
         for env in envelopes {
             self.on_envelope(env, now);
         }
         let st = self.streams.get_mut(&origin).expect("checked");
+        st.nak_unanswered = false;
         // Published before the origin counted us as a member: not owed.
         if owed_from > st.window.contiguous() + 1 {
             let skipped = st.window.missing(owed_from - 1, usize::MAX);
@@ -283,22 +349,31 @@ impl Inbox {
             st.window.skip_through(last);
             Self::release(st, &mut self.events);
         }
+        self.nak(origin, now); // what is still missing, at once
     }
 
     /// When [`on_tick`](Self::on_tick) next has a NAK to repeat: `None` while
     /// no origin has a gap (so an idle receiver needs no timer).
     pub fn next_tick(&self) -> Option<Instant> {
-        self.streams
+        let repeat = self
+            .streams
             .values()
             .filter(|s| s.highest > s.window.contiguous())
-            .filter_map(|s| s.last_nak.map(|t| t + self.cfg.nak_interval))
-            .min()
+            .filter_map(|s| s.last_nak.map(|t| t + s.nak_wait(&self.cfg)));
+        let trust = self
+            .streams
+            .values()
+            .filter_map(|s| s.claims.front().map(|c| c.0 + self.cfg.tail_grace));
+        repeat.chain(trust).min()
     }
 
     /// Re-sends NAKs whose answer did not close the gap.
     pub fn on_tick(&mut self, now: Instant) {
         let origins: Vec<PeerId> = self.streams.keys().copied().collect();
         for origin in origins {
+            if let Some(st) = self.streams.get_mut(&origin) {
+                st.trust(now, self.cfg.tail_grace);
+            }
             self.nak(origin, now);
         }
     }
@@ -318,6 +393,7 @@ impl Inbox {
         let Some(mut st) = self.streams.remove(&origin) else {
             return;
         };
+        st.highest = st.claimed(); // it will not send them now
         for (first, last) in st.window.missing(st.highest, usize::MAX) {
             self.counters.lost += last - first + 1;
             self.events.push_back(InboxEvent::Lost {
@@ -415,9 +491,10 @@ impl Inbox {
         let Some(st) = self.streams.get_mut(&origin) else {
             return;
         };
+        let wait = st.nak_wait(&cfg);
         if st
             .last_nak
-            .is_some_and(|t| now.saturating_duration_since(t) < cfg.nak_interval)
+            .is_some_and(|t| now.saturating_duration_since(t) < wait)
         {
             return;
         }
@@ -426,6 +503,7 @@ impl Inbox {
             return;
         }
         st.last_nak = Some(now);
+        st.nak_unanswered = true;
         self.counters.naks += 1;
         self.events.push_back(InboxEvent::Nak(Nak {
             origin,
@@ -488,15 +566,64 @@ mod tests {
         i.on_heartbeat(PeerId(1), 1, 10, t); // joined when 10 were out: baseline
         i.on_envelope(env(1, 1, 11), t);
         i.on_heartbeat(PeerId(1), 1, 13, t);
-        assert_eq!(drain(&mut i), ["d11", "nak[(12, 13)]"]);
+        // 12 and 13 may still be queued behind the heartbeat: a grace first.
+        assert_eq!(drain(&mut i), ["d11"]);
+        let g = InboxConfig::default().tail_grace;
+        assert_eq!(i.next_tick(), Some(t + g));
+        i.on_tick(t + g);
+        assert_eq!(drain(&mut i), ["nak[(12, 13)]"]);
+        // Unanswered, it is not repeated before its timeout.
+        let timeout = InboxConfig::default().nak_timeout;
+        let t = t + g;
+        i.on_tick(t + Duration::from_millis(25));
+        assert!(drain(&mut i).is_empty(), "waits for its answer");
+        assert_eq!(i.next_tick(), Some(t + timeout));
+        i.on_tick(t + timeout);
+        assert_eq!(drain(&mut i), ["nak[(12, 13)]"]);
+        // Answered in part: the rest is asked for again after the interval.
+        let t = t + timeout;
+        i.on_repair(PeerId(1), 1, vec![env(1, 1, 12)], &[], 1, t);
+        assert_eq!(drain(&mut i), ["d12"]);
         i.on_tick(t + Duration::from_millis(5));
         assert!(drain(&mut i).is_empty(), "paced");
         assert_eq!(i.next_tick(), Some(t + Duration::from_millis(20)));
         i.on_tick(t + Duration::from_millis(25));
-        assert_eq!(drain(&mut i), ["nak[(12, 13)]"]);
-        i.on_envelope(env(1, 1, 12), t);
+        assert_eq!(drain(&mut i), ["nak[(13, 13)]"]);
         i.on_envelope(env(1, 1, 13), t);
         assert_eq!(i.next_tick(), None, "no gap, no timer");
+        // Data that arrives within the grace is never asked for again.
+        i.on_heartbeat(PeerId(1), 1, 15, t);
+        i.on_envelope(env(1, 1, 14), t + g / 2);
+        i.on_envelope(env(1, 1, 15), t + g / 2);
+        i.on_tick(t + g);
+        assert_eq!(drain(&mut i), ["d13", "d14", "d15"]);
+        // An origin that leaves with claims pending: those are lost.
+        i.on_heartbeat(PeerId(1), 1, 17, t + g);
+        i.forget(PeerId(1));
+        assert_eq!(drain(&mut i), ["lost16-17"]);
+    }
+
+    /// Regression: applying a repair answer asked again for the rest of
+    /// that same answer (a NAK after its first envelope), so under a flood
+    /// half of all repair traffic was duplicates.
+    #[test]
+    fn an_answer_being_applied_is_not_asked_for_again() {
+        let t = Instant::now();
+        let mut i = Inbox::new(InboxConfig::default());
+        i.on_envelope(env(1, 1, 1), t);
+        i.on_envelope(env(1, 1, 6), t);
+        assert_eq!(drain(&mut i), ["d1", "nak[(2, 5)]"]);
+        let later = t + Duration::from_millis(100);
+        let answer = (2..=5).map(|s| env(1, 1, s)).collect();
+        i.on_repair(PeerId(1), 1, answer, &[], 1, later);
+        assert_eq!(drain(&mut i), ["d2", "d3", "d4", "d5", "d6"]);
+        // Part of an answer: the rest is asked for at once.
+        i.on_envelope(env(1, 1, 9), later);
+        assert_eq!(drain(&mut i), ["nak[(7, 8)]"]);
+        let later = later + Duration::from_millis(100);
+        i.on_repair(PeerId(1), 1, vec![env(1, 1, 7)], &[], 1, later);
+        assert_eq!(drain(&mut i), ["d7", "nak[(8, 8)]"]);
+        assert_eq!(i.counters().duplicates, 0);
     }
 
     #[test]
@@ -545,6 +672,7 @@ mod tests {
         i.forget(PeerId(1));
         i.announce(PeerId(1));
         i.on_heartbeat(PeerId(1), 1, 4, t);
+        i.on_tick(t + InboxConfig::default().tail_grace);
         assert_eq!(drain(&mut i), ["nak[(3, 4)]"]);
         i.on_envelope(env(1, 1, 3), t);
         i.on_envelope(env(1, 1, 4), t);

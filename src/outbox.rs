@@ -53,7 +53,7 @@ pub struct OutboxConfig {
 impl Default for OutboxConfig {
     fn default() -> Self {
         OutboxConfig {
-            capacity: 65_536,
+            capacity: 8192,
             max_bytes: 16 << 20,
             max_reply_bytes: 512 * 1024,
             max_nak_seqs: 4096,
