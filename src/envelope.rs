@@ -238,11 +238,6 @@ impl Envelope {
     }
 }
 
-/// Coalesces encoded event frames into one batch message.
-///
-/// Each envelope is encoded once, as a complete event frame (what the
-/// retransmit buffer keeps and repair answers carry); a batch reuses those
-/// bytes without re-encoding: `[1, 5, [envelope, …]]`.
 /// Reads the envelope at `frame[at..]` (the kind-0 body layout): its topic
 /// through `topics`, its payload as a slice of `frame`. Returns it with the
 /// number of bytes it took. Never panics, whatever the input.
@@ -279,9 +274,11 @@ fn read_envelope(
     let seq = r::read_int(&mut rd).map_err(DecodeError::malformed)?;
     let id = opt_string(&mut rd)?;
     let text = string(&mut rd)?;
-    let topic = topics
-        .intern(text)
-        .map_err(|reason| DecodeError::Malformed(format!("invalid topic {text:?}: {reason}")))?;
+    let topic = topics.intern(text).map_err(|reason| {
+        // At most 64 characters of it: the topic may be as long as the frame.
+        let shown: String = text.chars().take(64).collect();
+        DecodeError::Malformed(format!("invalid topic {shown:?}: {reason}"))
+    })?;
     let timestamp_us = r::read_int(&mut rd).map_err(DecodeError::malformed)?;
     let correlation_id = opt_string(&mut rd)?;
     let mut headers = Headers::new();
@@ -386,6 +383,11 @@ impl Draft {
     }
 }
 
+/// Coalesces encoded event frames into one batch message.
+///
+/// Each envelope is encoded once, as a complete event frame (what the
+/// retransmit buffer keeps and repair answers carry); a batch reuses those
+/// bytes without re-encoding: `[1, 5, [envelope, …]]`.
 #[derive(Debug, Default)]
 pub(crate) struct BatchWriter {
     bodies: Vec<u8>,

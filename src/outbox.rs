@@ -82,8 +82,11 @@ pub struct Outbox {
     /// `(seq, frame)`, ascending and contiguous.
     retained: VecDeque<(u64, Bytes)>,
     retained_bytes: usize,
-    /// What every live member has (0: some watermark is unknown), kept
-    /// up to date by [`free`](Self::free), so a push frees in O(1).
+    /// Highest sequence number every member with a known watermark has
+    /// (`u64::MAX`: none known), and what every live member has (0: some
+    /// watermark is unknown); both kept up to date by [`free`](Self::free)
+    /// at every change of the watermarks, so `is_full` and `push` are O(1).
+    floor: u64,
     freeable: u64,
     members: HashSet<PeerId>,
     acks: HashMap<PeerId, u64>,
@@ -109,6 +112,7 @@ impl Outbox {
             last_seq: 0,
             retained: VecDeque::new(),
             retained_bytes: 0,
+            floor: u64::MAX,
             freeable: u64::MAX,
             members: HashSet::new(),
             acks: HashMap::new(),
@@ -132,7 +136,7 @@ impl Outbox {
         if now.saturating_duration_since(since) < limit {
             return Vec::new();
         }
-        let floor = self.floor();
+        let floor = self.floor;
         let laggards: Vec<PeerId> = self
             .acks
             .iter()
@@ -181,17 +185,12 @@ impl Outbox {
             && self
                 .retained
                 .front()
-                .is_some_and(|(seq, _)| *seq > self.floor())
+                .is_some_and(|(seq, _)| *seq > self.floor)
     }
 
     /// Whether the buffer holds `capacity` envelopes or `max_bytes`.
     fn at_bound(&self) -> bool {
         self.retained.len() >= self.cfg.capacity || self.retained_bytes >= self.cfg.max_bytes
-    }
-
-    /// Highest sequence number every member with a known watermark has.
-    fn floor(&self) -> u64 {
-        self.acks.values().copied().min().unwrap_or(u64::MAX)
     }
 
     /// Retains the next envelope (sequence number `last_seq() + 1`). The
@@ -275,8 +274,9 @@ impl Outbox {
     /// Frees what every live member has received, once all their
     /// watermarks are known.
     fn free(&mut self) {
+        self.floor = self.acks.values().copied().min().unwrap_or(u64::MAX);
         self.freeable = if self.members.iter().all(|m| self.acks.contains_key(m)) {
-            self.floor()
+            self.floor
         } else {
             0
         };

@@ -4,14 +4,16 @@
 //! sending, the [`Outbox`] (retransmit buffer and ack watermarks) and
 //! answering NAKs on the repair endpoint. `Peer::publish` validates and
 //! encodes in the caller's task and hands a [`Draft`] (a frame with seq and
-//! timestamp left blank) over a bounded channel; this task fills them in. While the outbox is full of unacknowledged envelopes this task
-//! stops taking new ones, so `publish` waits (or fails fast if configured).
+//! timestamp left blank) over a bounded channel; this task fills them in.
+//! While the outbox is full of unacknowledged envelopes this task stops
+//! taking new ones, so `publish` waits (or fails fast if configured).
 //! Events already queued when one is taken go out together as one batch
 //! message (one NNG message and one syscall for many small events). While
 //! the event rate is low an event goes out at once, so batching adds no
 //! latency; under load ([`Linger`]) a batch gathers about 200 µs of events
-//! first (at most until tokio's next timer tick). Pub0 itself never blocks: NNG queues up to `send_buffer` messages per
-//! subscriber link and drops the oldest beyond — the receivers repair that.
+//! first (at most until tokio's next timer tick). Pub0 itself never blocks:
+//! NNG queues up to `send_buffer` messages per subscriber link and drops the
+//! oldest beyond — the receivers repair that.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -154,7 +156,7 @@ impl Publisher {
         while let Ok(out) = events.try_recv() {
             let retain = !self.outbox.is_full();
             self.stage(out, retain, stamp);
-            if self.batch.bytes() >= self.batch_bytes {
+            if self.batch_at_bound() {
                 self.flush();
             }
         }
@@ -187,12 +189,15 @@ impl Publisher {
         self.last_seq.store(seq, Ordering::Relaxed);
     }
 
-    /// Whether the staged batch must go now: at its size bound, or nothing
-    /// more may be taken.
+    /// Whether the staged batch is at its size or count bound.
+    fn batch_at_bound(&self) -> bool {
+        self.batch.bytes() >= self.batch_bytes || self.batch.len() >= MAX_BATCH_COUNT
+    }
+
+    /// Whether the staged batch must go now: at its bound, or nothing more
+    /// may be taken.
     fn batch_full(&self) -> bool {
-        self.batch.bytes() >= self.batch_bytes
-            || self.batch.len() >= MAX_BATCH_COUNT
-            || self.outbox.is_full()
+        self.batch_at_bound() || self.outbox.is_full()
     }
 
     /// Sends what is staged as one NNG message.
@@ -235,10 +240,8 @@ impl Publisher {
             tracing::warn!(%member, limit = ?self.stall_limit,
                 "a member held the retransmit buffer full too long: no longer waiting for it (what it misses, it reports lost)");
         }
-        self.update_gauges();
     }
 
-    /// Answers one NAK from the repair socket.
     /// The answer to one request from the repair socket, and the pipe to
     /// blame if it is not read; none for a request that is dropped.
     fn answer(&mut self, mut msg: nng::Message) -> Option<(nng::Message, Option<nng::Pipe>)> {
