@@ -360,15 +360,19 @@ impl Receiver {
     /// One frame (an event or a batch) to envelopes appended to `out`; a
     /// bad frame is counted, logged and dropped whole.
     fn decode(&mut self, mut msg: nng::Message, out: &mut Vec<Envelope>) {
+        let pipe = msg.pipe();
         let Ok(len) = self.sockets.gate.check(&mut msg) else {
             Counters::add(&self.counters.received, 1);
-            let source = source_of(&mut msg);
-            self.bad
-                .reject("unauthentic", &source, &"failed bus-key authentication");
+            self.bad.reject(
+                "unauthentic",
+                &source_of(pipe),
+                &"failed bus-key authentication",
+            );
             return;
         };
-        // One copy of the whole frame; every payload is a slice of it.
-        let frame = Bytes::copy_from_slice(&msg.as_slice()[..len]);
+        // The frame is the NNG message itself (without its tag): every
+        // payload is a slice of it, nothing is copied.
+        let frame = Bytes::from_owner(Received(msg)).slice(..len);
         let decoded =
             Envelope::decode_events_shared(&frame, self.max_message_size, &mut self.topics, out);
         match decoded {
@@ -384,7 +388,7 @@ impl Receiver {
                     _ => (&self.counters.malformed, "malformed"),
                 };
                 Counters::add(counter, 1);
-                self.bad.reject(kind, &source_of(&mut msg), &e);
+                self.bad.reject(kind, &source_of(pipe), &e);
             }
         }
     }
@@ -420,9 +424,18 @@ impl Receiver {
     }
 }
 
+/// A received NNG message as the owner of the bytes sliced from it.
+struct Received(nng::Message);
+
+impl AsRef<[u8]> for Received {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_slice()
+    }
+}
+
 /// The remote address of the pipe a message came in on, for logs.
-fn source_of(msg: &mut nng::Message) -> String {
-    let Some(pipe) = msg.pipe() else {
+fn source_of(pipe: Option<nng::Pipe>) -> String {
+    let Some(pipe) = pipe else {
         return "unknown".into();
     };
     match pipe.get_opt::<RemAddr>() {
