@@ -346,25 +346,14 @@ impl Bus {
             }
         };
         let seed = builder("pub-0".into(), url("p", 0)).start().await.unwrap();
+        let join = |name: String, url: String| builder(name, url).seed(seed.local_url()).start();
         let mut pubs = vec![seed.clone()];
         for i in 1..p.pubs {
-            pubs.push(
-                builder(format!("pub-{i}"), url("p", i))
-                    .seed(seed.local_url())
-                    .start()
-                    .await
-                    .unwrap(),
-            );
+            pubs.push(join(format!("pub-{i}"), url("p", i)).await.unwrap());
         }
         let mut subs = Vec::new();
         for i in 0..p.subs {
-            subs.push(
-                builder(format!("sub-{i}"), url("s", i))
-                    .seed(seed.local_url())
-                    .start()
-                    .await
-                    .unwrap(),
-            );
+            subs.push(join(format!("sub-{i}"), url("s", i)).await.unwrap());
         }
         let n = (p.pubs + p.subs) as u64 - 1;
         for x in pubs.iter().chain(&subs) {
@@ -416,12 +405,7 @@ impl Bus {
                     .iter()
                     .map(|x| {
                         let x = x.clone();
-                        tokio::spawn(async move {
-                            for _ in 0..count {
-                                let p = Bytes::from(payload(size, now_us()));
-                                x.publish_bytes("bench.data", p).await.unwrap();
-                            }
-                        })
+                        tokio::spawn(async move { flood(&x, count, size).await })
                     })
                     .collect();
                 for w in writers {
@@ -492,6 +476,15 @@ impl Bus {
             x.shutdown().await;
         }
         run
+    }
+}
+
+/// `peer` publishes `count` messages of `size` bytes as fast as `publish`
+/// returns, each stamped with its send time.
+async fn flood(peer: &Peer, count: u64, size: usize) {
+    for _ in 0..count {
+        let p = Bytes::from(payload(size, now_us()));
+        peer.publish_bytes("bench.data", p).await.unwrap();
     }
 }
 
@@ -633,10 +626,7 @@ fn subscriber_process(
             .wait_for_members(1, Duration::from_secs(30))
             .await
             .expect("subscriber process joined");
-        for _ in 0..count {
-            let p = Bytes::from(payload(size, now_us()));
-            publisher.publish_bytes("bench.data", p).await.unwrap();
-        }
+        flood(&publisher, count, size).await;
     });
     let mut figures: serde_json::Value = serde_json::from_str(&line()).expect("JSON figures");
     assert!(proc.wait().unwrap().success(), "subscriber process failed");
