@@ -29,67 +29,73 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Layers (see `DESIGN.md`): the public API ([`Peer`], [`Subscription`],
-//! [`MembershipEvents`]), driver tasks that own the NNG sockets, sans-IO
-//! protocol cores ([`membership`]) and the wire format ([`Envelope`],
-//! [`heartbeat`], specified in `docs/WIRE.md`).
+//! ## Delivery guarantees
+//!
+//! Every event published after a member became live and linked (see
+//! [`Peer::wait_for_members`]) reaches it at least once: gaps are repaired
+//! from the publisher's retransmit buffer, and what cannot be repaired is
+//! reported as a [`Loss`] (and counted in [`Stats::lost`]), never skipped
+//! silently. Processing is at most once per receiver: a per-origin window
+//! and idempotency keys ([`PublishOptions::id`]) drop repeats. When a
+//! delivery is acknowledged to its origin depends on how it is consumed:
+//!
+//! - [`Peer::subscribe`] / [`Peer::subscribe_bytes`]: once the delivery is
+//!   queued on the subscription stream;
+//! - [`Peer::subscribe_with`] (a [`Handler`]): once the handler returned
+//!   `Ok`, or the delivery was dead-lettered after its retries.
+//!
+//! ## Layers
+//!
+//! Data flows down on publish and up on receive; each layer is a folder of
+//! `src/`, described in `docs/ARCHITECTURE.md`:
+//!
+//! | layer | folder | what it holds |
+//! |---|---|---|
+//! | public API | `api/` | [`Peer`], [`PeerBuilder`], [`Subscription`], [`Delivery`], [`MembershipEvents`], [`Observer`], [`Stats`] |
+//! | drivers | `driver/` | tokio tasks that own the sockets and feed the cores; [`Handler`] |
+//! | protocol cores | `proto/` | sans-IO state machines: [`membership`], [`inbox`], [`outbox`], [`dedup`], [`correlator`], [`faults`] |
+//! | wire format | `wire/` | [`Envelope`], [`heartbeat`], [`repair`], [`auth`], specified in `docs/WIRE.md` |
+//! | transport | `transport/` | NNG sockets bridged to tokio, the authentication gate |
+//!
+//! `tests/layers.rs` checks that the protocol cores and the wire format use
+//! no socket, clock, runtime or higher layer.
 
 #![warn(missing_docs)]
 
-mod answerer;
-pub mod auth;
-mod bad_input;
-mod builder;
-pub mod correlator;
-pub mod dedup;
-mod delivery;
-mod discovery;
-mod envelope;
+mod api;
+mod driver;
 mod error;
-mod events;
-pub mod faults;
-mod frame;
-mod gate;
-mod handler;
-pub mod heartbeat;
-pub mod inbox;
-mod inflight;
-mod linger;
-mod member;
-pub mod membership;
-mod observer;
-pub mod outbox;
-mod peer;
-mod publish_options;
-mod publisher;
-mod quarantine;
-mod receiver;
-pub mod repair;
-mod repairer;
-mod stats;
-mod subscription;
-mod topic;
+pub mod proto;
 mod transport;
+pub mod wire;
 
-pub use auth::MIN_BUS_KEY_LEN;
-pub use builder::{Backpressure, PeerBuilder, MAX_NNG_BUFFER};
-pub use correlator::{Correlator, CorrelatorStats, Expectation, Observation};
-pub use delivery::{Delivery, Loss};
-pub use envelope::{Envelope, Headers, PeerId, KIND_EVENT};
+// The public API.
+pub use api::builder::{Backpressure, PeerBuilder, MAX_NNG_BUFFER};
+pub use api::delivery::{Delivery, Loss};
+pub use api::events::{Events, MembershipEvents};
+pub use api::observer::{KeyFn, Observer, ObserverBuilder, DEFAULT_MAX_PENDING};
+pub use api::peer::Peer;
+pub use api::publish_options::PublishOptions;
+pub use api::stats::Stats;
+pub use api::subscription::Subscription;
+pub use driver::handler::{DeadLetter, DeadLetterHook, Handler, HandlerOptions};
 pub use error::{Error, Result};
-pub use events::{Events, MembershipEvents};
-pub use frame::{DecodeError, WIRE_VERSION};
-pub use handler::{DeadLetter, DeadLetterHook, Handler, HandlerOptions};
-pub use member::{
+
+// The wire format.
+pub use wire::auth::MIN_BUS_KEY_LEN;
+pub use wire::envelope::{Envelope, Headers, KIND_EVENT};
+pub use wire::frame::{DecodeError, WIRE_VERSION};
+pub use wire::id::PeerId;
+pub use wire::member::{
     Endpoints, Member, MemberEvent, MemberEventKind, MemberState, PeerInfo, MAX_NAME_LEN,
     MAX_URL_LEN,
 };
-pub use observer::{KeyFn, Observer, ObserverBuilder, DEFAULT_MAX_PENDING};
-pub use peer::Peer;
-pub use publish_options::PublishOptions;
-pub use stats::Stats;
-pub use subscription::Subscription;
-pub use topic::{validate_topic, Pattern, MAX_TOPIC_LEN};
+pub use wire::topic::{validate_topic, Pattern, MAX_TOPIC_LEN};
+pub use wire::{auth, heartbeat, repair};
+
+// The protocol cores, at the paths they had before the layered tree.
+pub use proto::correlator::{Correlator, CorrelatorStats, Expectation, Observation};
+pub use proto::{correlator, dedup, faults, inbox, membership, outbox};
 
 /// README's code blocks are compiled as doc tests so the README stays true.
 #[cfg(doctest)]

@@ -1,0 +1,131 @@
+//! What a subscription yields: a decoded value plus the envelope it came in.
+//!
+//! Owns: [`Delivery`] and its metadata accessors. Cheap to create: the
+//! envelope is shared (`Arc`) between every subscription it matched.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+
+use crate::wire::envelope::{Envelope, Headers, PeerId};
+
+/// One event delivered to a subscription: the value and its metadata.
+///
+/// ```
+/// # #[tokio::main] async fn main() -> chorus::Result<()> {
+/// use futures::StreamExt;
+/// use chorus::{Peer, PublishOptions};
+/// let shop = Peer::builder().listen("inproc://shop").start().await?;
+/// let peer = Peer::builder().listen("inproc://billing").seed(shop.local_url()).start().await?;
+/// let mut orders = peer.subscribe::<String>("orders.*")?;
+/// shop.wait_for_members(1, std::time::Duration::from_secs(10)).await?;
+/// let opts = PublishOptions::new().id("order-1").header("tenant", "acme");
+/// shop.publish_with("orders.placed", "two tickets", opts).await?;
+/// let d = orders.next().await.unwrap();
+/// println!("{} #{} from {}: {}", d.topic(), d.seq(), d.origin(), d.value);
+/// assert_eq!((d.topic(), d.seq(), d.id()), ("orders.placed", 1, Some("order-1")));
+/// assert_eq!(d.headers()["tenant"], "acme");
+/// assert_eq!(d.flow_id(), "order-1"); // what events published while handling it carry
+/// # shop.shutdown().await; peer.shutdown().await;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Delivery<T> {
+    /// The payload, decoded into the subscription's type.
+    pub value: T,
+    envelope: Arc<Envelope>,
+}
+
+impl<T> Delivery<T> {
+    pub(crate) fn new(value: T, envelope: Arc<Envelope>) -> Self {
+        Delivery { value, envelope }
+    }
+
+    /// The publishing peer.
+    pub fn origin(&self) -> PeerId {
+        self.envelope.origin
+    }
+
+    /// The publishing peer's incarnation (changes when it restarts).
+    pub fn incarnation(&self) -> u64 {
+        self.envelope.incarnation
+    }
+
+    /// Sequence number in the origin's stream (per incarnation, from 1).
+    pub fn seq(&self) -> u64 {
+        self.envelope.seq
+    }
+
+    /// The concrete topic the event was published on.
+    pub fn topic(&self) -> &str {
+        &self.envelope.topic
+    }
+
+    /// The application message id (idempotency key), if the publisher set one.
+    pub fn id(&self) -> Option<&str> {
+        self.envelope.id.as_deref()
+    }
+
+    /// Publish time by the publisher's clock.
+    pub fn timestamp(&self) -> SystemTime {
+        UNIX_EPOCH + Duration::from_micros(self.envelope.timestamp_us)
+    }
+
+    /// The correlation id, if the publisher set one.
+    pub fn correlation_id(&self) -> Option<&str> {
+        self.envelope.correlation_id.as_deref()
+    }
+
+    /// The flow this event belongs to (see [`Envelope::flow_id`]); what
+    /// events published while handling it carry as correlation id.
+    pub fn flow_id(&self) -> std::borrow::Cow<'_, str> {
+        self.envelope.flow_id()
+    }
+
+    /// Application headers.
+    pub fn headers(&self) -> &Headers {
+        &self.envelope.headers
+    }
+
+    /// The raw payload bytes as they arrived.
+    pub fn payload(&self) -> &Bytes {
+        &self.envelope.payload
+    }
+
+    /// The whole envelope.
+    pub fn envelope(&self) -> &Envelope {
+        &self.envelope
+    }
+
+    pub(crate) fn envelope_arc(&self) -> Arc<Envelope> {
+        self.envelope.clone()
+    }
+
+    /// The value, dropping the metadata.
+    pub fn into_value(self) -> T {
+        self.value
+    }
+}
+
+/// Sequence numbers of one origin that will never be delivered: the origin
+/// no longer retained them when asked, restarted, or left. Yielded by
+/// [`Peer::losses`](crate::Peer::losses) and counted in `Stats::lost`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Loss {
+    /// The publishing peer.
+    pub origin: PeerId,
+    /// Its incarnation.
+    pub incarnation: u64,
+    /// First lost sequence number.
+    pub first: u64,
+    /// Last lost sequence number (inclusive).
+    pub last: u64,
+}
+
+impl Loss {
+    /// How many messages were lost.
+    pub fn count(&self) -> u64 {
+        self.last - self.first + 1
+    }
+}

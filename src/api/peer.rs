@@ -1,0 +1,415 @@
+//! The public handle of one member of the bus.
+//!
+//! Owns: [`Peer`], the caller-facing side of publishing and subscribing:
+//! argument validation, payload serialization, size checks, and shutdown.
+//! It talks to the driver tasks only through their channels.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use std::future::Future;
+
+use crate::api::builder::{Backpressure, Limits, PeerBuilder};
+use crate::api::delivery::{Delivery, Loss};
+use crate::api::events::{Events, MembershipEvents};
+use crate::api::publish_options::PublishOptions;
+use crate::api::stats::{Counters, Stats};
+use crate::api::subscription::{decode_msgpack, decode_raw, Subscription};
+use crate::driver::discovery::DiscoveryCmd;
+use crate::driver::handler::{self, Handler, HandlerOptions};
+use crate::driver::publisher::PublisherCmd;
+use crate::driver::receiver::ReceiverCmd;
+use crate::driver::spawn::{spawn, Drivers};
+use crate::error::{Error, Result};
+use crate::wire::envelope::{encoded_len_bound, Draft, Fields};
+use crate::wire::id::PeerId;
+use crate::wire::member::{Member, PeerInfo};
+use crate::wire::topic::{validate_topic, Pattern};
+
+/// What every clone of a [`Peer`] shares.
+struct Shared {
+    drivers: Drivers,
+    limits: Limits,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    shut_down: AtomicBool,
+}
+
+impl PeerBuilder {
+    /// Starts the peer: checks every setting, then opens the sockets,
+    /// listens, joins through the seeds and starts the driver tasks. Must be
+    /// called inside a tokio runtime (multi-threaded preferred: heartbeats
+    /// run on their own task).
+    pub async fn start(self) -> Result<Peer> {
+        let (config, limits) = self.checked()?;
+        let mut drivers = spawn(config)?;
+        let tasks = std::mem::take(&mut drivers.tasks);
+        Ok(Peer {
+            shared: Arc::new(Shared {
+                drivers,
+                limits,
+                tasks: Mutex::new(tasks),
+                shut_down: AtomicBool::new(false),
+            }),
+        })
+    }
+}
+
+/// A member of the bus: publishes events and subscribes to topic patterns.
+///
+/// Cheap to clone; all clones are the same peer. The driver tasks stop on
+/// [`shutdown`](Self::shutdown) or when the last clone is dropped.
+///
+/// ```
+/// # #[derive(serde::Serialize, serde::Deserialize)] struct OrderPlaced { id: u32 }
+/// # #[tokio::main] async fn main() -> chorus::Result<()> {
+/// use futures::StreamExt;
+/// let a = chorus::Peer::builder().name("orders").listen("inproc://orders").start().await?;
+/// let b = chorus::Peer::builder().name("billing").listen("inproc://billing")
+///     .seed(a.local_url()).start().await?;
+/// let mut placed = b.subscribe::<OrderPlaced>("orders.>")?;
+/// // Pub/sub does not replay: publish once `a` has `b` as a linked member.
+/// a.wait_for_members(1, std::time::Duration::from_secs(10)).await?;
+/// a.publish("orders.placed", &OrderPlaced { id: 7 }).await?;
+/// let delivery = placed.next().await.unwrap();
+/// assert_eq!(delivery.value.id, 7);
+/// assert_eq!(delivery.origin(), a.id());
+/// # a.shutdown().await; b.shutdown().await;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Peer {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Peer")
+            .field("id", &self.id())
+            .field("name", &self.name())
+            .field("url", &self.local_url())
+            .finish()
+    }
+}
+
+impl Peer {
+    /// A builder with every setting at its default.
+    pub fn builder() -> PeerBuilder {
+        PeerBuilder::default()
+    }
+
+    /// This peer's id.
+    pub fn id(&self) -> PeerId {
+        self.shared.drivers.info.id
+    }
+
+    /// This peer's incarnation: its start time in µs since the Unix epoch,
+    /// so a restarted peer always has a larger one.
+    pub fn incarnation(&self) -> u64 {
+        self.shared.drivers.info.incarnation
+    }
+
+    /// The service name given at build time.
+    pub fn name(&self) -> &str {
+        &self.shared.drivers.info.name
+    }
+
+    /// This peer's public address (its heartbeat surveyor): what other peers
+    /// use as a seed. The real port when told to listen on port 0.
+    pub fn local_url(&self) -> &str {
+        &self.shared.drivers.info.endpoints.survey
+    }
+
+    /// Everything this peer advertises to the bus.
+    pub fn info(&self) -> &Arc<PeerInfo> {
+        &self.shared.drivers.info
+    }
+
+    /// A snapshot of the member table: every other peer known, live or
+    /// remembered as Failed/Left, with its state and when it was last seen.
+    pub fn members(&self) -> Vec<Member> {
+        self.shared.drivers.view.read().as_ref().clone()
+    }
+
+    /// Membership changes from now on, as a stream. Call
+    /// [`members`](Self::members) for the state at this point.
+    pub fn membership(&self) -> MembershipEvents {
+        let parts = &self.shared.drivers;
+        MembershipEvents::new(parts.events.subscribe(), parts.counters.clone())
+    }
+
+    pub(crate) fn counters(&self) -> Arc<Counters> {
+        self.shared.drivers.counters.clone()
+    }
+
+    /// Waits until at least `n` other members are live and linked both ways
+    /// (they receive this peer's events, it receives theirs): what is
+    /// published after this is owed to each of them — pub/sub does not
+    /// replay what came before. [`Error::Timeout`] after `timeout`.
+    pub async fn wait_for_members(&self, n: u64, timeout: std::time::Duration) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let s = self.stats();
+            if s.members >= n && s.links_in >= n && s.links_out >= n {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::Timeout(format!(
+                    "{} of {n} members live, {} linked in, {} linked out after {timeout:?}",
+                    s.members, s.links_in, s.links_out
+                )));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+
+    /// A snapshot of this peer's counters.
+    pub fn stats(&self) -> Stats {
+        self.shared.drivers.counters.snapshot()
+    }
+
+    /// Publishes `value`, serialized as MessagePack (named fields), on `topic`.
+    ///
+    /// Returns once the message is queued for sending. Waits while the
+    /// publish queue or the retransmit buffer is full (see
+    /// [`PeerBuilder::backpressure`]). Every live member receives it at least
+    /// once (repaired on loss) and processes it at most once.
+    pub async fn publish<T: Serialize + ?Sized>(&self, topic: &str, value: &T) -> Result<()> {
+        self.publish_with(topic, value, PublishOptions::default())
+            .await
+    }
+
+    /// [`publish`](Self::publish) with an id, correlation id or headers.
+    pub async fn publish_with<T: Serialize + ?Sized>(
+        &self,
+        topic: &str,
+        value: &T,
+        options: PublishOptions,
+    ) -> Result<()> {
+        let payload =
+            rmp_serde::to_vec_named(value).map_err(|e| Error::Serialize(e.to_string()))?;
+        self.publish_bytes_with(topic, payload, options).await
+    }
+
+    /// Publishes `value` with an application idempotency key: receivers drop
+    /// a message whose key they processed within their duplicate window, so
+    /// an application may retry a publish safely.
+    pub async fn publish_with_id<T: Serialize + ?Sized>(
+        &self,
+        key: impl Into<String>,
+        topic: &str,
+        value: &T,
+    ) -> Result<()> {
+        self.publish_with(topic, value, PublishOptions::new().id(key))
+            .await
+    }
+
+    /// Publishes raw bytes on `topic`; subscribers read them with
+    /// [`subscribe_bytes`](Self::subscribe_bytes).
+    pub async fn publish_bytes(&self, topic: &str, payload: impl Into<Bytes>) -> Result<()> {
+        self.publish_bytes_with(topic, payload, PublishOptions::default())
+            .await
+    }
+
+    /// [`publish_bytes`](Self::publish_bytes) with an id, correlation id or headers.
+    ///
+    /// Without a correlation id, a message published from inside a
+    /// [`subscribe_with`](Self::subscribe_with) handler joins the flow of
+    /// the delivery being handled (see [`PublishOptions::caused_by`]).
+    pub async fn publish_bytes_with(
+        &self,
+        topic: &str,
+        payload: impl Into<Bytes>,
+        options: PublishOptions,
+    ) -> Result<()> {
+        validate_topic(topic)?;
+        let payload = payload.into();
+        let mut options = options;
+        if options.correlation_id.is_none() {
+            options.correlation_id = handler::current_flow();
+        }
+        let size = encoded_len_bound(
+            topic,
+            options.id.as_deref(),
+            options.correlation_id.as_deref(),
+            &options.headers,
+            payload.len(),
+        );
+        let max = self.shared.limits.max_message_size;
+        if size > max {
+            return Err(Error::TooLarge { size, max });
+        }
+        let parts = &self.shared.drivers;
+        // Encoded here, in the caller's task; the publisher only numbers it.
+        let out = Draft::new(
+            Fields {
+                origin: parts.info.id,
+                incarnation: parts.info.incarnation,
+                seq: 0,
+                id: options.id.as_deref(),
+                topic,
+                timestamp_us: 0,
+                correlation_id: options.correlation_id.as_deref(),
+                headers: &options.headers,
+                payload: &payload,
+            },
+            size,
+        );
+        match self.shared.limits.backpressure {
+            Backpressure::Wait => parts
+                .publish_tx
+                .send(out)
+                .await
+                .map_err(|_| Error::Shutdown),
+            Backpressure::FailFast => {
+                if parts.outbox_full.load(Ordering::Relaxed) {
+                    return Err(Error::BufferFull);
+                }
+                parts.publish_tx.try_send(out).map_err(|e| match e {
+                    mpsc::error::TrySendError::Full(_) => Error::BufferFull,
+                    mpsc::error::TrySendError::Closed(_) => Error::Shutdown,
+                })
+            }
+        }
+    }
+
+    /// Explicit losses from now on: sequence numbers of some origin that
+    /// will never be delivered here (no longer retained by the origin when
+    /// asked, or the origin restarted or left with them missing).
+    pub fn losses(&self) -> Events<Loss> {
+        let parts = &self.shared.drivers;
+        Events::new(parts.losses.subscribe(), parts.counters.clone())
+    }
+
+    /// Subscribes to `pattern` (`orders.created`, `orders.*`, `orders.>`),
+    /// decoding each payload as MessagePack into `T`. Payloads that do not
+    /// decode are skipped and counted in [`Stats::undecodable`].
+    pub fn subscribe<T: DeserializeOwned>(&self, pattern: &str) -> Result<Subscription<T>> {
+        self.register(pattern, decode_msgpack::<T>)
+    }
+
+    /// Runs `handler` for every delivery matching `pattern`, one at a time
+    /// in order, with the default [`HandlerOptions`] (5 attempts with
+    /// backoff, then a dead letter). A delivery is acknowledged to its origin
+    /// only once the handler succeeded or it was dead-lettered.
+    ///
+    /// ```
+    /// # #[tokio::main] async fn main() -> chorus::Result<()> {
+    /// let peer = chorus::Peer::builder().listen("inproc://handlers").start().await?;
+    /// let handler = peer.subscribe_with("orders.>", |d: chorus::Delivery<u64>| async move {
+    ///     println!("order {}", d.value);
+    ///     Ok::<(), std::io::Error>(())
+    /// })?;
+    /// peer.shutdown().await;
+    /// handler.finished().await; // a handler stops with its peer
+    /// # Ok(()) }
+    /// ```
+    pub fn subscribe_with<T, F, Fut, E>(&self, pattern: &str, handler: F) -> Result<Handler>
+    where
+        T: DeserializeOwned + Clone + Send + 'static,
+        F: Fn(Delivery<T>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = std::result::Result<(), E>> + Send + 'static,
+        E: std::fmt::Display + Send + 'static,
+    {
+        self.subscribe_with_options(pattern, HandlerOptions::default(), handler)
+    }
+
+    /// [`subscribe_with`](Self::subscribe_with) with a retry policy and dead-letter hook.
+    pub fn subscribe_with_options<T, F, Fut, E>(
+        &self,
+        pattern: &str,
+        options: HandlerOptions,
+        handler: F,
+    ) -> Result<Handler>
+    where
+        T: DeserializeOwned + Clone + Send + 'static,
+        F: Fn(Delivery<T>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = std::result::Result<(), E>> + Send + 'static,
+        E: std::fmt::Display + Send + 'static,
+    {
+        let sub = self.register_tracked(pattern, decode_msgpack::<T>, true)?;
+        Ok(handler::spawn(
+            sub,
+            options,
+            self.shared.drivers.counters.clone(),
+            handler,
+        ))
+    }
+
+    /// Subscribes to `pattern`, yielding payloads as raw bytes.
+    pub fn subscribe_bytes(&self, pattern: &str) -> Result<Subscription<Bytes>> {
+        self.register(pattern, decode_raw)
+    }
+
+    fn register<T>(
+        &self,
+        pattern: &str,
+        decode: fn(&Bytes) -> std::result::Result<T, String>,
+    ) -> Result<Subscription<T>> {
+        self.register_tracked(pattern, decode, false)
+    }
+
+    fn register_tracked<T>(
+        &self,
+        pattern: &str,
+        decode: fn(&Bytes) -> std::result::Result<T, String>,
+        tracked: bool,
+    ) -> Result<Subscription<T>> {
+        let pattern = Pattern::parse(pattern)?;
+        let parts = &self.shared.drivers;
+        Subscription::register(
+            &parts.registry,
+            &parts.counters,
+            pattern,
+            self.shared.limits.subscription_buffer,
+            decode,
+            tracked,
+        )
+        .ok_or(Error::Shutdown)
+    }
+
+    /// Stops the peer: announces Left to the members (so they drop it within
+    /// a round trip instead of the failure bound), sends what was queued,
+    /// closes its sockets and ends every open subscription stream. Later
+    /// calls return at once; `publish` and `subscribe` then fail with
+    /// [`Error::Shutdown`].
+    pub async fn shutdown(&self) {
+        if self.shared.shut_down.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let parts = &self.shared.drivers;
+        parts.stopping.send_replace(true);
+        let (left, left_wait) = oneshot::channel();
+        if parts
+            .discovery
+            .send(DiscoveryCmd::Leave(left))
+            .await
+            .is_ok()
+        {
+            let _ = left_wait.await;
+        }
+        let (pub_done, pub_wait) = oneshot::channel();
+        let (sub_done, sub_wait) = oneshot::channel();
+        if parts
+            .publisher
+            .send(PublisherCmd::Shutdown(pub_done))
+            .is_ok()
+        {
+            let _ = pub_wait.await;
+        }
+        if parts.receiver.send(ReceiverCmd::Shutdown(sub_done)).is_ok() {
+            let _ = sub_wait.await;
+        }
+        let tasks = std::mem::take(&mut *self.shared.tasks.lock());
+        for task in tasks {
+            let _ = task.await;
+        }
+        tracing::info!(id = %self.id(), "peer shut down");
+    }
+}

@@ -1,0 +1,227 @@
+//! Subscriptions: the registry the receiver dispatches into, and the
+//! [`Subscription`] stream the application reads.
+//!
+//! Owns: which patterns are subscribed and the bounded channel of each, and
+//! turning payload bytes into the subscriber's type. A payload that does not
+//! decode is counted (`undecodable`), logged once per subscription and
+//! skipped; the stream goes on. Must not touch sockets.
+
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use futures::Stream;
+use parking_lot::RwLock;
+use serde::de::DeserializeOwned;
+use tokio::sync::mpsc;
+
+use crate::api::delivery::Delivery;
+use crate::api::stats::Counters;
+use crate::driver::inflight::InFlight;
+use crate::wire::envelope::Envelope;
+use crate::wire::topic::Pattern;
+
+struct Entry {
+    id: u64,
+    pattern: Pattern,
+    tx: mpsc::Sender<Arc<Envelope>>,
+    /// A handler subscription: what it is given is in flight until it is done.
+    tracked: bool,
+}
+
+/// The set of live subscriptions of one peer.
+#[derive(Default)]
+pub(crate) struct Registry {
+    entries: RwLock<Vec<Entry>>,
+    next_id: AtomicU64,
+    closed: std::sync::atomic::AtomicBool,
+    pub(crate) inflight: InFlight,
+}
+
+/// What [`Registry::dispatch`] did with one envelope.
+pub(crate) enum Dispatched {
+    /// No subscription matched.
+    Unmatched,
+    /// Every matching subscription had room.
+    Done,
+    /// These matching subscriptions were full: the caller awaits them.
+    Full(Vec<mpsc::Sender<Arc<Envelope>>>),
+}
+
+impl Registry {
+    fn add(
+        &self,
+        pattern: Pattern,
+        capacity: usize,
+        tracked: bool,
+    ) -> Option<(u64, mpsc::Receiver<Arc<Envelope>>)> {
+        let mut entries = self.entries.write();
+        if self.closed.load(Ordering::Acquire) {
+            return None;
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel(capacity);
+        entries.push(Entry {
+            id,
+            pattern,
+            tx,
+            tracked,
+        });
+        Some((id, rx))
+    }
+
+    fn remove(&self, id: u64) {
+        self.entries.write().retain(|e| e.id != id);
+        self.inflight.drop_sub(id);
+    }
+
+    /// Drops every subscription's sender: open streams end. No new ones are accepted.
+    pub(crate) fn close(&self) {
+        let mut entries = self.entries.write();
+        self.closed.store(true, Ordering::Release);
+        for e in entries.drain(..) {
+            self.inflight.drop_sub(e.id);
+        }
+    }
+
+    /// Offers `env` to every subscription whose pattern matches its topic
+    /// without waiting; the full ones are returned for the caller to await,
+    /// so that a slow subscription exerts backpressure instead of losing data.
+    pub(crate) fn dispatch(&self, env: &Arc<Envelope>) -> Dispatched {
+        let entries = self.entries.read();
+        let mut matched = false;
+        let mut full = Vec::new();
+        for e in entries.iter().filter(|e| e.pattern.matches(&env.topic)) {
+            matched = true;
+            if e.tracked {
+                self.inflight
+                    .add(e.id, env.origin, env.incarnation, env.seq);
+            }
+            if let Err(mpsc::error::TrySendError::Full(_)) = e.tx.try_send(env.clone()) {
+                full.push(e.tx.clone());
+            }
+        }
+        match (matched, full.is_empty()) {
+            (false, _) => Dispatched::Unmatched,
+            (true, true) => Dispatched::Done,
+            (true, false) => Dispatched::Full(full),
+        }
+    }
+}
+
+/// Turns payload bytes into the subscription's item type.
+type Decode<T> = fn(&Bytes) -> Result<T, String>;
+
+pub(crate) fn decode_msgpack<T: DeserializeOwned>(payload: &Bytes) -> Result<T, String> {
+    rmp_serde::from_slice(payload).map_err(|e| e.to_string())
+}
+
+pub(crate) fn decode_raw(payload: &Bytes) -> Result<Bytes, String> {
+    Ok(payload.clone())
+}
+
+/// A stream of [`Delivery`] values for one topic pattern, in arrival order.
+///
+/// Ends when the peer shuts down. Dropping it unsubscribes. Each
+/// subscription has a bounded buffer
+/// ([`PeerBuilder::subscription_buffer`](crate::PeerBuilder::subscription_buffer));
+/// when it is full the peer's receive path waits for it.
+pub struct Subscription<T> {
+    rx: mpsc::Receiver<Arc<Envelope>>,
+    decode: Decode<T>,
+    id: u64,
+    pattern: Pattern,
+    registry: Arc<Registry>,
+    counters: Arc<Counters>,
+    warned: bool,
+    tracked: bool,
+    _t: PhantomData<fn() -> T>,
+}
+
+impl<T> Subscription<T> {
+    /// Registers a subscription; `None` if the peer is shut down.
+    pub(crate) fn register(
+        registry: &Arc<Registry>,
+        counters: &Arc<Counters>,
+        pattern: Pattern,
+        capacity: usize,
+        decode: Decode<T>,
+        tracked: bool,
+    ) -> Option<Self> {
+        let (id, rx) = registry.add(pattern.clone(), capacity, tracked)?;
+        Some(Subscription {
+            rx,
+            decode,
+            id,
+            pattern,
+            registry: registry.clone(),
+            counters: counters.clone(),
+            warned: false,
+            tracked,
+            _t: PhantomData,
+        })
+    }
+
+    /// Marks a delivery of a handler subscription as processed.
+    pub(crate) fn done(&self, env: &Envelope) {
+        if self.tracked {
+            self.registry
+                .inflight
+                .done(self.id, env.origin, env.incarnation, env.seq);
+        }
+    }
+
+    /// The pattern this subscription matches.
+    pub fn pattern(&self) -> &Pattern {
+        &self.pattern
+    }
+}
+
+impl<T> Stream for Subscription<T> {
+    type Item = Delivery<T>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        loop {
+            let env = match this.rx.poll_recv(cx) {
+                Poll::Ready(Some(env)) => env,
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            };
+            match (this.decode)(&env.payload) {
+                Ok(value) => {
+                    Counters::add(&this.counters.delivered, 1);
+                    return Poll::Ready(Some(Delivery::new(value, env)));
+                }
+                Err(error) => {
+                    Counters::add(&this.counters.undecodable, 1);
+                    this.done(&env);
+                    if !std::mem::replace(&mut this.warned, true) {
+                        tracing::warn!(pattern = %this.pattern, topic = %env.topic, origin = %env.origin,
+                            seq = env.seq, %error,
+                            "payload does not decode into this subscription's type; skipped (further ones at debug)");
+                    } else {
+                        tracing::debug!(pattern = %this.pattern, topic = %env.topic, %error, "undecodable payload skipped");
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl<T> Drop for Subscription<T> {
+    fn drop(&mut self) {
+        self.registry.remove(self.id);
+    }
+}
+
+impl<T> std::fmt::Debug for Subscription<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription")
+            .field("pattern", &self.pattern)
+            .finish()
+    }
+}

@@ -1,0 +1,196 @@
+//! Handler subscriptions: an async function run for each delivery, with
+//! retries and a dead-letter hook.
+//!
+//! Owns: [`HandlerOptions`], [`DeadLetter`], [`Handler`] and the task that
+//! drives one handler. A delivery counts as processed — its ack lets the
+//! origin free it — only once the handler returned `Ok`, or failed
+//! `max_attempts` times and was handed to the dead-letter hook. Until then
+//! the origin retains it (see `inflight`), so a slow handler slows its
+//! publishers down (backpressure) instead of losing messages. Each handler
+//! processes its deliveries one at a time, in order.
+//!
+//! Each run of a handler is inside a `deliver` tracing span (topic, origin,
+//! seq, correlation id) and in the delivery's flow: what the handler
+//! publishes carries the delivery's flow id as its correlation id
+//! ([`current_flow`]).
+
+use std::fmt::Display;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use tokio::task::JoinHandle;
+
+use crate::api::delivery::Delivery;
+use crate::api::stats::Counters;
+use crate::api::subscription::Subscription;
+use crate::wire::envelope::Envelope;
+
+tokio::task_local! {
+    /// The flow id of the delivery a handler is processing.
+    static FLOW: Arc<str>;
+}
+
+/// The flow id of the delivery the calling handler is processing, if any.
+pub(crate) fn current_flow() -> Option<String> {
+    FLOW.try_with(|flow| flow.to_string()).ok()
+}
+
+/// A delivery given up on after `max_attempts` failures.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    /// The message.
+    pub envelope: Arc<Envelope>,
+    /// The last error the handler returned.
+    pub error: String,
+    /// How many times the handler was run.
+    pub attempts: u32,
+}
+
+/// Called with every dead letter.
+pub type DeadLetterHook = Arc<dyn Fn(DeadLetter) + Send + Sync>;
+
+/// Retry policy and dead-letter hook of a handler subscription.
+///
+/// ```
+/// use std::time::Duration;
+/// let opts = chorus::HandlerOptions::new()
+///     .max_attempts(3)
+///     .backoff(Duration::from_millis(10), Duration::from_secs(1))
+///     .dead_letter(|dl| eprintln!("gave up on {} after {} tries: {}", dl.envelope.seq, dl.attempts, dl.error));
+/// ```
+#[derive(Clone)]
+pub struct HandlerOptions {
+    max_attempts: u32,
+    initial_backoff: Duration,
+    max_backoff: Duration,
+    dead_letter: Option<DeadLetterHook>,
+}
+
+impl Default for HandlerOptions {
+    /// 5 attempts, backoff from 10 ms doubling up to 1 s, dead letters logged.
+    fn default() -> Self {
+        HandlerOptions {
+            max_attempts: 5,
+            initial_backoff: Duration::from_millis(10),
+            max_backoff: Duration::from_secs(1),
+            dead_letter: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for HandlerOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HandlerOptions")
+            .field("max_attempts", &self.max_attempts)
+            .field("initial_backoff", &self.initial_backoff)
+            .field("max_backoff", &self.max_backoff)
+            .field("dead_letter", &self.dead_letter.is_some())
+            .finish()
+    }
+}
+
+impl HandlerOptions {
+    /// The defaults.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Runs of the handler per delivery before it is dead-lettered (≥ 1).
+    pub fn max_attempts(mut self, attempts: u32) -> Self {
+        self.max_attempts = attempts.max(1);
+        self
+    }
+
+    /// Wait before the first retry, doubling up to `max`.
+    pub fn backoff(mut self, initial: Duration, max: Duration) -> Self {
+        self.initial_backoff = initial;
+        self.max_backoff = max.max(initial);
+        self
+    }
+
+    /// Called with each delivery given up on (default: logged at `error`).
+    pub fn dead_letter(mut self, hook: impl Fn(DeadLetter) + Send + Sync + 'static) -> Self {
+        self.dead_letter = Some(Arc::new(hook));
+        self
+    }
+}
+
+/// A running handler subscription. It stops when the peer shuts down, or
+/// on [`stop`](Self::stop); dropping the handle leaves it running.
+#[derive(Debug)]
+pub struct Handler {
+    task: JoinHandle<()>,
+}
+
+impl Handler {
+    /// Stops the handler (a delivery being processed is abandoned and will
+    /// be neither acknowledged nor retried here).
+    pub fn stop(self) {
+        self.task.abort();
+    }
+
+    /// Waits until the handler has stopped (after the peer shut down).
+    pub async fn finished(self) {
+        let _ = self.task.await;
+    }
+}
+
+pub(crate) fn spawn<T, F, Fut, E>(
+    mut sub: Subscription<T>,
+    opts: HandlerOptions,
+    counters: Arc<Counters>,
+    handler: F,
+) -> Handler
+where
+    T: Clone + Send + 'static,
+    F: Fn(Delivery<T>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), E>> + Send + 'static,
+    E: Display + Send + 'static,
+{
+    let task = tokio::spawn(async move {
+        while let Some(delivery) = sub.next().await {
+            let mut backoff = opts.initial_backoff;
+            let mut attempt = 1;
+            let flow: Arc<str> = delivery.flow_id().into();
+            loop {
+                let span = tracing::info_span!("deliver", topic = delivery.topic(), origin = %delivery.origin(),
+                    seq = delivery.seq(), correlation_id = %flow, attempt);
+                let run = FLOW.scope(flow.clone(), handler(delivery.clone()));
+                let result = tracing::Instrument::instrument(run, span).await;
+                match result {
+                    Ok(()) => {
+                        Counters::add(&counters.handled, 1);
+                        break;
+                    }
+                    Err(e) if attempt < opts.max_attempts => {
+                        Counters::add(&counters.handler_retries, 1);
+                        tracing::debug!(error = %e, attempt, seq = delivery.seq(), "handler failed; retrying");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(opts.max_backoff);
+                        attempt += 1;
+                    }
+                    Err(e) => {
+                        Counters::add(&counters.dead_lettered, 1);
+                        let dl = DeadLetter {
+                            envelope: delivery.envelope_arc(),
+                            error: e.to_string(),
+                            attempts: attempt,
+                        };
+                        match &opts.dead_letter {
+                            Some(hook) => hook(dl),
+                            None => {
+                                tracing::error!(topic = %dl.envelope.topic, origin = %dl.envelope.origin,
+                                seq = dl.envelope.seq, error = %dl.error, attempts = dl.attempts, "dead letter")
+                            }
+                        }
+                        break;
+                    }
+                }
+            }
+            sub.done(delivery.envelope());
+        }
+    });
+    Handler { task }
+}

@@ -1,0 +1,258 @@
+//! The publish driver: the tokio task that owns the pub0 socket.
+//!
+//! Owns: sequence numbering (so sequence order equals send order), stamping,
+//! sending, the [`Outbox`] (retransmit buffer and ack watermarks) and the
+//! answers to repair requests, which the
+//! [repair server](crate::driver::repair_server) (the owner of rep0)
+//! receives and sends. `Peer::publish` validates and
+//! encodes in the caller's task and hands a [`Draft`] (a frame with seq and
+//! timestamp left blank) over a bounded channel; this task fills them in.
+//! While the outbox is full of unacknowledged envelopes this task stops
+//! taking new ones, so `publish` waits (or fails fast if configured).
+//! Events already queued when one is taken go out together as one batch
+//! message (one NNG message and one syscall for many small events). While
+//! the event rate is low an event goes out at once, so batching adds no
+//! latency; under load ([`Linger`]) a batch gathers about 200 µs of events
+//! first (at most until tokio's next timer tick). Pub0 itself never blocks:
+//! NNG queues up to `send_buffer` messages per subscriber link and drops the
+//! oldest beyond — the receivers repair that.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use nng::Socket;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::api::stats::Counters;
+use crate::driver::clock::{self, now_us};
+use crate::driver::repair_server::RepairJob;
+use crate::proto::linger::{Linger, LINGER};
+use crate::proto::outbox::Outbox;
+use crate::transport::gate::Gate;
+use crate::wire::batch::BatchWriter;
+use crate::wire::envelope::{Draft, Envelope};
+use crate::wire::id::PeerId;
+use crate::wire::repair::{Nak, Repair, RepairRequest};
+
+/// Control messages to the publish driver (never held back by backpressure).
+pub(crate) enum PublisherCmd {
+    /// The live members changed.
+    Members(Vec<PeerId>),
+    /// A member's "received through" watermark for this peer's events.
+    Ack(PeerId, u64, u64),
+    /// A member's heartbeat carried no watermark for this peer's events.
+    NoAck(PeerId),
+    /// Send what is queued, then stop.
+    Shutdown(oneshot::Sender<()>),
+}
+
+pub(crate) struct Publisher {
+    pub socket: Socket,
+    pub outbox: Outbox,
+    pub origin: PeerId,
+    pub counters: Arc<Counters>,
+    /// Last sequence number sent, advertised in heartbeats.
+    pub last_seq: Arc<AtomicU64>,
+    /// True while the outbox is full (read by fail-fast `publish`).
+    pub outbox_full: Arc<AtomicBool>,
+    /// Envelopes staged for the next message.
+    pub batch: BatchWriter,
+    /// Bytes of envelopes after which a batch is sent.
+    pub batch_bytes: usize,
+    /// Seals outgoing messages and checks NAKs.
+    pub gate: Arc<Gate>,
+    /// How long the buffer may stay full before laggards are cut off.
+    pub stall_limit: Duration,
+    /// When a batch is sent: at once, or after gathering under load.
+    pub linger: Linger,
+}
+
+/// Most envelopes in one batch.
+const MAX_BATCH_COUNT: u32 = 4096;
+
+impl Publisher {
+    /// Runs until told to shut down or until every `Peer` handle is gone.
+    pub(crate) async fn run(
+        mut self,
+        mut events: mpsc::Receiver<Draft>,
+        mut ctl: mpsc::UnboundedReceiver<PublisherCmd>,
+        mut repairs: mpsc::Receiver<RepairJob>,
+    ) {
+        let mut ack = None;
+        let mut linger_until = None;
+        loop {
+            tokio::select! {
+                biased;
+                c = ctl.recv() => match c {
+                    Some(PublisherCmd::Members(ids)) => self.outbox.set_members(ids),
+                    Some(PublisherCmd::Ack(member, incarnation, seq)) => {
+                        self.outbox.on_ack(member, incarnation, seq);
+                        self.check_stall();
+                    }
+                    Some(PublisherCmd::NoAck(member)) => {
+                        self.outbox.on_no_ack(member);
+                        self.check_stall();
+                    }
+                    Some(PublisherCmd::Shutdown(done)) => {
+                        ack = Some(done);
+                        break;
+                    }
+                    None => break,
+                },
+                Some(job) = repairs.recv() => {
+                    let repair = self.answer(job.request);
+                    let _ = job.reply.send(repair);
+                }
+                _ = tokio::time::sleep_until(linger_until.unwrap_or_else(tokio::time::Instant::now)), if linger_until.is_some() => {
+                    linger_until = None;
+                    self.flush();
+                }
+                e = events.recv(), if !self.outbox.is_full() => match e {
+                    Some(out) => {
+                        // Whatever else is already queued goes in the same
+                        // message. One clock read per wake-up, not per event.
+                        let stamp = now_us();
+                        self.stage(out, true, stamp);
+                        while !self.batch_full() {
+                            match events.try_recv() {
+                                Ok(out) => self.stage(out, true, stamp),
+                                Err(_) => break,
+                            }
+                        }
+                        // Alone when the rate is low; under load, once the
+                        // batch holds a linger's worth (or at the deadline).
+                        if self.batch_full() || self.linger.send_now(self.batch.len()) {
+                            linger_until = None;
+                            self.flush();
+                        } else if linger_until.is_none() {
+                            linger_until = Some(tokio::time::Instant::now() + LINGER);
+                        }
+                    }
+                    None => break,
+                },
+            }
+            self.update_gauges();
+        }
+        drop(repairs); // stops the repair server
+                       // Best effort for what was queued before the shutdown.
+        events.close();
+        let stamp = now_us();
+        while let Ok(out) = events.try_recv() {
+            let retain = !self.outbox.is_full();
+            self.stage(out, retain, stamp);
+            if self.batch_at_bound() {
+                self.flush();
+            }
+        }
+        self.flush();
+        self.socket.close();
+        if let Some(done) = ack {
+            let _ = done.send(());
+        }
+    }
+
+    /// Numbers, retains (if `retain`) and stages one event for the next
+    /// message, stamped with `stamp` (µs since the epoch).
+    fn stage(&mut self, draft: Draft, retain: bool, stamp: u64) {
+        let seq = self.outbox.last_seq() + 1;
+        let frame = draft.number(seq, stamp);
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            if let Ok(env) = Envelope::decode(&frame, usize::MAX) {
+                tracing::debug_span!("publish", topic = %env.topic, origin = %env.origin, seq,
+                    correlation_id = env.correlation_id.as_deref())
+                .in_scope(|| tracing::trace!("numbered and staged"));
+            }
+        }
+        self.batch.push(&frame);
+        if retain {
+            self.outbox.push(frame);
+        } else {
+            self.outbox.skip();
+        }
+        self.last_seq.store(seq, Ordering::Relaxed);
+    }
+
+    /// Whether the staged batch is at its size or count bound.
+    fn batch_at_bound(&self) -> bool {
+        self.batch.bytes() >= self.batch_bytes || self.batch.len() >= MAX_BATCH_COUNT
+    }
+
+    /// Whether the staged batch must go now: at its bound, or nothing more
+    /// may be taken.
+    fn batch_full(&self) -> bool {
+        self.batch_at_bound() || self.outbox.is_full()
+    }
+
+    /// Sends what is staged as one NNG message.
+    fn flush(&mut self) {
+        let n = self.batch.len();
+        if n > 0 {
+            self.linger.sent(n, clock::now());
+        }
+        let (socket, gate) = (&self.socket, &self.gate);
+        let sent = self
+            .batch
+            .finish(|parts| socket.try_send(gate.message_of(parts)));
+        let Some(sent) = sent else {
+            return;
+        };
+        match sent {
+            Ok(()) => {
+                Counters::add(&self.counters.published, u64::from(n));
+                if n > 1 {
+                    Counters::add(&self.counters.batches_sent, 1);
+                }
+            }
+            Err((_, e)) => {
+                tracing::error!(error = %e, envelopes = n, "pub socket refused a message")
+            }
+        }
+    }
+
+    /// Cuts off the members that kept the retransmit buffer full for longer
+    /// than the stall limit (checked at every heartbeat's ack).
+    fn check_stall(&mut self) {
+        for member in self.outbox.check_stall(clock::now(), self.stall_limit) {
+            Counters::add(&self.counters.members_cut_off, 1);
+            tracing::warn!(%member, limit = ?self.stall_limit,
+                "a member held the retransmit buffer full too long: no longer waiting for it (what it misses, it reports lost)");
+        }
+    }
+
+    /// The answer to one repair request: the retained envelopes a NAK asks
+    /// for, or an empty answer to a direct ack (req/rep needs a reply).
+    fn answer(&mut self, request: RepairRequest) -> Repair {
+        let nak = match request {
+            RepairRequest::Nak(n) => n,
+            RepairRequest::Ack(a) => {
+                if a.origin == self.origin {
+                    self.outbox.on_ack(a.member, a.incarnation, a.seq);
+                } else {
+                    self.outbox.on_ack(a.member, 0, 0); // another origin's: counted as refused
+                }
+                Nak {
+                    origin: a.origin,
+                    incarnation: a.incarnation,
+                    ranges: Vec::new(),
+                    member: a.member,
+                }
+            }
+        };
+        let repair = self.outbox.answer(&nak);
+        Counters::add(&self.counters.retransmits, repair.frames.len() as u64);
+        self.update_gauges(); // counted before the answer can be seen
+        repair
+    }
+
+    fn update_gauges(&self) {
+        let c = &self.counters;
+        Counters::set(&c.retransmit_buffer, self.outbox.len() as u64);
+        Counters::set(&c.retransmit_bytes, self.outbox.bytes() as u64);
+        let refused = self.outbox.refused();
+        Counters::set(&c.acks_refused, refused.acks);
+        Counters::set(&c.naks_refused, refused.naks + refused.unpublished);
+        self.outbox_full
+            .store(self.outbox.is_full(), Ordering::Relaxed);
+    }
+}

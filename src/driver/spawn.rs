@@ -1,0 +1,264 @@
+//! The start-up of one peer's drivers.
+//!
+//! Owns: the order in which a peer comes up (open the sockets, listen,
+//! derive its identity, spawn the driver tasks) and [`Drivers`], the handles
+//! the public API keeps to talk to them. Settings arrive checked, as a
+//! [`Config`] (the builder validates them).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::api::delivery::Loss;
+use crate::api::events::EVENT_BUFFER;
+use crate::api::stats::Counters;
+use crate::api::subscription::Registry;
+use crate::driver::clock::now_us;
+use crate::driver::discovery::{Discovery, DiscoveryCmd, View};
+use crate::driver::publisher::{Publisher, PublisherCmd};
+use crate::driver::receiver::{AckView, LastSeqBoard, Receiver, ReceiverCmd};
+use crate::driver::repair_server::RepairServer;
+use crate::error::{Error, Result};
+use crate::proto::dedup::KeyCache;
+use crate::proto::faults::{FaultInjector, LinkFaults};
+use crate::proto::inbox::{Inbox, InboxConfig};
+use crate::proto::membership::{Membership, MembershipConfig};
+use crate::proto::outbox::{Outbox, OutboxConfig};
+use crate::transport::bad_input::BadInputLog;
+use crate::transport::gate::Gate;
+use crate::transport::socket::{self, SocketConfig};
+use crate::wire::auth::Auth;
+use crate::wire::batch::BatchWriter;
+use crate::wire::envelope::Draft;
+use crate::wire::id::PeerId;
+use crate::wire::member::{Endpoints, MemberEvent, PeerInfo};
+use crate::wire::url::derive_url;
+
+/// What the drivers of one peer are started with (checked by the builder;
+/// defaults and meanings in [`PeerBuilder`](crate::PeerBuilder)).
+#[derive(Debug, Clone)]
+pub(crate) struct Config {
+    pub name: String,
+    pub id: Option<PeerId>,
+    pub listen: String,
+    pub publish_url: Option<String>,
+    pub seeds: Vec<String>,
+    pub heartbeat_interval: Duration,
+    pub heartbeat_deadline: Duration,
+    pub membership: MembershipConfig,
+    pub send_buffer: usize,
+    pub recv_buffer: usize,
+    pub publish_queue: usize,
+    pub max_message_size: usize,
+    pub link_faults: LinkFaults,
+    pub bus_keys: Vec<BusSecret>,
+    pub stall_limit: Duration,
+    pub retransmit_buffer: usize,
+    pub retransmit_bytes: usize,
+    pub ordered: bool,
+    pub dedup_keys: usize,
+    pub dedup_window: Duration,
+    pub batch_bytes: usize,
+}
+
+/// A bus secret; never printed.
+#[derive(Clone)]
+pub(crate) struct BusSecret(pub Vec<u8>);
+
+impl std::fmt::Debug for BusSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BusSecret(..)")
+    }
+}
+
+/// The handles of a running peer's drivers, kept by [`Peer`](crate::Peer).
+pub(crate) struct Drivers {
+    pub info: Arc<PeerInfo>,
+    pub counters: Arc<Counters>,
+    pub registry: Arc<Registry>,
+    pub view: View,
+    pub events: broadcast::Sender<MemberEvent>,
+    /// Drafts to the publish driver (bounded: `publish` waits when full).
+    pub publish_tx: mpsc::Sender<Draft>,
+    pub publisher: mpsc::UnboundedSender<PublisherCmd>,
+    /// True while the retransmit buffer is full (read by fail-fast `publish`).
+    pub outbox_full: Arc<AtomicBool>,
+    pub losses: broadcast::Sender<Loss>,
+    pub receiver: mpsc::UnboundedSender<ReceiverCmd>,
+    pub discovery: mpsc::Sender<DiscoveryCmd>,
+    /// Set when the peer shuts down.
+    pub stopping: watch::Sender<bool>,
+    pub tasks: Vec<JoinHandle<()>>,
+}
+
+/// Opens the sockets, listens, joins through the seeds and spawns the
+/// driver tasks. Must be called inside a tokio runtime.
+pub(crate) fn spawn(config: Config) -> Result<Drivers> {
+    let counters = Arc::new(Counters::default());
+    let secrets: Vec<Vec<u8>> = config.bus_keys.iter().map(|k| k.0.clone()).collect();
+    let gate = Gate::new(Auth::new(&secrets), counters.clone());
+    let sockets = SocketConfig {
+        gate: gate.clone(),
+        send_buffer: config.send_buffer as i32,
+        recv_buffer: config.recv_buffer as i32,
+        // Frames up to 2× the limit reach chorus and are counted as
+        // oversized; beyond that NNG closes the link (memory bound).
+        recv_max_size: config.max_message_size.saturating_mul(2),
+        reconnect_min: Duration::from_millis(100),
+        reconnect_max: Duration::from_secs(2),
+    };
+    let surveyor = socket::surveyor_socket(&sockets, config.heartbeat_deadline)?;
+    let survey_url = socket::listen(&surveyor, &config.listen)?;
+    let pub_socket = socket::pub_socket(&sockets)?;
+    let pub_wanted = config
+        .publish_url
+        .clone()
+        .unwrap_or_else(|| derive_url(&survey_url, "pub"));
+    let publish_url = socket::listen(&pub_socket, &pub_wanted)?;
+    let sub_socket = socket::sub_socket(&sockets)?;
+    let rep_socket = socket::rep_socket(&sockets)?;
+    let repair_url = socket::listen(&rep_socket, &derive_url(&survey_url, "repair"))?;
+    let respondent = socket::respondent_socket(&sockets)?;
+
+    let id = config
+        .id
+        .unwrap_or_else(|| stable_id(&config.name, &survey_url));
+    let info = Arc::new(PeerInfo {
+        id,
+        incarnation: now_us(),
+        name: config.name.clone(),
+        endpoints: Endpoints {
+            survey: survey_url,
+            publish: publish_url,
+            repair: repair_url,
+        },
+    });
+    info.validate().map_err(Error::Config)?;
+    let registry = Arc::new(Registry::default());
+    let last_seq = Arc::new(AtomicU64::new(0));
+    let view: View = Default::default();
+    let (events, _) = broadcast::channel(EVENT_BUFFER);
+
+    let (publish_tx, publish_rx) = mpsc::channel(config.publish_queue);
+    let (publisher_tx, publisher_rx) = mpsc::unbounded_channel();
+    let (repair_tx, repair_rx) = mpsc::channel(1);
+    let outbox_full = Arc::new(AtomicBool::new(false));
+    let outbox = OutboxConfig {
+        capacity: config.retransmit_buffer,
+        max_bytes: config.retransmit_bytes,
+        max_reply_bytes: config.max_message_size / 2,
+        ..OutboxConfig::default()
+    };
+    let publisher = Publisher {
+        socket: pub_socket,
+        outbox: Outbox::new(id, info.incarnation, outbox),
+        origin: id,
+        counters: counters.clone(),
+        last_seq: last_seq.clone(),
+        outbox_full: outbox_full.clone(),
+        batch: BatchWriter::default(),
+        batch_bytes: config.batch_bytes.min(config.max_message_size / 2),
+        gate: gate.clone(),
+        stall_limit: config.stall_limit,
+        linger: Default::default(),
+    };
+    let repair_server = RepairServer {
+        socket: rep_socket,
+        gate: gate.clone(),
+        counters: counters.clone(),
+        max_message_size: config.max_message_size,
+        jobs: repair_tx,
+    };
+    let acks: AckView = Default::default();
+    let last_seqs = Arc::new(LastSeqBoard::default());
+    let (losses, _) = broadcast::channel(EVENT_BUFFER);
+    let inbox = InboxConfig {
+        me: id,
+        ordered: config.ordered,
+        ..InboxConfig::default()
+    };
+    let (receiver_tx, receiver_rx) = mpsc::unbounded_channel();
+    let (stopping, stopping_rx) = watch::channel(false);
+    let receiver = Receiver {
+        socket: sub_socket,
+        sockets,
+        registry: registry.clone(),
+        counters: counters.clone(),
+        max_message_size: config.max_message_size,
+        bad: BadInputLog::default(),
+        stopping: stopping_rx,
+        faults: config
+            .link_faults
+            .is_active()
+            .then(|| FaultInjector::new(config.link_faults)),
+        inbox: Inbox::new(inbox),
+        keys: KeyCache::new(config.dedup_keys, config.dedup_window),
+        acks: acks.clone(),
+        last_seqs: last_seqs.clone(),
+        losses: losses.clone(),
+        dialers: HashMap::new(),
+        nak_senders: HashMap::new(),
+        scratch: Vec::new(),
+        topics: Default::default(),
+        me: id,
+        direct_acked: HashMap::new(),
+    };
+    let (discovery_tx, discovery_rx) = mpsc::channel(4);
+    let discovery = Discovery {
+        core: Membership::new(info.clone(), config.membership),
+        surveyor,
+        respondent,
+        seeds: config.seeds.clone(),
+        interval: config.heartbeat_interval,
+        deadline: config.heartbeat_deadline,
+        max_message_size: config.max_message_size,
+        receiver: receiver_tx.clone(),
+        events: events.clone(),
+        view: view.clone(),
+        counters: counters.clone(),
+        last_seq,
+        acks,
+        last_seqs,
+        registry: registry.clone(),
+        publisher: publisher_tx.clone(),
+        dialers: HashMap::new(),
+        bad: BadInputLog::default(),
+        gate,
+    };
+    let tasks = vec![
+        tokio::spawn(discovery.run(discovery_rx)),
+        tokio::spawn(publisher.run(publish_rx, publisher_rx, repair_rx)),
+        tokio::spawn(repair_server.run()),
+        tokio::spawn(receiver.run(receiver_rx)),
+    ];
+    tracing::info!(%id, name = %config.name, url = %info.endpoints.survey, "peer started");
+    Ok(Drivers {
+        info,
+        counters,
+        registry,
+        view,
+        events,
+        publish_tx,
+        publisher: publisher_tx,
+        outbox_full,
+        losses,
+        receiver: receiver_tx,
+        discovery: discovery_tx,
+        stopping,
+        tasks,
+    })
+}
+
+/// The default peer id: a stable hash of name and public URL (never 0).
+fn stable_id(name: &str, url: &str) -> PeerId {
+    use std::hash::Hasher;
+    let mut h = fnv::FnvHasher::default();
+    h.write(name.as_bytes());
+    h.write(&[0]);
+    h.write(url.as_bytes());
+    PeerId(h.finish().max(1))
+}

@@ -1,0 +1,23 @@
+//! Protocol cores: pure, synchronous state machines (sans-IO).
+//!
+//! Each core takes its input and the current time as arguments and returns
+//! what to do, in the shape of quinn-proto: `handle_*(…, now)` feeds it a
+//! message or an event, `poll_*()` drains the actions it decided on, and
+//! `poll_timeout()` says when it next wants to be woken. The driver tasks
+//! (`crate::driver`) own the sockets and the clock and call them.
+//!
+//! May use: `std` (but not `std::net`), the wire types (`crate::wire`),
+//! `crate::error`, and plain-data crates (serde, bytes, rand with a seed
+//! given in, fnv). Must not use: tokio, nng, `Instant::now`,
+//! `SystemTime::now`, `std::net`, spawning threads or tasks, or anything
+//! under `crate::driver`, `crate::transport` or `crate::api`.
+//! `tests/layers.rs` checks this rule on every test run.
+
+pub mod correlator;
+pub mod dedup;
+pub mod faults;
+pub mod inbox;
+pub(crate) mod linger;
+pub mod membership;
+pub mod outbox;
+pub(crate) mod quarantine;

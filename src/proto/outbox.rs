@@ -1,0 +1,598 @@
+//! The publisher's reliability core: retained envelopes and ack watermarks.
+//!
+//! Owns: the bounded retransmit buffer of one origin incarnation, the
+//! "received through" watermark each live member reported for it, freeing
+//! what every live member has, and answering NAKs. Sans-IO: the publish
+//! driver feeds it and sends what it returns.
+//!
+//! Policy: a member that joins is given a provisional watermark at the last
+//! sequence number published when it joined (it is owed everything after),
+//! confirmed by its first ack. A member whose heartbeats carry no ack for
+//! [`NO_ACK_ROUNDS`] rounds (an implementation that does not ack) loses its
+//! provisional watermark. When every live member has a watermark, what all
+//! of them have is freed at once. Otherwise the buffer keeps the newest
+//! `capacity` envelopes (and at most `max_bytes` of them) as a ring, so a
+//! member without a watermark can still be repaired; it never holds the
+//! buffer back, and what it asks for after eviction is "gone".
+//! The buffer never drops an envelope a member with a known watermark has
+//! not acknowledged: [`Outbox::is_full`] then tells the driver to stop
+//! taking new messages (so `publish` waits, or fails fast if configured)
+//! until acks arrive or the lagging member fails — or, if the buffer stays
+//! full for longer than the stall limit, until the members holding it back
+//! are cut off ([`Outbox::check_stall`]): their watermarks stop counting,
+//! the buffer turns into a ring for them, and what they ask for after it
+//! was evicted is answered "gone", so they report it as lost. One stuck or
+//! malicious member therefore cannot stop a publisher for longer than the
+//! stall limit. A member that was cut off counts again once its ack reaches
+//! what is still retained.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::wire::envelope::PeerId;
+use crate::wire::repair::{Nak, Repair, MAX_RANGES};
+
+/// Heartbeats without an ack after which a member's provisional watermark is dropped.
+pub const NO_ACK_ROUNDS: u32 = 3;
+
+/// Sizing of an [`Outbox`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutboxConfig {
+    /// Envelopes retained at most.
+    pub capacity: usize,
+    /// Bytes of retained frames at most (exceeded by one frame at most).
+    pub max_bytes: usize,
+    /// Largest repair answer, in bytes of retained frames.
+    pub max_reply_bytes: usize,
+    /// Most sequence numbers looked at for one NAK.
+    pub max_nak_seqs: u64,
+}
+
+impl Default for OutboxConfig {
+    fn default() -> Self {
+        OutboxConfig {
+            capacity: 8192,
+            max_bytes: 16 << 20,
+            max_reply_bytes: 512 * 1024,
+            max_nak_seqs: 4096,
+        }
+    }
+}
+
+/// Input the outbox ignored, by reason.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OutboxRefused {
+    /// Acks from peers that are not live members, or for another incarnation.
+    pub acks: u64,
+    /// NAKs for another origin or incarnation.
+    pub naks: u64,
+    /// NAK ranges reaching past the last sequence number published.
+    pub unpublished: u64,
+}
+
+/// See the module documentation.
+#[derive(Debug)]
+pub struct Outbox {
+    origin: PeerId,
+    incarnation: u64,
+    cfg: OutboxConfig,
+    last_seq: u64,
+    /// `(seq, frame)`, ascending and contiguous.
+    retained: VecDeque<(u64, Bytes)>,
+    retained_bytes: usize,
+    /// Highest sequence number every member with a known watermark has
+    /// (`u64::MAX`: none known), and what every live member has (0: some
+    /// watermark is unknown); both kept up to date by [`free`](Self::free)
+    /// at every change of the watermarks, so `is_full` and `push` are O(1).
+    floor: u64,
+    freeable: u64,
+    members: HashSet<PeerId>,
+    acks: HashMap<PeerId, u64>,
+    /// Members whose watermark was set at join and not yet confirmed, with
+    /// the heartbeats seen since without an ack.
+    provisional: HashMap<PeerId, u32>,
+    /// The last sequence number published when each member joined.
+    joined_at: HashMap<PeerId, u64>,
+    /// Members cut off for holding the buffer full too long.
+    cut_off: HashSet<PeerId>,
+    /// Since when the buffer has been full.
+    full_since: Option<Instant>,
+    refused: OutboxRefused,
+}
+
+impl Outbox {
+    /// An empty outbox for this origin incarnation.
+    pub fn new(origin: PeerId, incarnation: u64, cfg: OutboxConfig) -> Self {
+        Outbox {
+            origin,
+            incarnation,
+            cfg,
+            last_seq: 0,
+            retained: VecDeque::new(),
+            retained_bytes: 0,
+            floor: u64::MAX,
+            freeable: u64::MAX,
+            members: HashSet::new(),
+            acks: HashMap::new(),
+            provisional: HashMap::new(),
+            joined_at: HashMap::new(),
+            cut_off: HashSet::new(),
+            full_since: None,
+            refused: OutboxRefused::default(),
+        }
+    }
+
+    /// Called regularly (each heartbeat round) by the driver: if the buffer
+    /// has been full for `limit`, the members whose watermark holds it back
+    /// are cut off (returned). See the module documentation.
+    pub fn check_stall(&mut self, now: Instant, limit: Duration) -> Vec<PeerId> {
+        if !self.is_full() {
+            self.full_since = None;
+            return Vec::new();
+        }
+        let since = *self.full_since.get_or_insert(now);
+        if now.saturating_duration_since(since) < limit {
+            return Vec::new();
+        }
+        let floor = self.floor;
+        let laggards: Vec<PeerId> = self
+            .acks
+            .iter()
+            .filter(|(_, ack)| **ack == floor)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &laggards {
+            self.acks.remove(id);
+            self.provisional.remove(id);
+            self.cut_off.insert(*id);
+        }
+        self.full_since = None;
+        self.free();
+        laggards
+    }
+
+    /// Last sequence number pushed (0 before the first).
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+
+    /// Envelopes retained now.
+    pub fn len(&self) -> usize {
+        self.retained.len()
+    }
+
+    /// Whether nothing is retained.
+    pub fn is_empty(&self) -> bool {
+        self.retained.is_empty()
+    }
+
+    /// Bytes of retained frames.
+    pub fn bytes(&self) -> usize {
+        self.retained_bytes
+    }
+
+    /// Input ignored so far.
+    pub fn refused(&self) -> OutboxRefused {
+        self.refused
+    }
+
+    /// True when a new envelope cannot be retained without dropping one a
+    /// live member has not acknowledged.
+    pub fn is_full(&self) -> bool {
+        self.at_bound()
+            && self
+                .retained
+                .front()
+                .is_some_and(|(seq, _)| *seq > self.floor)
+    }
+
+    /// Whether the buffer holds `capacity` envelopes or `max_bytes`.
+    fn at_bound(&self) -> bool {
+        self.retained.len() >= self.cfg.capacity || self.retained_bytes >= self.cfg.max_bytes
+    }
+
+    /// Retains the next envelope (sequence number `last_seq() + 1`). The
+    /// caller checks [`is_full`](Self::is_full) first.
+    pub fn push(&mut self, frame: Bytes) -> u64 {
+        debug_assert!(!self.is_full(), "push into a full outbox");
+        // Not full: the oldest is acknowledged by all, or this is a ring.
+        while self.at_bound() {
+            let (_, old) = self.retained.pop_front().expect("at the bound");
+            self.retained_bytes -= old.len();
+        }
+        self.last_seq += 1;
+        self.retained_bytes += frame.len();
+        self.retained.push_back((self.last_seq, frame));
+        self.drop_freeable();
+        self.last_seq
+    }
+
+    /// Uses the next sequence number without retaining the envelope (only
+    /// at shutdown, for what was queued while full): a NAK for it is
+    /// answered "gone".
+    pub fn skip(&mut self) -> u64 {
+        self.last_seq += 1;
+        // Retained frames must stay contiguous: older ones can no longer be
+        // answered in order, so they are released too.
+        self.retained.clear();
+        self.retained_bytes = 0;
+        self.last_seq
+    }
+
+    /// The live members changed: only their acks count from now on.
+    pub fn set_members(&mut self, live: impl IntoIterator<Item = PeerId>) {
+        let live: HashSet<PeerId> = live.into_iter().collect();
+        for &joined in live.difference(&self.members) {
+            self.acks.insert(joined, self.last_seq);
+            self.provisional.insert(joined, 0);
+            self.joined_at.insert(joined, self.last_seq);
+        }
+        self.members = live;
+        self.cut_off.retain(|id| self.members.contains(id));
+        self.joined_at.retain(|id, _| self.members.contains(id));
+        self.acks.retain(|id, _| self.members.contains(id));
+        self.provisional.retain(|id, _| self.members.contains(id));
+        self.free();
+    }
+
+    /// `member` sent a heartbeat without an ack for this origin.
+    pub fn on_no_ack(&mut self, member: PeerId) {
+        let Some(rounds) = self.provisional.get_mut(&member) else {
+            return;
+        };
+        *rounds += 1;
+        if *rounds >= NO_ACK_ROUNDS {
+            self.provisional.remove(&member);
+            self.acks.remove(&member);
+            self.free();
+        }
+    }
+
+    /// `member` reports it has received everything of `incarnation` through `seq`.
+    pub fn on_ack(&mut self, member: PeerId, incarnation: u64, seq: u64) {
+        if incarnation != self.incarnation || !self.members.contains(&member) {
+            self.refused.acks += 1;
+            return;
+        }
+        let seq = seq.min(self.last_seq);
+        if self.cut_off.contains(&member) {
+            // Counts again only once it has caught up with what is retained.
+            let oldest = self.retained.front().map_or(self.last_seq + 1, |(s, _)| *s);
+            if seq + 1 < oldest {
+                return;
+            }
+            self.cut_off.remove(&member);
+        }
+        self.provisional.remove(&member);
+        let ack = self.acks.entry(member).or_insert(0);
+        *ack = (*ack).max(seq);
+        self.free();
+    }
+
+    /// Frees what every live member has received, once all their
+    /// watermarks are known.
+    fn free(&mut self) {
+        self.floor = self.acks.values().copied().min().unwrap_or(u64::MAX);
+        self.freeable = if self.members.iter().all(|m| self.acks.contains_key(m)) {
+            self.floor
+        } else {
+            0
+        };
+        self.drop_freeable();
+    }
+
+    /// Drops the retained frames every live member has.
+    fn drop_freeable(&mut self) {
+        while let Some((seq, frame)) = self.retained.front() {
+            if *seq > self.freeable {
+                break;
+            }
+            self.retained_bytes -= frame.len();
+            self.retained.pop_front();
+        }
+    }
+
+    /// Answers a NAK: retained frames (up to the reply size), ranges no
+    /// longer retained as `gone`, never-published numbers ignored. The work
+    /// is bounded by `max_nak_seqs` whatever the ranges say.
+    /// Overlapping or repeated ranges are merged first, so one NAK never
+    /// gets the same envelope twice (no amplification).
+    pub fn answer(&mut self, nak: &Nak) -> Repair {
+        let mut repair = Repair {
+            origin: self.origin,
+            incarnation: self.incarnation,
+            last_seq: self.last_seq,
+            frames: Vec::new(),
+            gone: Vec::new(),
+            owed_from: 1,
+        };
+        if nak.origin != self.origin || nak.incarnation != self.incarnation {
+            self.refused.naks += 1;
+            return repair;
+        }
+        // What was published before the asker joined is not owed to it. A
+        // non-member is owed what is still retained; the rest is "gone".
+        if let Some(&joined) = self.joined_at.get(&nak.member) {
+            repair.owed_from = joined + 1;
+        }
+        // Everything below this was freed (or never retained).
+        let oldest = self.retained.front().map_or(self.last_seq + 1, |(s, _)| *s);
+        let (mut budget, mut bytes) = (self.cfg.max_nak_seqs, 0usize);
+        for (first, last) in merged(&nak.ranges[..nak.ranges.len().min(MAX_RANGES)]) {
+            if budget == 0 || bytes >= self.cfg.max_reply_bytes {
+                break;
+            }
+            let first = first.max(repair.owed_from);
+            if last > self.last_seq {
+                self.refused.unpublished += 1;
+            }
+            let last = last.min(self.last_seq);
+            if first > last {
+                continue;
+            }
+            if first < oldest {
+                repair.gone.push((first, last.min(oldest - 1)));
+            }
+            let mut seq = first.max(oldest);
+            while seq <= last && budget > 0 && bytes < self.cfg.max_reply_bytes {
+                let (_, frame) = &self.retained[(seq - oldest) as usize];
+                bytes += frame.len();
+                repair.frames.push(frame.clone());
+                seq += 1;
+                budget -= 1;
+            }
+        }
+        repair
+    }
+}
+
+/// `ranges` sorted, with overlapping and adjacent ones merged; inverted
+/// ranges dropped.
+fn merged(ranges: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let mut sorted: Vec<(u64, u64)> = ranges.iter().copied().filter(|(a, b)| a <= b).collect();
+    sorted.sort_unstable();
+    let mut out: Vec<(u64, u64)> = Vec::with_capacity(sorted.len());
+    for (first, last) in sorted {
+        match out.last_mut() {
+            Some(prev) if first <= prev.1.saturating_add(1) => prev.1 = prev.1.max(last),
+            _ => out.push((first, last)),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outbox(capacity: usize) -> Outbox {
+        Outbox::new(
+            PeerId(1),
+            9,
+            OutboxConfig {
+                capacity,
+                max_bytes: usize::MAX,
+                max_reply_bytes: 100,
+                max_nak_seqs: 50,
+            },
+        )
+    }
+
+    fn frame(seq: u64) -> Bytes {
+        Bytes::from(format!("frame-{seq:04}")) // 10 bytes
+    }
+
+    fn nak(ranges: &[(u64, u64)]) -> Nak {
+        Nak {
+            origin: PeerId(1),
+            incarnation: 9,
+            ranges: ranges.to_vec(),
+            member: PeerId(2),
+        }
+    }
+
+    #[test]
+    fn the_byte_bound_fills_and_rings_like_the_count_bound() {
+        let bounded = || {
+            Outbox::new(
+                PeerId(1),
+                9,
+                OutboxConfig {
+                    capacity: 1000,
+                    max_bytes: 35, // three 10-byte frames are below, four are not
+                    max_reply_bytes: 100,
+                    max_nak_seqs: 50,
+                },
+            )
+        };
+        let mut o = bounded();
+        o.set_members([PeerId(2)]);
+        for s in 1..=4 {
+            assert!(!o.is_full());
+            o.push(frame(s));
+        }
+        assert!(o.is_full(), "40 bytes unacknowledged");
+        o.on_ack(PeerId(2), 9, 2);
+        assert_eq!((o.len(), o.bytes()), (2, 20));
+        assert!(!o.is_full());
+        // A member that never acks: the buffer is a ring of ~35 bytes.
+        let mut o = bounded();
+        o.set_members([PeerId(2)]);
+        for _ in 0..NO_ACK_ROUNDS {
+            o.on_no_ack(PeerId(2));
+        }
+        for s in 1..=20 {
+            assert!(!o.is_full());
+            o.push(frame(s));
+            assert!(o.bytes() <= 40, "bounded by max_bytes + one frame");
+        }
+        assert_eq!(o.len(), 4);
+        let answer = o.answer(&nak(&[(1, 20)]));
+        assert_eq!(answer.frames.len(), 4);
+        assert_eq!(answer.gone, vec![(1, 16)]);
+    }
+
+    /// Regression (found by `cargo fuzz run reliability`): overlapping
+    /// ranges in one NAK made the origin send the same envelope repeatedly.
+    #[test]
+    fn overlapping_nak_ranges_never_repeat_an_envelope() {
+        let mut o = outbox(8);
+        o.set_members([PeerId(2)]);
+        for s in 1..=4 {
+            o.push(frame(s));
+        }
+        let r = o.answer(&nak(&[(2, 3), (1, 2), (3, 3), (3, 4), (9, 1), (2, 3)]));
+        assert_eq!(r.frames, (1..=4).map(frame).collect::<Vec<_>>());
+        assert_eq!(
+            merged(&[(5, 6), (1, 2), (3, 3), (8, 9)]),
+            [(1, 3), (5, 6), (8, 9)]
+        );
+        assert_eq!(merged(&[(0, u64::MAX), (7, 8)]), [(0, u64::MAX)]);
+    }
+
+    #[test]
+    fn a_member_holding_the_buffer_full_past_the_stall_limit_is_cut_off() {
+        let (t0, limit) = (Instant::now(), Duration::from_secs(5));
+        let mut o = outbox(4);
+        o.set_members([PeerId(2), PeerId(3)]);
+        for s in 1..=4 {
+            o.push(frame(s));
+        }
+        o.on_ack(PeerId(2), 9, 4); // keeps up
+        o.on_ack(PeerId(3), 9, 0); // stuck at 0
+        assert!(o.is_full());
+        assert!(o.check_stall(t0, limit).is_empty());
+        assert!(o.check_stall(t0 + Duration::from_secs(4), limit).is_empty());
+        assert_eq!(o.check_stall(t0 + limit, limit), [PeerId(3)]);
+        assert!(!o.is_full(), "publishing goes on");
+        assert_eq!(
+            o.len(),
+            4,
+            "kept as a ring, for repairs of the cut-off member"
+        );
+        for s in 5..=9 {
+            o.push(frame(s));
+            o.on_ack(PeerId(2), 9, s);
+        }
+        // The cut-off member's old acks do not count; its NAK gets "gone".
+        o.on_ack(PeerId(3), 9, 2);
+        assert!(!o.is_full());
+        let r = o.answer(&Nak {
+            member: PeerId(3),
+            ..nak(&[(2, 9)])
+        });
+        assert_eq!(r.gone, [(2, 5)]);
+        assert_eq!(r.frames, (6..=9).map(frame).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_cut_off_member_counts_again_once_caught_up() {
+        let (t0, limit) = (Instant::now(), Duration::from_secs(1));
+        let mut o = outbox(2);
+        o.set_members([PeerId(2)]);
+        o.push(frame(1));
+        o.push(frame(2));
+        assert_eq!(o.check_stall(t0, limit), []);
+        assert_eq!(o.check_stall(t0 + limit, limit), [PeerId(2)]);
+        o.push(frame(3)); // ring: 2, 3
+        o.on_ack(PeerId(2), 9, 0);
+        assert_eq!(o.len(), 2, "an ack behind the ring does not count");
+        o.on_ack(PeerId(2), 9, 2);
+        assert_eq!(o.len(), 1, "caught up: counts again, 1 and 2 freed");
+    }
+
+    #[test]
+    fn frees_what_every_live_member_acked_and_fills_otherwise() {
+        let mut o = outbox(4);
+        o.set_members([PeerId(2), PeerId(3)]); // provisional watermarks: 0
+        for s in 1..=4 {
+            assert_eq!(o.push(frame(s)), s);
+        }
+        assert!(o.is_full());
+        o.on_ack(PeerId(2), 9, 3);
+        o.on_ack(PeerId(3), 9, 1);
+        assert_eq!(o.len(), 3, "only what both have: seq 1");
+        assert!(!o.is_full());
+        // The lagging member fails: its watermark stops counting.
+        o.set_members([PeerId(2)]);
+        assert_eq!(o.len(), 1);
+        assert_eq!(o.bytes(), 10);
+    }
+
+    #[test]
+    fn a_member_that_never_acks_stops_holding_the_buffer() {
+        let mut o = outbox(4);
+        o.set_members([PeerId(2)]);
+        for s in 1..=4 {
+            o.push(frame(s));
+        }
+        assert!(o.is_full(), "a new member is owed what follows its join");
+        for _ in 0..NO_ACK_ROUNDS {
+            o.on_no_ack(PeerId(2));
+        }
+        assert!(!o.is_full(), "no acks: ring mode");
+        for s in 5..=6 {
+            o.push(frame(s));
+        }
+        assert_eq!(o.len(), 4);
+        // An ack confirms a watermark, which never lapses afterwards.
+        o.on_ack(PeerId(2), 9, 5);
+        assert_eq!(o.len(), 1);
+        for _ in 0..10 {
+            o.on_no_ack(PeerId(2));
+        }
+        o.push(frame(7));
+        o.push(frame(8));
+        o.push(frame(9));
+        assert!(o.is_full());
+    }
+
+    #[test]
+    fn unknown_watermarks_and_strangers_do_not_hold_the_buffer() {
+        let mut o = outbox(4);
+        o.set_members([PeerId(2)]);
+        for _ in 0..NO_ACK_ROUNDS {
+            o.on_no_ack(PeerId(2));
+        }
+        for s in 1..=6 {
+            o.push(frame(s));
+        }
+        assert_eq!(o.len(), 4, "watermark unknown: kept as a ring, never full");
+        assert!(!o.is_full());
+        o.on_ack(PeerId(99), 9, 0); // not a member
+        o.on_ack(PeerId(2), 8, 0); // wrong incarnation
+        assert_eq!(o.refused().acks, 2);
+        o.on_ack(PeerId(2), 9, 5);
+        assert_eq!(o.len(), 1, "known now: freed up to the watermark");
+        o.set_members([]);
+        assert_eq!(o.len(), 0, "nobody left to repair");
+    }
+
+    #[test]
+    fn answers_naks_with_frames_gone_and_bounds() {
+        let mut o = outbox(100);
+        o.set_members([PeerId(2)]);
+        for s in 1..=30 {
+            o.push(frame(s));
+        }
+        o.on_ack(PeerId(2), 9, 10); // frees 1..=10
+        let r = o.answer(&nak(&[(5, 12), (40, 50)]));
+        assert_eq!(r.gone, vec![(5, 10)]);
+        assert_eq!(r.frames, vec![frame(11), frame(12)]);
+        assert_eq!(r.last_seq, 30);
+        assert_eq!(o.refused().unpublished, 1);
+        // Reply size bound: 100 bytes = 10 frames.
+        assert_eq!(o.answer(&nak(&[(11, 30)])).frames.len(), 10);
+        // A NAK for someone else, or an absurd range, is cheap.
+        let wrong = Nak {
+            incarnation: 8,
+            ..nak(&[(1, 2)])
+        };
+        assert!(o.answer(&wrong).frames.is_empty());
+        let huge = o.answer(&nak(&[(1, u64::MAX)]));
+        assert_eq!(huge.gone, vec![(1, 10)]);
+        assert!(huge.frames.len() <= 10);
+    }
+}

@@ -1,0 +1,284 @@
+//! Heartbeat messages: what surveyors ask and respondents answer.
+//!
+//! Owns: the [`Survey`] and [`Response`] bodies, their frame kinds and their
+//! validation (every advertised [`PeerInfo`] is checked, gossip lists are
+//! bounded). No sockets, no clock. See `docs/WIRE.md`.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::wire::envelope::PeerId;
+use crate::wire::frame::{self, DecodeError};
+use crate::wire::member::PeerInfo;
+
+/// Frame kind of a survey (surveyor → respondents).
+pub const KIND_SURVEY: u8 = 1;
+/// Frame kind of a survey response (respondent → surveyor).
+pub const KIND_RESPONSE: u8 = 2;
+/// Most gossip entries accepted in one response.
+pub const MAX_GOSSIP: usize = 1024;
+
+/// A heartbeat round's question, sent to every respondent connected to the
+/// surveyor. It is also the surveyor's own heartbeat.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Survey {
+    /// The surveying peer.
+    pub from: Arc<PeerInfo>,
+    /// The surveyor's heartbeat counter (one more each round).
+    pub heartbeat: u64,
+    /// True when the surveyor is shutting down gracefully.
+    pub leaving: bool,
+    /// Last event sequence number the surveyor published (0: none yet).
+    pub last_seq: u64,
+    /// What the surveyor has received from each origin.
+    pub acks: Vec<Ack>,
+}
+
+/// A respondent's answer: its own heartbeat plus gossip about other members.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Response {
+    /// The responding peer.
+    pub from: Arc<PeerInfo>,
+    /// The respondent's heartbeat counter.
+    pub heartbeat: u64,
+    /// Last event sequence number the respondent published (0: none yet).
+    pub last_seq: u64,
+    /// Some live members the respondent knows, with the highest heartbeat
+    /// counter it has seen for each.
+    pub gossip: Vec<Gossip>,
+    /// What the respondent has received from each origin.
+    pub acks: Vec<Ack>,
+}
+
+/// "I have received everything `origin` published in `incarnation` up to
+/// and including `seq`": what lets an origin free its retransmit buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ack {
+    /// The publishing peer.
+    pub origin: PeerId,
+    /// Its incarnation.
+    pub incarnation: u64,
+    /// Received through this sequence number.
+    pub seq: u64,
+}
+
+/// One member as another peer has seen it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Gossip {
+    /// What the member advertises.
+    pub info: Arc<PeerInfo>,
+    /// Highest heartbeat counter of that member the gossiper has seen.
+    pub heartbeat: u64,
+}
+
+fn check_acks(acks: &[Ack]) -> Result<(), DecodeError> {
+    if acks.len() > MAX_GOSSIP {
+        return Err(DecodeError::Malformed(format!(
+            "{} acks, at most {MAX_GOSSIP} accepted",
+            acks.len()
+        )));
+    }
+    Ok(())
+}
+
+impl Survey {
+    /// Encodes as a complete frame.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut buf = Vec::with_capacity(256);
+        frame::encode_into(&mut buf, KIND_SURVEY, self);
+        buf
+    }
+
+    /// Decodes and validates a survey frame. Never panics.
+    pub fn decode(bytes: &[u8], max_size: usize) -> Result<Self, DecodeError> {
+        let s: Survey = frame::decode(bytes, max_size, KIND_SURVEY)?;
+        check_acks(&s.acks)?;
+        s.from.validate().map_err(DecodeError::Malformed)?;
+        Ok(s)
+    }
+}
+
+impl Response {
+    /// Encodes as a complete frame.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut buf = Vec::with_capacity(256 + 160 * self.gossip.len());
+        frame::encode_into(&mut buf, KIND_RESPONSE, self);
+        buf
+    }
+
+    /// Decodes and validates a response frame. Never panics.
+    pub fn decode(bytes: &[u8], max_size: usize) -> Result<Self, DecodeError> {
+        let r: Response = frame::decode(bytes, max_size, KIND_RESPONSE)?;
+        if r.gossip.len() > MAX_GOSSIP {
+            return Err(DecodeError::Malformed(format!(
+                "{} gossip entries, at most {MAX_GOSSIP} accepted",
+                r.gossip.len()
+            )));
+        }
+        check_acks(&r.acks)?;
+        r.from.validate().map_err(DecodeError::Malformed)?;
+        for g in &r.gossip {
+            g.info.validate().map_err(DecodeError::Malformed)?;
+        }
+        Ok(r)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::member::Endpoints;
+    use proptest::prelude::*;
+
+    fn info(id: u64) -> Arc<PeerInfo> {
+        Arc::new(PeerInfo {
+            id: PeerId(id),
+            incarnation: 1_000 + id,
+            name: format!("svc-{id}"),
+            endpoints: Endpoints {
+                survey: format!("tcp://127.0.0.1:{}", 7000 + id),
+                publish: format!("tcp://127.0.0.1:{}", 8000 + id),
+                repair: format!("tcp://127.0.0.1:{}", 9000 + id),
+            },
+        })
+    }
+
+    fn response() -> Response {
+        Response {
+            from: info(1),
+            heartbeat: 9,
+            last_seq: 4,
+            gossip: vec![
+                Gossip {
+                    info: info(2),
+                    heartbeat: 3,
+                },
+                Gossip {
+                    info: info(3),
+                    heartbeat: 5,
+                },
+            ],
+            acks: vec![Ack {
+                origin: PeerId(2),
+                incarnation: 1,
+                seq: 99,
+            }],
+        }
+    }
+
+    #[test]
+    fn round_trips() {
+        let s = Survey {
+            from: info(1),
+            heartbeat: 7,
+            leaving: true,
+            last_seq: 12,
+            acks: vec![],
+        };
+        assert_eq!(Survey::decode(&s.encode(), 1 << 20).unwrap(), s);
+        let r = response();
+        assert_eq!(Response::decode(&r.encode(), 1 << 20).unwrap(), r);
+    }
+
+    #[test]
+    fn survey_layout_matches_wire_doc() {
+        let from = Arc::new(PeerInfo {
+            id: PeerId(1),
+            incarnation: 2,
+            name: "a".into(),
+            endpoints: Endpoints {
+                survey: "inproc://a".into(),
+                publish: "inproc://a.pub".into(),
+                repair: "inproc://a.repair".into(),
+            },
+        });
+        let s = Survey {
+            from,
+            heartbeat: 5,
+            leaving: false,
+            last_seq: 0,
+            acks: vec![Ack {
+                origin: PeerId(3),
+                incarnation: 4,
+                seq: 6,
+            }],
+        };
+        let mut expected = vec![
+            0x93, 0x01, 0x01, 0x95, 0x94, 0x01, 0x02, 0xa1, b'a', 0x93, 0xaa,
+        ];
+        expected.extend_from_slice(b"inproc://a");
+        expected.push(0xae);
+        expected.extend_from_slice(b"inproc://a.pub");
+        expected.push(0xb1);
+        expected.extend_from_slice(b"inproc://a.repair");
+        expected.extend_from_slice(&[0x05, 0xc2, 0x00, 0x91, 0x93, 0x03, 0x04, 0x06]);
+        assert_eq!(s.encode(), expected);
+    }
+
+    #[test]
+    fn kinds_are_not_interchangeable() {
+        let s = Survey {
+            from: info(1),
+            heartbeat: 7,
+            leaving: false,
+            last_seq: 0,
+            acks: vec![],
+        };
+        assert_eq!(
+            Response::decode(&s.encode(), 1 << 20),
+            Err(DecodeError::UnknownKind(KIND_SURVEY))
+        );
+        assert!(crate::Envelope::decode(&s.encode(), 1 << 20).is_err());
+    }
+
+    #[test]
+    fn invalid_peer_info_is_malformed() {
+        let mut r = response();
+        Arc::make_mut(&mut r.gossip[1].info).endpoints.publish = "http://nope".into();
+        assert!(matches!(
+            Response::decode(&r.encode(), 1 << 20),
+            Err(DecodeError::Malformed(_))
+        ));
+        let mut r = response();
+        Arc::make_mut(&mut r.from).id = PeerId(0);
+        assert!(matches!(
+            Response::decode(&r.encode(), 1 << 20),
+            Err(DecodeError::Malformed(_))
+        ));
+        let mut r = response();
+        r.gossip = (0..MAX_GOSSIP as u64 + 1)
+            .map(|i| Gossip {
+                info: info(i + 1),
+                heartbeat: 1,
+            })
+            .collect();
+        assert!(matches!(
+            Response::decode(&r.encode(), 1 << 30),
+            Err(DecodeError::Malformed(_))
+        ));
+        let bytes = response().encode();
+        for cut in 0..bytes.len() {
+            assert!(Response::decode(&bytes[..cut], 1 << 20).is_err());
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn decoders_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..600)) {
+            let _ = Survey::decode(&bytes, usize::MAX);
+            let _ = Response::decode(&bytes, usize::MAX);
+        }
+
+        #[test]
+        fn decoders_survive_mutations(flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..6)) {
+            let mut bytes = response().encode();
+            for (i, b) in flips {
+                let i = i.index(bytes.len());
+                bytes[i] = b;
+            }
+            let _ = Response::decode(&bytes, usize::MAX);
+            let _ = Survey::decode(&bytes, usize::MAX);
+        }
+    }
+}
