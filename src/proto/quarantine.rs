@@ -8,7 +8,7 @@
 //! whose ban ends first is dropped.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::hash::Hash;
 use std::time::{Duration, Instant};
 
 /// First ban.
@@ -27,15 +27,24 @@ struct Entry {
     last: Instant,
 }
 
-/// Offending addresses and their bans.
-#[derive(Debug, Default)]
-pub(crate) struct Quarantine {
-    entries: HashMap<IpAddr, Entry>,
+/// Offending addresses (of any kind `A`: the driver uses IP addresses) and
+/// their bans.
+#[derive(Debug)]
+pub(crate) struct Quarantine<A> {
+    entries: HashMap<A, Entry>,
 }
 
-impl Quarantine {
+impl<A> Default for Quarantine<A> {
+    fn default() -> Self {
+        Quarantine {
+            entries: HashMap::new(),
+        }
+    }
+}
+
+impl<A: Hash + Eq + Copy> Quarantine<A> {
     /// Records an offence by `addr` at `now`; returns the ban it earns.
-    pub(crate) fn offend(&mut self, addr: IpAddr, now: Instant) -> Duration {
+    pub(crate) fn offend(&mut self, addr: A, now: Instant) -> Duration {
         self.forget_quiet(now);
         if !self.entries.contains_key(&addr) && self.entries.len() >= MAX_ENTRIES {
             if let Some(oldest) = self
@@ -62,7 +71,7 @@ impl Quarantine {
     }
 
     /// Whether `addr` is banned at `now`.
-    pub(crate) fn is_banned(&self, addr: IpAddr, now: Instant) -> bool {
+    pub(crate) fn is_banned(&self, addr: A, now: Instant) -> bool {
         self.entries.get(&addr).is_some_and(|e| now < e.until)
     }
 
@@ -81,6 +90,7 @@ impl Quarantine {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::IpAddr;
 
     fn ip(n: u32) -> IpAddr {
         IpAddr::from(n.to_be_bytes())

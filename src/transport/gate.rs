@@ -40,7 +40,7 @@ struct PipeState {
 pub(crate) struct Gate {
     auth: Auth,
     counters: Arc<Counters>,
-    quarantine: Mutex<Quarantine>,
+    quarantine: Mutex<Quarantine<IpAddr>>,
     /// Every live pipe of every socket of the peer (bounded by NNG's pipes).
     pipes: Mutex<HashMap<Pipe, PipeState>>,
 }

@@ -1,17 +1,11 @@
 //! Batches: several event frames sent as one NNG message.
 //!
-//! Owns: the batch frame kind, its bound, and [`BatchWriter`], which
-//! coalesces already encoded event frames without re-encoding them. The
-//! decoder of a batch is [`Envelope::decode_events`](crate::Envelope::decode_events).
+//! Owns: [`BatchWriter`], which coalesces already encoded event frames
+//! into one batch frame without re-encoding them. The batch layout and its
+//! decoder belong to the envelope ([`Envelope::decode_events`](crate::Envelope::decode_events)).
 
-use crate::wire::envelope::EVENT_HEADER;
-use crate::wire::envelope::KIND_EVENT;
+use crate::wire::envelope::{EVENT_HEADER, KIND_BATCH, KIND_EVENT};
 use crate::wire::frame::WIRE_VERSION;
-
-/// Frame kind of a batch: several envelopes in one message.
-pub const KIND_BATCH: u8 = 5;
-/// Most envelopes accepted in one batch.
-pub const MAX_BATCH: u32 = 65_536;
 
 /// Coalesces encoded event frames into one batch message.
 ///
