@@ -1,9 +1,9 @@
 //! Throughput and latency of reliable, deduplicated chorus delivery, side by
 //! side with raw NNG pub/sub measured in the same run (the engine is
-//! `support/throughput.rs`, also run by `chorus bench`).
+//! `chorus::bench`, feature `bench`, also run by `chorus bench`).
 //!
-//! Run: `cargo bench --bench throughput` (all points, several minutes) or
-//! `cargo bench --bench throughput -- --quick` (under a minute). Options:
+//! Run: `cargo bench --features bench --bench throughput` (all points,
+//! several minutes) or add `-- --quick` (under a minute). Options:
 //! `--scenarios 1x1,1x4,4x4 --payloads 64,1024,16384 --transports tcp,inproc
 //! --json target/throughput.json --svg target/throughput.svg --batch-bytes 0`
 //! (0 turns chorus's batching off, to measure what it is worth)
@@ -13,56 +13,29 @@
 //! `--subscriber-child SEED COUNT` is internal: the subscriber process of
 //! the memory measurement.
 
-#[path = "support/throughput.rs"]
-mod throughput;
-
+use chorus::bench::{Args, Mode};
+use clap::Parser;
 use serde_json::Value;
-use throughput::{Mode, Options};
+
+/// The engine's flags, and `--bench`, which `cargo bench` passes.
+#[derive(Parser)]
+struct Cli {
+    #[command(flatten)]
+    args: Args,
+    #[arg(long, hide = true)]
+    bench: bool,
+}
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    if let Some(i) = args.iter().position(|a| a == "--subscriber-child") {
-        let arg = |k: usize| args.get(i + k).map_or("", String::as_str);
-        return throughput::subscriber_child(arg(1), arg(2));
-    }
-    let opt = |name: &str| {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1).cloned())
-    };
+    let cli = Cli::parse();
     // `cargo bench` passes `--bench`; `cargo test` runs this as a smoke test.
-    let mode = if !args.iter().any(|a| a == "--bench") {
-        Mode::Smoke
-    } else if args.iter().any(|a| a == "--quick") {
-        Mode::Quick
-    } else {
-        Mode::Full
-    };
-    let mut o = Options::new(mode);
-    o.child = Some(vec![args[0].clone()]);
-    let invalid = |e: String| -> ! {
+    let mode = if cli.bench { Mode::Full } else { Mode::Smoke };
+    let exe = std::env::args().next().expect("program name");
+    let doc = chorus::bench::main(&cli.args, mode, vec![exe]).unwrap_or_else(|e| {
         eprintln!("throughput: {e}");
         std::process::exit(2)
-    };
-    if let Some(v) = opt("--scenarios") {
-        o.scenarios = throughput::parse_scenarios(&v).unwrap_or_else(|e| invalid(e));
-    }
-    if let Some(v) = opt("--payloads") {
-        o.payloads = throughput::parse_payloads(&v).unwrap_or_else(|e| invalid(e));
-    }
-    if let Some(v) = opt("--transports") {
-        o.transports = throughput::parse_transports(&v).unwrap_or_else(|e| invalid(e));
-    }
-    if let Some(v) = opt("--batch-bytes") {
-        o.batch_bytes = v
-            .parse()
-            .unwrap_or_else(|_| invalid(format!("invalid --batch-bytes {v:?}")));
-    }
-    o.bus_key = opt("--bus-key");
-    o.json = opt("--json").unwrap_or(o.json);
-    o.svg = opt("--svg").unwrap_or(o.svg);
-    let doc = throughput::run(&o);
-    if mode == Mode::Smoke {
+    });
+    if mode == Mode::Smoke && !doc.is_null() {
         check_sane(&doc);
     }
 }

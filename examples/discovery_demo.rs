@@ -8,7 +8,7 @@
 //! detect the failure, to rejoin, to see a graceful leave. Exits
 //! non-zero if any step did not happen within its bound.
 //!
-//! Run: `./scripts/demo.sh` (or `cargo build --release --bins --examples`
+//! Run: `./scripts/demo.sh` (or `cargo build --release --features cli --bins --examples`
 //! and `target/release/examples/discovery_demo`).
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -91,7 +91,7 @@ fn main() {
     let bin = exe.parent().unwrap().parent().unwrap().join("chorus");
     assert!(
         bin.exists(),
-        "{} missing: build it first (cargo build --bins --examples)",
+        "{} missing: build it first (cargo build --features cli --bins --examples)",
         bin.display()
     );
     let bound = Duration::from_millis(

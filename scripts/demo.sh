@@ -5,5 +5,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
-cargo build --release --bins --examples
+cargo build --release --features cli --bins --examples
 exec target/release/examples/discovery_demo "$@"

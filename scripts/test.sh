@@ -6,10 +6,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
 cargo fmt --check
+# The library as a service embeds it (no features), then with the bench
+# engine and the `chorus` command line.
 cargo clippy --all-targets -- -D warnings
-RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --quiet
+cargo clippy --all-targets --all-features -- -D warnings
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --all-features --quiet
 # The benches in smoke mode (one tiny point each, figures only checked for
-# sanity); then unit, property and integration tests, the examples (built as
-# programs and run by tests/examples.rs) and doc tests.
-cargo test --benches "$@"
-cargo test "$@"
+# sanity); then unit, property and integration tests (tests/layers.rs checks
+# the layer rule of src/), the examples (built as programs and run by
+# tests/examples.rs) and doc tests.
+cargo test --all-features --benches "$@"
+cargo test --all-features "$@"

@@ -4,13 +4,18 @@
 //! *network* input are never returned here: they are counted in
 //! [`Stats`](crate::Stats) and logged, because the caller cannot act on them.
 
+use std::fmt;
+
 use thiserror::Error;
 
 /// Shorthand for `std::result::Result<T, chorus::Error>`.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Everything a chorus call can fail with. Each message says what to change.
-#[derive(Debug, Error)]
+///
+/// `Debug` prints the same sentence as `Display`, so a `main` that returns
+/// `chorus::Result<()>` shows a readable error.
+#[derive(Error)]
 #[non_exhaustive]
 pub enum Error {
     /// A topic given to `publish` is not a valid concrete topic.
@@ -53,14 +58,13 @@ pub enum Error {
     /// A builder setting is out of range.
     #[error("invalid configuration: {0}")]
     Config(String),
-    /// NNG refused an operation on a socket (listen, dial, option).
-    #[error("transport error while trying to {action}: {source}")]
+    /// The transport refused an operation on a socket (listen, dial, option).
+    #[error("transport error while trying to {action}: {cause}")]
     Transport {
         /// What chorus was doing.
         action: String,
-        /// The NNG error.
-        #[source]
-        source: nng::Error,
+        /// What the transport said.
+        cause: TransportError,
     },
     /// The retransmit buffer is full of messages a live member has not
     /// acknowledged yet, and the peer was built with `Backpressure::FailFast`.
@@ -75,11 +79,69 @@ pub enum Error {
     Timeout(String),
 }
 
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
 impl Error {
-    pub(crate) fn transport(action: impl Into<String>, source: nng::Error) -> Self {
+    pub(crate) fn transport(action: impl Into<String>, cause: nng::Error) -> Self {
         Error::Transport {
             action: action.into(),
-            source,
+            cause: TransportError(cause),
         }
+    }
+}
+
+/// Why the transport (NNG) refused an operation. Opaque, so that the
+/// transport's own error type is not part of chorus's API.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TransportError(nng::Error);
+
+impl TransportError {
+    /// The address to listen on is taken by another socket or process.
+    pub fn is_address_in_use(&self) -> bool {
+        self.0 == nng::Error::AddressInUse
+    }
+
+    /// The address cannot be used (unknown host, bad path, no permission).
+    pub fn is_address_invalid(&self) -> bool {
+        matches!(
+            self.0,
+            nng::Error::AddressInvalid | nng::Error::PermissionDenied
+        )
+    }
+}
+
+impl fmt::Display for TransportError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+impl fmt::Debug for TransportError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TransportError({})", self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_reads_like_display() {
+        let e = Error::InvalidUrl {
+            url: "tcp://x".into(),
+            reason: "missing :port".into(),
+        };
+        assert_eq!(format!("{e:?}"), e.to_string());
+        let e = Error::transport("listen on tcp://127.0.0.1:1", nng::Error::AddressInUse);
+        assert_eq!(
+            format!("{e:?}"),
+            "transport error while trying to listen on tcp://127.0.0.1:1: Address in use"
+        );
+        assert!(matches!(e, Error::Transport { cause, .. } if cause.is_address_in_use()));
     }
 }

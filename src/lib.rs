@@ -63,6 +63,8 @@
 #![warn(missing_docs)]
 
 mod api;
+#[cfg(feature = "bench")]
+pub mod bench;
 mod driver;
 mod error;
 pub mod proto;
@@ -79,7 +81,7 @@ pub use api::publish_options::PublishOptions;
 pub use api::stats::Stats;
 pub use api::subscription::Subscription;
 pub use driver::handler::{DeadLetter, DeadLetterHook, Handler, HandlerOptions};
-pub use error::{Error, Result};
+pub use error::{Error, Result, TransportError};
 
 // The wire format.
 pub use wire::auth::MIN_BUS_KEY_LEN;

@@ -18,7 +18,7 @@ use crate::wire::url::validate_url;
 /// Largest queue NNG accepts for `send_buffer` / `recv_buffer`.
 pub const MAX_NNG_BUFFER: usize = 8192;
 
-/// Builds and starts a [`Peer`]. Every setting has a default:
+/// Builds and starts a [`Peer`](crate::Peer). Every setting has a default:
 ///
 /// | setting | default | meaning |
 /// |---|---|---|
@@ -50,7 +50,7 @@ pub const MAX_NNG_BUFFER: usize = 8192;
 /// every other member within `(miss_limit + 2) × heartbeat_interval +
 /// heartbeat_deadline` (3.25 s with the defaults): `miss_limit` full rounds
 /// without progress, plus up to two rounds for the last heartbeat it sent to
-/// reach everyone through gossip. A graceful [`Peer::shutdown`] is seen as
+/// reach everyone through gossip. A graceful [`Peer::shutdown`](crate::Peer::shutdown) is seen as
 /// Left within one round trip instead.
 ///
 /// ```

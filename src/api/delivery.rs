@@ -8,7 +8,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
-use crate::wire::envelope::{Envelope, Headers, PeerId};
+use crate::wire::envelope::{Envelope, Headers};
+use crate::wire::id::PeerId;
 
 /// One event delivered to a subscription: the value and its metadata.
 ///

@@ -11,7 +11,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use parking_lot::Mutex;
 
-use crate::wire::envelope::PeerId;
+use crate::wire::id::PeerId;
 
 type Key = (PeerId, u64, u64);
 

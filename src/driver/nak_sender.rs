@@ -16,7 +16,8 @@ use tokio::sync::mpsc;
 use crate::api::stats::Counters;
 use crate::transport::gate::Gate;
 use crate::transport::socket::{self, AioSend, RecvReady, SocketConfig};
-use crate::wire::envelope::{Envelope, PeerId};
+use crate::wire::envelope::Envelope;
+use crate::wire::id::PeerId;
 use crate::wire::repair::{Repair, RepairRequest};
 
 /// How long a NAK waits for its answer before the inbox may send it again.

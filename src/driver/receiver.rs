@@ -10,7 +10,6 @@
 //! task wait, so NNG's bounded queue takes the overflow and repair fills the
 //! gaps afterwards.
 
-use crate::driver::clock;
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -23,15 +22,17 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch, Notify};
 use crate::api::delivery::Loss;
 use crate::api::stats::Counters;
 use crate::api::subscription::{Dispatched, Registry};
+use crate::driver::clock;
 use crate::driver::nak_sender::{self, Repaired};
 use crate::proto::dedup::KeyCache;
 use crate::proto::faults::FaultInjector;
 use crate::proto::inbox::{Inbox, InboxEvent};
 use crate::transport::bad_input::BadInputLog;
 use crate::transport::socket::{self, RecvReady, SocketConfig};
-use crate::wire::envelope::{Envelope, PeerId};
+use crate::wire::envelope::Envelope;
 use crate::wire::frame::DecodeError;
 use crate::wire::heartbeat::Ack;
+use crate::wire::id::PeerId;
 use crate::wire::member::PeerInfo;
 use crate::wire::repair::{DirectAck, RepairRequest};
 use crate::wire::topic::Interner;

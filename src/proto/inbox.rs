@@ -21,7 +21,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::proto::dedup::{Seen, SeqWindow, WINDOW};
-use crate::wire::envelope::{Envelope, PeerId};
+use crate::wire::envelope::Envelope;
+use crate::wire::id::PeerId;
 use crate::wire::repair::Nak;
 
 /// Tuning of an [`Inbox`].

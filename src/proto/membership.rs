@@ -31,8 +31,8 @@ use std::ops::Bound::{Excluded, Unbounded};
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::wire::envelope::PeerId;
 use crate::wire::heartbeat::{Gossip, Response, Survey};
+use crate::wire::id::PeerId;
 use crate::wire::member::{Member, MemberEvent, MemberEventKind, MemberState, PeerInfo};
 
 /// Tuning of the membership core, in heartbeat rounds.

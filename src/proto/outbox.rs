@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::wire::envelope::PeerId;
+use crate::wire::id::PeerId;
 use crate::wire::repair::{Nak, Repair, MAX_RANGES};
 
 /// Heartbeats without an ack after which a member's provisional watermark is dropped.

@@ -16,7 +16,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::wire::frame::{self, DecodeError, WIRE_VERSION};
-pub use crate::wire::id::PeerId;
+use crate::wire::id::PeerId;
 use crate::wire::topic::Interner;
 
 /// Frame kind of a single event envelope.

@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::wire::envelope::PeerId;
 use crate::wire::frame::{self, DecodeError};
+use crate::wire::id::PeerId;
 use crate::wire::member::PeerInfo;
 
 /// Frame kind of a survey (surveyor → respondents).

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use crate::wire::envelope::PeerId;
+use crate::wire::id::PeerId;
 use crate::wire::url::validate_url;
 
 /// Longest service name accepted, in bytes.

@@ -6,8 +6,8 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::wire::envelope::PeerId;
 use crate::wire::frame::{self, DecodeError};
+use crate::wire::id::PeerId;
 
 /// Frame kind of a NAK (receiver → origin's repair endpoint).
 pub const KIND_NAK: u8 = 3;

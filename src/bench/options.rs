@@ -1,0 +1,209 @@
+//! What to measure: the run's options and the flags that set them, parsed
+//! once (clap) for `chorus bench` and `cargo bench --bench throughput` alike.
+
+/// How much to measure: `Smoke` is one tiny point for `cargo test`,
+/// `Quick` under a minute, `Full` every point at full length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// One tiny point; figures only checked for sanity.
+    Smoke,
+    /// Short runs of 1→1 tcp, 64 B and 1 KiB (under a minute).
+    Quick,
+    /// Every point, full length (several minutes).
+    Full,
+}
+
+/// What to measure and where to write the figures.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Run length.
+    pub mode: Mode,
+    /// (publishers, subscribers) pairs.
+    pub scenarios: Vec<(usize, usize)>,
+    /// Payload sizes in bytes.
+    pub payloads: Vec<usize>,
+    /// `true` for tcp loopback, `false` for inproc.
+    pub transports: Vec<bool>,
+    /// Where the JSON with every figure goes.
+    pub json: String,
+    /// Where the latency plot goes.
+    pub svg: String,
+    /// How to start this benchmark again as a subscriber in a child
+    /// process (program and arguments, before `--subscriber-child SEED
+    /// COUNT`); `None` skips that measurement.
+    pub child: Option<Vec<String>>,
+    /// chorus's batch size (0 = unbatched).
+    pub batch_bytes: usize,
+    /// A bus key for the chorus peers (every message authenticated).
+    pub bus_key: Option<String>,
+}
+
+impl Options {
+    /// The defaults of `mode`.
+    pub fn new(mode: Mode) -> Self {
+        let (scenarios, payloads, transports, files) = match mode {
+            Mode::Smoke => ("1x1", "64", "tcp", "target/throughput-smoke"),
+            Mode::Quick => ("1x1", "64,1024", "tcp", "target/throughput"),
+            Mode::Full => (
+                "1x1,1x4,4x4",
+                "64,1024,16384",
+                "tcp,inproc",
+                "target/throughput",
+            ),
+        };
+        Options {
+            mode,
+            scenarios: parse_scenarios(scenarios).expect("valid default"),
+            payloads: parse_payloads(payloads).expect("valid default"),
+            transports: parse_transports(transports).expect("valid default"),
+            json: format!("{files}.json"),
+            svg: format!("{files}.svg"),
+            child: None,
+            batch_bytes: 64 * 1024,
+            bus_key: None,
+        }
+    }
+}
+
+/// `1x1,1x4,4x4` → publishers × subscribers pairs.
+pub fn parse_scenarios(list: &str) -> Result<Vec<(usize, usize)>, String> {
+    list.split(',')
+        .map(|s| {
+            s.split_once('x')
+                .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
+                .filter(|&(a, b): &(usize, usize)| a > 0 && b > 0)
+                .ok_or_else(|| format!("invalid scenario {s:?} (expected e.g. 1x4)"))
+        })
+        .collect()
+}
+
+/// `64,1024` → payload sizes (at least 8 bytes: the send time).
+pub fn parse_payloads(list: &str) -> Result<Vec<usize>, String> {
+    list.split(',')
+        .map(|s| {
+            s.parse()
+                .ok()
+                .filter(|&n: &usize| (8..=1 << 20).contains(&n))
+                .ok_or_else(|| format!("invalid payload size {s:?} (8 to 1048576 bytes)"))
+        })
+        .collect()
+}
+
+/// `tcp,inproc` → transports.
+pub fn parse_transports(list: &str) -> Result<Vec<bool>, String> {
+    list.split(',')
+        .map(|t| match t {
+            "tcp" => Ok(true),
+            "inproc" => Ok(false),
+            _ => Err(format!("invalid transport {t:?} (tcp or inproc)")),
+        })
+        .collect()
+}
+
+/// The flags of the throughput benchmark, shared by `chorus bench` and
+/// `cargo bench --bench throughput` (flatten them into a clap parser).
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct Args {
+    /// Short runs of 1x1 tcp, 64 B and 1 KiB (under a minute).
+    #[arg(long)]
+    pub quick: bool,
+    /// Publishers x subscribers, comma-separated (default 1x1,1x4,4x4).
+    #[arg(long, value_name = "LIST")]
+    pub scenarios: Option<String>,
+    /// Payload sizes in bytes (default 64,1024,16384).
+    #[arg(long, value_name = "LIST")]
+    pub payloads: Option<String>,
+    /// tcp, inproc or both (default tcp,inproc).
+    #[arg(long, value_name = "LIST")]
+    pub transports: Option<String>,
+    /// chorus's batch size in bytes; 0 turns batching off.
+    #[arg(long, value_name = "BYTES", default_value_t = 64 * 1024)]
+    pub batch_bytes: usize,
+    /// Authenticate every chorus message with this bus key (what it costs).
+    #[arg(long, value_name = "SECRET")]
+    pub bus_key: Option<String>,
+    /// Where to write every figure as JSON (default target/throughput.json).
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<String>,
+    /// Where to write the latency percentile plot (default target/throughput.svg).
+    #[arg(long, value_name = "FILE")]
+    pub svg: Option<String>,
+    /// Internal: run as the subscriber process of the memory measurement.
+    #[arg(long, num_args = 2, value_names = ["SEED", "COUNT"], hide = true)]
+    pub subscriber_child: Option<Vec<String>>,
+}
+
+impl Args {
+    /// The options these flags ask for, in `mode` unless `--quick` makes it
+    /// [`Mode::Quick`]. `child` restarts this program as the subscriber
+    /// process (program and arguments before `--subscriber-child`).
+    pub fn options(&self, mode: Mode, child: Option<Vec<String>>) -> Result<Options, String> {
+        let mode = if self.quick && mode == Mode::Full {
+            Mode::Quick
+        } else {
+            mode
+        };
+        let mut o = Options::new(mode);
+        if let Some(s) = &self.scenarios {
+            o.scenarios = parse_scenarios(s)?;
+        }
+        if let Some(p) = &self.payloads {
+            o.payloads = parse_payloads(p)?;
+        }
+        if let Some(t) = &self.transports {
+            o.transports = parse_transports(t)?;
+        }
+        o.child = child;
+        o.batch_bytes = self.batch_bytes;
+        o.bus_key = self.bus_key.clone();
+        if let Some(j) = &self.json {
+            o.json = j.clone();
+        }
+        if let Some(s) = &self.svg {
+            o.svg = s.clone();
+        }
+        Ok(o)
+    }
+
+    /// `--subscriber-child SEED COUNT`, checked: this run is the child side.
+    pub fn subscriber_child(&self) -> Result<Option<(String, u64)>, String> {
+        match self.subscriber_child.as_deref() {
+            None => Ok(None),
+            Some([seed, count]) => count
+                .parse()
+                .map(|n| Some((seed.clone(), n)))
+                .map_err(|_| format!("invalid --subscriber-child count {count:?}")),
+            Some(_) => Err("--subscriber-child takes SEED COUNT".into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_become_options() {
+        let args = Args {
+            quick: true,
+            scenarios: Some("1x4,2x2".into()),
+            payloads: Some("64".into()),
+            transports: Some("inproc".into()),
+            batch_bytes: 0,
+            json: Some("x.json".into()),
+            ..Args::default()
+        };
+        let o = args.options(Mode::Full, None).unwrap();
+        assert_eq!(o.mode, Mode::Quick);
+        assert_eq!(o.scenarios, vec![(1, 4), (2, 2)]);
+        assert_eq!((o.payloads, o.transports), (vec![64], vec![false]));
+        assert_eq!((o.batch_bytes, o.json.as_str()), (0, "x.json"));
+        assert_eq!(o.svg, "target/throughput.svg");
+        assert_eq!(args.options(Mode::Smoke, None).unwrap().mode, Mode::Smoke);
+        for bad in ["0x1", "1x", "x"] {
+            assert!(parse_scenarios(bad).is_err(), "{bad}");
+        }
+        assert!(parse_payloads("4").is_err());
+        assert!(parse_transports("udp").is_err());
+    }
+}
