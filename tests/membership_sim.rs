@@ -86,7 +86,7 @@ impl Sim {
     }
 
     fn apply_actions(&mut self, x: usize) {
-        while let Some(a) = self.cores[x].poll_action() {
+        while let Some(a) = self.cores[x].poll() {
             match a {
                 Action::Connect(info) => {
                     self.dialed[x].insert(index(info.id));
@@ -124,12 +124,12 @@ impl Sim {
                 if self.lost() {
                     continue;
                 }
-                let response = self.cores[x].on_survey(&survey, now);
+                let response = self.cores[x].handle_survey(&survey, now);
                 self.apply_actions(x);
                 if self.lost() {
                     continue;
                 }
-                self.cores[y].on_response(&response, now);
+                self.cores[y].handle_response(&response, now);
             }
             self.apply_actions(y);
         }

@@ -67,11 +67,11 @@ fn run(
     );
     outbox.set_members([RECEIVER]);
     if acks_known {
-        outbox.on_ack(RECEIVER, INC, 0);
+        outbox.handle_ack(RECEIVER, INC, 0);
     }
     let mut inbox = Inbox::new(InboxConfig::default());
     // The receiver learns of the origin (heartbeat) before anything is sent.
-    inbox.on_heartbeat(ORIGIN, INC, 0, t0);
+    inbox.handle_heartbeat(ORIGIN, INC, 0, t0);
     let mut wire: Vec<Bytes> = Vec::new();
     let (mut delivered, mut lost) = (Vec::new(), Vec::new());
     let mut step = 0u64;
@@ -102,20 +102,20 @@ fn run(
             };
             let bytes = wire.remove(i);
             let env = Envelope::decode(&bytes, 1 << 20).unwrap();
-            inbox.on_envelope(Arc::new(env), now);
+            inbox.handle_envelope(Arc::new(env), now);
         }
         // Heartbeats: the origin advertises its last seq, the receiver its ack.
         if step % 25 == 0 {
-            inbox.on_heartbeat(ORIGIN, INC, outbox.last_seq(), now);
+            inbox.handle_heartbeat(ORIGIN, INC, outbox.last_seq(), now);
             if !chance(&mut rng, faults.drop) {
                 for (o, inc, seq) in inbox.acks() {
                     if o == ORIGIN {
-                        outbox.on_ack(RECEIVER, inc, seq);
+                        outbox.handle_ack(RECEIVER, inc, seq);
                     }
                 }
             }
         }
-        inbox.on_tick(now);
+        inbox.handle_timeout(now);
         while let Some(ev) = inbox.poll() {
             match ev {
                 InboxEvent::Deliver(e) => delivered.push(e.seq),
@@ -133,7 +133,7 @@ fn run(
                         .iter()
                         .map(|f| Arc::new(Envelope::decode(f, 1 << 20).unwrap()))
                         .collect();
-                    inbox.on_repair(
+                    inbox.handle_repair(
                         repair.origin,
                         repair.incarnation,
                         envs,

@@ -85,7 +85,7 @@ fuzz_target!(|ops: Vec<Op>| {
                     last_seq: 0,
                     acks: vec![],
                 };
-                let r = m.on_survey(&s, now);
+                let r = m.handle_survey(&s, now);
                 assert_eq!(r.from.id, PeerId(ME));
             }
             Op::Response {
@@ -107,7 +107,7 @@ fuzz_target!(|ops: Vec<Op>| {
                     gossip,
                     acks: vec![],
                 };
-                m.on_response(&r, now);
+                m.handle_response(&r, now);
             }
             Op::StartRound => {
                 m.start_round();
@@ -115,7 +115,7 @@ fuzz_target!(|ops: Vec<Op>| {
             Op::EndRound => m.end_round(),
             Op::Wait(ms) => now += Duration::from_millis(ms.into()),
         }
-        while m.poll_action().is_some() {}
+        while m.poll().is_some() {}
         let members: Vec<_> = m.members().collect();
         assert!(members.len() <= MAX, "{} members", members.len());
         assert!(members.iter().all(|x| x.id() != PeerId(ME)));

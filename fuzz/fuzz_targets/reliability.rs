@@ -93,14 +93,14 @@ fuzz_target!(|ops: Vec<Op>| {
                 origin,
                 incarnation,
                 seq,
-            } => inbox.on_envelope(env(origin, incarnation, seq), now),
+            } => inbox.handle_envelope(env(origin, incarnation, seq), now),
             Op::Heartbeat {
                 origin,
                 incarnation,
                 last_seq,
             } => {
                 let e = env(origin, incarnation, 0);
-                inbox.on_heartbeat(e.origin, e.incarnation, u64::from(last_seq % 600), now)
+                inbox.handle_heartbeat(e.origin, e.incarnation, u64::from(last_seq % 600), now)
             }
             Op::Repair {
                 origin,
@@ -115,7 +115,7 @@ fuzz_target!(|ops: Vec<Op>| {
                     .iter()
                     .map(|(a, b)| (u64::from(*a % 600), u64::from(*b % 600)))
                     .collect();
-                inbox.on_repair(
+                inbox.handle_repair(
                     e.origin,
                     e.incarnation,
                     envelopes,
@@ -128,7 +128,7 @@ fuzz_target!(|ops: Vec<Op>| {
             Op::Forget(o) => inbox.forget(env(o, 0, 0).origin),
             Op::Tick(ms) => {
                 now += Duration::from_millis(ms.into());
-                inbox.on_tick(now);
+                inbox.handle_timeout(now);
             }
             Op::Publish => {
                 if !outbox.is_full() {
@@ -140,12 +140,12 @@ fuzz_target!(|ops: Vec<Op>| {
                 member,
                 incarnation,
                 seq,
-            } => outbox.on_ack(
+            } => outbox.handle_ack(
                 PeerId(u64::from(member % 8)),
                 u64::from(incarnation % 7),
                 u64::from(seq),
             ),
-            Op::NoAck(m) => outbox.on_no_ack(PeerId(u64::from(m % 8))),
+            Op::NoAck(m) => outbox.handle_no_ack(PeerId(u64::from(m % 8))),
             Op::Stall => {
                 outbox.check_stall(now, Duration::from_millis(100));
             }

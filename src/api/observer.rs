@@ -93,20 +93,19 @@ impl ObserverBuilder {
         let key = self.key;
         let task = tokio::spawn(async move {
             let mut deliveries = stream::select_all(subs);
-            let mut out = Vec::new();
             loop {
-                let deadline = core.next_deadline();
+                let deadline = core.poll_timeout();
                 tokio::select! {
                     next = deliveries.next() => {
                         let Some((i, d)) = next else { break };
                         if let Some(k) = key(d.envelope()) {
-                            core.observe_pattern(i, &k, d.timestamp(), clock::now(), &mut out);
+                            core.handle_match(i, &k, d.timestamp(), clock::now());
                         }
                     }
-                    _ = sleep_until(deadline) => core.expire(clock::now(), &mut out),
+                    _ = sleep_until(deadline) => core.handle_timeout(clock::now()),
                 }
                 *shared.lock() = core.stats();
-                for o in out.drain(..) {
+                while let Some(o) = core.poll() {
                     report(&o);
                     let _ = tx.send(o);
                 }

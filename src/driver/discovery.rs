@@ -132,14 +132,14 @@ impl Discovery {
                 r = survey_ready.recv_batch(&self.surveyor, &mut responses, 64) => {
                     r.map_err(|e| crate::Error::transport("receive heartbeat responses", e))?;
                     for msg in responses.drain(..) {
-                        self.on_response(msg);
+                        self.handle_response(msg);
                     }
                 }
                 // One at a time: a cooked respondent replies to the last survey received.
                 r = respond_ready.recv_batch(&self.respondent, &mut surveys, 1) => {
                     r.map_err(|e| crate::Error::transport("receive surveys", e))?;
                     for msg in surveys.drain(..) {
-                        self.on_survey(msg, &mut aio).await;
+                        self.handle_survey(msg, &mut aio).await;
                     }
                 }
             }
@@ -162,14 +162,14 @@ impl Discovery {
         self.publish_view();
     }
 
-    fn on_response(&mut self, mut msg: nng::Message) {
+    fn handle_response(&mut self, mut msg: nng::Message) {
         let Ok(len) = self.gate.check(&mut msg) else {
             return self.reject_unauthentic("response", &mut msg);
         };
         match Response::decode(&msg.as_slice()[..len], self.max_message_size) {
             Ok(r) => {
                 Counters::add(&self.counters.heartbeat_responses, 1);
-                self.core.on_response(&r, clock::now());
+                self.core.handle_response(&r, clock::now());
                 self.apply();
                 self.forward(&r.from, r.last_seq, &r.acks);
             }
@@ -177,7 +177,7 @@ impl Discovery {
         }
     }
 
-    async fn on_survey(&mut self, mut msg: nng::Message, aio: &mut AioSend) {
+    async fn handle_survey(&mut self, mut msg: nng::Message, aio: &mut AioSend) {
         let Ok(len) = self.gate.check(&mut msg) else {
             return self.reject_unauthentic("survey", &mut msg);
         };
@@ -185,7 +185,7 @@ impl Discovery {
             Ok(s) => s,
             Err(e) => return self.reject("survey", &mut msg, e),
         };
-        let mut response = self.core.on_survey(&survey, clock::now());
+        let mut response = self.core.handle_survey(&survey, clock::now());
         response.last_seq = self.last_seq.load(Ordering::Relaxed);
         response.acks = acks_to_send(&self.acks, &self.registry);
         match aio
@@ -241,7 +241,7 @@ impl Discovery {
     fn apply(&mut self) {
         let mut changed = false;
         let mut events = Vec::new();
-        while let Some(action) = self.core.poll_action() {
+        while let Some(action) = self.core.poll() {
             changed = true;
             match action {
                 Action::Connect(info) => {

@@ -87,11 +87,11 @@ impl Publisher {
                 c = ctl.recv() => match c {
                     Some(PublisherCmd::Members(ids)) => self.outbox.set_members(ids),
                     Some(PublisherCmd::Ack(member, incarnation, seq)) => {
-                        self.outbox.on_ack(member, incarnation, seq);
+                        self.outbox.handle_ack(member, incarnation, seq);
                         self.check_stall();
                     }
                     Some(PublisherCmd::NoAck(member)) => {
-                        self.outbox.on_no_ack(member);
+                        self.outbox.handle_no_ack(member);
                         self.check_stall();
                     }
                     Some(PublisherCmd::Shutdown(done)) => {
@@ -227,9 +227,9 @@ impl Publisher {
             RepairRequest::Nak(n) => n,
             RepairRequest::Ack(a) => {
                 if a.origin == self.origin {
-                    self.outbox.on_ack(a.member, a.incarnation, a.seq);
+                    self.outbox.handle_ack(a.member, a.incarnation, a.seq);
                 } else {
-                    self.outbox.on_ack(a.member, 0, 0); // another origin's: counted as refused
+                    self.outbox.handle_ack(a.member, 0, 0); // another origin's: counted as refused
                 }
                 Nak {
                     origin: a.origin,

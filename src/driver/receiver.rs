@@ -135,8 +135,8 @@ impl Receiver {
                 let mut batch = Vec::with_capacity(RECV_BATCH);
                 let mut frames = Vec::with_capacity(RECV_BATCH);
                 loop {
-                    let due = self.faults.as_ref().and_then(|f| f.next_due());
-                    let nak_due = self.inbox.next_tick();
+                    let due = self.faults.as_ref().and_then(|f| f.poll_timeout());
+                    let nak_due = self.inbox.poll_timeout();
                     let go_on = tokio::select! {
                         r = ready.recv_batch(&self.socket, &mut batch, RECV_BATCH) => {
                             if let Err(e) = r {
@@ -147,8 +147,9 @@ impl Receiver {
                                 Some(f) => {
                                     let now = clock::now();
                                     for msg in batch.drain(..) {
-                                        f.on_frame(msg, now, &mut frames);
+                                        f.handle_frame(msg, now);
                                     }
+                                    frames.extend(std::iter::from_fn(|| f.poll()));
                                 }
                                 None => frames.append(&mut batch),
                             }
@@ -156,24 +157,25 @@ impl Receiver {
                         }
                         _ = tokio::time::sleep_until(due.map_or_else(tokio::time::Instant::now, Into::into)), if due.is_some() => {
                             if let Some(f) = &mut self.faults {
-                                f.release_due(clock::now(), &mut frames);
+                                f.handle_timeout(clock::now());
+                                frames.extend(std::iter::from_fn(|| f.poll()));
                             }
                             self.process(&mut frames).await
                         }
                         _ = self.last_seqs.wake.notified() => {
                             let now = clock::now();
                             for (id, (incarnation, last_seq)) in self.last_seqs.take() {
-                                self.inbox.on_heartbeat(id, incarnation, last_seq, now);
+                                self.inbox.handle_heartbeat(id, incarnation, last_seq, now);
                             }
                             self.drain().await
                         }
                         Some(r) = repaired.recv() => {
                             let Repaired { origin, incarnation, envelopes, gone, owed_from } = r;
-                            self.inbox.on_repair(origin, incarnation, envelopes, &gone, owed_from, clock::now());
+                            self.inbox.handle_repair(origin, incarnation, envelopes, &gone, owed_from, clock::now());
                             self.drain().await
                         }
                         _ = tokio::time::sleep_until(nak_due.map_or_else(tokio::time::Instant::now, Into::into)), if nak_due.is_some() => {
-                            self.inbox.on_tick(clock::now());
+                            self.inbox.handle_timeout(clock::now());
                             self.drain().await
                         }
                         cmd = rx.recv() => match cmd {
@@ -257,7 +259,7 @@ impl Receiver {
         for msg in frames.drain(..) {
             self.decode(msg, &mut envelopes);
             for env in envelopes.drain(..) {
-                self.inbox.on_envelope(Arc::new(env), now);
+                self.inbox.handle_envelope(Arc::new(env), now);
             }
         }
         self.scratch = envelopes;

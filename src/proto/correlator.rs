@@ -240,12 +240,14 @@ struct Rule {
 ///
 /// let rule = Expectation::new("work order", "bids.accepted", "work.created", Duration::from_secs(1))?;
 /// let mut c = Correlator::new(vec![rule], 1000);
-/// let (t0, mut out) = (Instant::now(), Vec::new());
-/// c.observe("bids.accepted", "bid-1", SystemTime::now(), t0, &mut out);
-/// c.observe("bids.accepted", "bid-2", SystemTime::now(), t0, &mut out);
-/// c.observe("work.created", "bid-1", SystemTime::now(), t0 + Duration::from_millis(10), &mut out);
-/// c.expire(t0 + Duration::from_secs(2), &mut out);
-/// assert!(matches!(&out[..], [Observation::Missing { key, .. }] if key == "bid-2"));
+/// let t0 = Instant::now();
+/// c.handle_event("bids.accepted", "bid-1", SystemTime::now(), t0);
+/// c.handle_event("bids.accepted", "bid-2", SystemTime::now(), t0);
+/// c.handle_event("work.created", "bid-1", SystemTime::now(), t0 + Duration::from_millis(10));
+/// assert_eq!(c.poll_timeout(), Some(t0 + Duration::from_secs(1)));
+/// c.handle_timeout(t0 + Duration::from_secs(2));
+/// assert!(matches!(c.poll(), Some(Observation::Missing { key, .. }) if key == "bid-2"));
+/// assert!(c.poll().is_none());
 /// # Ok::<(), chorus::Error>(())
 /// ```
 #[derive(Debug)]
@@ -254,6 +256,8 @@ pub struct Correlator {
     rules: Vec<Rule>,
     max_pending: usize,
     stats: CorrelatorStats,
+    /// Observations not polled yet.
+    out: VecDeque<Observation>,
 }
 
 impl Correlator {
@@ -286,44 +290,38 @@ impl Correlator {
             rules,
             max_pending: max_pending.max(1),
             stats: CorrelatorStats::default(),
+            out: VecDeque::new(),
         }
     }
 
     /// The distinct topic patterns of all expectations: what a driver
-    /// subscribes to (then calls [`observe_pattern`](Self::observe_pattern)
+    /// subscribes to (then calls [`handle_match`](Self::handle_match)
     /// with the index of the subscription a delivery came from).
     pub fn patterns(&self) -> &[Pattern] {
         &self.patterns
     }
 
     /// One event on `topic` with `key`, published at `at`, seen at `now`.
-    /// Observations it causes (evictions, late effects) are pushed to `out`.
-    pub fn observe(
-        &mut self,
-        topic: &str,
-        key: &str,
-        at: SystemTime,
-        now: Instant,
-        out: &mut Vec<Observation>,
-    ) {
+    /// Observations it causes (evictions, late effects) are then yielded
+    /// by [`poll`](Self::poll).
+    pub fn handle_event(&mut self, topic: &str, key: &str, at: SystemTime, now: Instant) {
         for i in 0..self.patterns.len() {
             if self.patterns[i].matches(topic) {
-                self.observe_pattern(i, key, at, now, out);
+                self.handle_match(i, key, at, now);
             }
         }
     }
 
+    /// The next observation, oldest first, if any. Observations queue up
+    /// until polled: a driver polls after each `handle_*` call.
+    pub fn poll(&mut self) -> Option<Observation> {
+        self.out.pop_front()
+    }
+
     /// One event that matched pattern number `pattern` of
     /// [`patterns`](Self::patterns).
-    pub fn observe_pattern(
-        &mut self,
-        pattern: usize,
-        key: &str,
-        at: SystemTime,
-        now: Instant,
-        out: &mut Vec<Observation>,
-    ) {
-        let bound = self.max_pending;
+    pub fn handle_match(&mut self, pattern: usize, key: &str, at: SystemTime, now: Instant) {
+        let (bound, out) = (self.max_pending, &mut self.out);
         for rule in &mut self.rules {
             if rule.effect_pattern == pattern {
                 rule.effect(key, now, bound, &mut self.stats, out);
@@ -336,9 +334,9 @@ impl Correlator {
     }
 
     /// Reports every pending cause whose deadline passed by `now` as
-    /// [`Observation::Missing`].
-    pub fn expire(&mut self, now: Instant, out: &mut Vec<Observation>) {
-        let bound = self.max_pending;
+    /// [`Observation::Missing`] (yielded by [`poll`](Self::poll)).
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let (bound, out) = (self.max_pending, &mut self.out);
         for rule in &mut self.rules {
             let within = rule.spec.within;
             while let Some((_, p)) = rule.pending.oldest() {
@@ -347,7 +345,7 @@ impl Correlator {
                 }
                 let (key, p) = rule.pending.pop_oldest().expect("present");
                 self.stats.missing += 1;
-                out.push(Observation::Missing {
+                out.push_back(Observation::Missing {
                     expectation: rule.spec.name.clone(),
                     key: key.clone(),
                     waited_for: rule.waited_for.clone(),
@@ -367,8 +365,8 @@ impl Correlator {
         self.update_gauge();
     }
 
-    /// When [`expire`](Self::expire) next has something to report.
-    pub fn next_deadline(&self) -> Option<Instant> {
+    /// When [`handle_timeout`](Self::handle_timeout) next has something to report.
+    pub fn poll_timeout(&self) -> Option<Instant> {
         self.rules
             .iter()
             .filter_map(|r| r.pending.oldest().map(|(_, p)| p.seen + r.spec.within))
@@ -393,7 +391,7 @@ impl Rule {
         now: Instant,
         bound: usize,
         stats: &mut CorrelatorStats,
-        out: &mut Vec<Observation>,
+        out: &mut VecDeque<Observation>,
     ) {
         if self.pending.contains(key) || self.missed.contains(key) || self.matched.contains(key) {
             stats.duplicates += 1;
@@ -410,7 +408,7 @@ impl Rule {
         };
         if let Some((key, p)) = self.pending.push(key.to_owned(), pending, bound) {
             stats.evicted += 1;
-            out.push(Observation::Evicted {
+            out.push_back(Observation::Evicted {
                 expectation: self.spec.name.clone(),
                 key,
                 since: p.since,
@@ -424,14 +422,14 @@ impl Rule {
         now: Instant,
         bound: usize,
         stats: &mut CorrelatorStats,
-        out: &mut Vec<Observation>,
+        out: &mut VecDeque<Observation>,
     ) {
         if self.pending.remove(key).is_some() {
             stats.matched += 1;
             self.matched.push(key.to_owned(), (), bound);
         } else if let Some(p) = self.missed.remove(key) {
             stats.late += 1;
-            out.push(Observation::Late {
+            out.push_back(Observation::Late {
                 expectation: self.spec.name.clone(),
                 key: key.to_owned(),
                 waited_for: self.waited_for.clone(),
@@ -463,33 +461,30 @@ mod tests {
     }
 
     fn cause(c: &mut Correlator, key: &str, now: Instant) -> Vec<Observation> {
-        let mut out = Vec::new();
-        c.observe("bids.accepted", key, SystemTime::UNIX_EPOCH, now, &mut out);
-        out
+        c.handle_event("bids.accepted", key, SystemTime::UNIX_EPOCH, now);
+        std::iter::from_fn(|| c.poll()).collect()
     }
 
     fn effect(c: &mut Correlator, key: &str, now: Instant) -> Vec<Observation> {
-        let mut out = Vec::new();
-        c.observe("work.created", key, SystemTime::UNIX_EPOCH, now, &mut out);
-        out
+        c.handle_event("work.created", key, SystemTime::UNIX_EPOCH, now);
+        std::iter::from_fn(|| c.poll()).collect()
     }
 
     fn expire(c: &mut Correlator, now: Instant) -> Vec<Observation> {
-        let mut out = Vec::new();
-        c.expire(now, &mut out);
-        out
+        c.handle_timeout(now);
+        std::iter::from_fn(|| c.poll()).collect()
     }
 
     #[test]
     fn an_effect_in_time_is_matched_and_nothing_is_reported() {
         let (mut c, t0) = correlator(10);
         assert!(cause(&mut c, "k", t0).is_empty());
-        assert_eq!(c.next_deadline(), Some(t0 + D));
+        assert_eq!(c.poll_timeout(), Some(t0 + D));
         assert!(effect(&mut c, "k", ms(t0, 999)).is_empty());
         assert!(expire(&mut c, ms(t0, 5000)).is_empty());
         assert_eq!(c.stats().matched, 1);
         assert_eq!(c.stats().pending, 0);
-        assert_eq!(c.next_deadline(), None);
+        assert_eq!(c.poll_timeout(), None);
     }
 
     #[test]
@@ -606,10 +601,11 @@ mod tests {
         ];
         let mut c = Correlator::new(rules, 10);
         assert_eq!(c.patterns().len(), 3);
-        let (t0, mut out) = (Instant::now(), Vec::new());
-        c.observe("bids.accepted", "k", SystemTime::UNIX_EPOCH, t0, &mut out);
-        c.observe("work.created", "k", SystemTime::UNIX_EPOCH, t0, &mut out);
-        c.expire(ms(t0, 1000), &mut out);
+        let t0 = Instant::now();
+        c.handle_event("bids.accepted", "k", SystemTime::UNIX_EPOCH, t0);
+        c.handle_event("work.created", "k", SystemTime::UNIX_EPOCH, t0);
+        c.handle_timeout(ms(t0, 1000));
+        let out: Vec<_> = std::iter::from_fn(|| c.poll()).collect();
         assert!(
             matches!(&out[..], [Observation::Missing { expectation, .. }] if &**expectation == "done")
         );

@@ -7,7 +7,7 @@
 //! hands over and processes what it releases; time is passed in.
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, VecDeque};
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
@@ -91,6 +91,8 @@ pub struct FaultInjector<T> {
     delayed: BinaryHeap<Reverse<(Instant, u64, Slot<T>)>>,
     arrivals: u64,
     counts: FaultCounts,
+    /// Frames to process now, in order (drained by `poll`).
+    ready: VecDeque<T>,
 }
 
 /// Heap payload that never takes part in ordering.
@@ -124,6 +126,7 @@ impl<T: Clone> FaultInjector<T> {
             delayed: BinaryHeap::new(),
             arrivals: 0,
             counts: FaultCounts::default(),
+            ready: VecDeque::new(),
         }
     }
 
@@ -132,8 +135,10 @@ impl<T: Clone> FaultInjector<T> {
         self.counts
     }
 
-    /// A frame arrived: appends what to process now to `out`.
-    pub fn on_frame(&mut self, frame: T, now: Instant, out: &mut Vec<T>) {
+    /// A frame arrived at `now`; what may be processed now is then
+    /// yielded by [`poll`](Self::poll).
+    pub fn handle_frame(&mut self, frame: T, now: Instant) {
+        let out = &mut self.ready;
         let cfg = self.cfg;
         if self.rng.gen_bool(cfg.drop) {
             self.counts.dropped += 1;
@@ -156,34 +161,40 @@ impl<T: Clone> FaultInjector<T> {
             } else if self.held.is_none() && self.rng.gen_bool(cfg.reorder) {
                 self.held = Some((frame, now + cfg.max_delay));
             } else {
-                out.push(frame);
+                out.push_back(frame);
                 if let Some((h, _)) = self.held.take() {
                     self.counts.reordered += 1;
-                    out.push(h);
+                    out.push_back(h);
                 }
             }
         }
     }
 
-    /// When [`release_due`](Self::release_due) next has something to release.
-    pub fn next_due(&self) -> Option<Instant> {
+    /// The next frame to process, in order, if any.
+    pub fn poll(&mut self) -> Option<T> {
+        self.ready.pop_front()
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) next has something to release.
+    pub fn poll_timeout(&self) -> Option<Instant> {
         let delayed = self.delayed.peek().map(|Reverse((at, _, _))| *at);
         let held = self.held.as_ref().map(|(_, at)| *at);
         delayed.into_iter().chain(held).min()
     }
 
-    /// Appends the frames whose delay has passed to `out`.
-    pub fn release_due(&mut self, now: Instant, out: &mut Vec<T>) {
+    /// Releases the frames whose delay has passed by `now` to [`poll`](Self::poll).
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let out = &mut self.ready;
         while self
             .delayed
             .peek()
             .is_some_and(|Reverse((at, _, _))| *at <= now)
         {
             let Reverse((_, _, Slot(f))) = self.delayed.pop().expect("peeked");
-            out.push(f);
+            out.push_back(f);
         }
         if self.held.as_ref().is_some_and(|(_, at)| *at <= now) {
-            out.push(self.held.take().expect("checked").0);
+            out.push_back(self.held.take().expect("checked").0);
         }
     }
 }
@@ -197,10 +208,12 @@ mod tests {
         let t0 = Instant::now();
         let mut out = Vec::new();
         for i in 0..n {
-            f.on_frame(i, t0, &mut out);
+            f.handle_frame(i, t0);
+            out.extend(std::iter::from_fn(|| f.poll()));
         }
-        f.release_due(t0 + Duration::from_secs(1), &mut out);
-        assert!(f.next_due().is_none());
+        f.handle_timeout(t0 + Duration::from_secs(1));
+        out.extend(std::iter::from_fn(|| f.poll()));
+        assert!(f.poll_timeout().is_none());
         (out, f.counts())
     }
 

@@ -234,7 +234,7 @@ impl Inbox {
     }
 
     /// An envelope arrived (from pub/sub or a repair).
-    pub fn on_envelope(&mut self, env: Arc<Envelope>, now: Instant) {
+    pub fn handle_envelope(&mut self, env: Arc<Envelope>, now: Instant) {
         if let Some(waiting) = self.pending.get_mut(&env.origin) {
             if waiting.len() < self.cfg.max_held {
                 waiting.push(env);
@@ -279,7 +279,13 @@ impl Inbox {
 
     /// A heartbeat from `origin` said it has published through `last_seq`:
     /// anything missing up to there is asked for (tail loss).
-    pub fn on_heartbeat(&mut self, origin: PeerId, incarnation: u64, last_seq: u64, now: Instant) {
+    pub fn handle_heartbeat(
+        &mut self,
+        origin: PeerId,
+        incarnation: u64,
+        last_seq: u64,
+        now: Instant,
+    ) {
         // A member's stream starts at 0: what it published before counting
         // us as a member, its repair answer says (`owed_from`), so a loss of
         // its first messages can never pass for "before we joined".
@@ -289,7 +295,7 @@ impl Inbox {
                     return;
                 }
                 for env in waiting {
-                    self.on_envelope(env, now);
+                    self.handle_envelope(env, now);
                 }
                 0
             }
@@ -305,7 +311,7 @@ impl Inbox {
 
     /// The origin answered a NAK: `envelopes` (already checked to be its
     /// own) and ranges it no longer has, which are declared lost.
-    pub fn on_repair(
+    pub fn handle_repair(
         &mut self,
         origin: PeerId,
         incarnation: u64,
@@ -324,7 +330,7 @@ impl Inbox {
         // Still "unanswered" while the answer is applied: a NAK computed
         // halfway would ask again for the rest of this very answer.
         for env in envelopes {
-            self.on_envelope(env, now);
+            self.handle_envelope(env, now);
         }
         let st = self.streams.get_mut(&origin).expect("checked");
         st.nak_unanswered = false;
@@ -353,9 +359,9 @@ impl Inbox {
         self.nak(origin, now); // what is still missing, at once
     }
 
-    /// When [`on_tick`](Self::on_tick) next has a NAK to repeat: `None` while
+    /// When [`handle_timeout`](Self::handle_timeout) next has a NAK to repeat: `None` while
     /// no origin has a gap (so an idle receiver needs no timer).
-    pub fn next_tick(&self) -> Option<Instant> {
+    pub fn poll_timeout(&self) -> Option<Instant> {
         let repeat = self
             .streams
             .values()
@@ -369,7 +375,7 @@ impl Inbox {
     }
 
     /// Re-sends NAKs whose answer did not close the gap.
-    pub fn on_tick(&mut self, now: Instant) {
+    pub fn handle_timeout(&mut self, now: Instant) {
         let origins: Vec<PeerId> = self.streams.keys().copied().collect();
         for origin in origins {
             if let Some(st) = self.streams.get_mut(&origin) {
@@ -549,13 +555,13 @@ mod tests {
     fn holds_behind_a_gap_naks_and_delivers_in_order_once_repaired() {
         let t = Instant::now();
         let mut i = Inbox::new(InboxConfig::default());
-        i.on_envelope(env(1, 1, 5), t); // first contact: starts here
-        i.on_envelope(env(1, 1, 7), t);
-        i.on_envelope(env(1, 1, 8), t);
+        i.handle_envelope(env(1, 1, 5), t); // first contact: starts here
+        i.handle_envelope(env(1, 1, 7), t);
+        i.handle_envelope(env(1, 1, 8), t);
         assert_eq!(drain(&mut i), ["d5", "nak[(6, 6)]"]);
-        i.on_envelope(env(1, 1, 8), t);
+        i.handle_envelope(env(1, 1, 8), t);
         assert_eq!(i.counters().duplicates, 1);
-        i.on_repair(PeerId(1), 1, vec![env(1, 1, 6)], &[], 1, t);
+        i.handle_repair(PeerId(1), 1, vec![env(1, 1, 6)], &[], 1, t);
         assert_eq!(drain(&mut i), ["d6", "d7", "d8"]);
         assert_eq!(i.acks().collect::<Vec<_>>(), [(PeerId(1), 1, 8)]);
     }
@@ -564,42 +570,42 @@ mod tests {
     fn tail_loss_from_heartbeat_and_nak_pacing() {
         let t = Instant::now();
         let mut i = Inbox::new(InboxConfig::default());
-        i.on_heartbeat(PeerId(1), 1, 10, t); // joined when 10 were out: baseline
-        i.on_envelope(env(1, 1, 11), t);
-        i.on_heartbeat(PeerId(1), 1, 13, t);
+        i.handle_heartbeat(PeerId(1), 1, 10, t); // joined when 10 were out: baseline
+        i.handle_envelope(env(1, 1, 11), t);
+        i.handle_heartbeat(PeerId(1), 1, 13, t);
         // 12 and 13 may still be queued behind the heartbeat: a grace first.
         assert_eq!(drain(&mut i), ["d11"]);
         let g = InboxConfig::default().tail_grace;
-        assert_eq!(i.next_tick(), Some(t + g));
-        i.on_tick(t + g);
+        assert_eq!(i.poll_timeout(), Some(t + g));
+        i.handle_timeout(t + g);
         assert_eq!(drain(&mut i), ["nak[(12, 13)]"]);
         // Unanswered, it is not repeated before its timeout.
         let timeout = InboxConfig::default().nak_timeout;
         let t = t + g;
-        i.on_tick(t + Duration::from_millis(25));
+        i.handle_timeout(t + Duration::from_millis(25));
         assert!(drain(&mut i).is_empty(), "waits for its answer");
-        assert_eq!(i.next_tick(), Some(t + timeout));
-        i.on_tick(t + timeout);
+        assert_eq!(i.poll_timeout(), Some(t + timeout));
+        i.handle_timeout(t + timeout);
         assert_eq!(drain(&mut i), ["nak[(12, 13)]"]);
         // Answered in part: the rest is asked for again after the interval.
         let t = t + timeout;
-        i.on_repair(PeerId(1), 1, vec![env(1, 1, 12)], &[], 1, t);
+        i.handle_repair(PeerId(1), 1, vec![env(1, 1, 12)], &[], 1, t);
         assert_eq!(drain(&mut i), ["d12"]);
-        i.on_tick(t + Duration::from_millis(5));
+        i.handle_timeout(t + Duration::from_millis(5));
         assert!(drain(&mut i).is_empty(), "paced");
-        assert_eq!(i.next_tick(), Some(t + Duration::from_millis(20)));
-        i.on_tick(t + Duration::from_millis(25));
+        assert_eq!(i.poll_timeout(), Some(t + Duration::from_millis(20)));
+        i.handle_timeout(t + Duration::from_millis(25));
         assert_eq!(drain(&mut i), ["nak[(13, 13)]"]);
-        i.on_envelope(env(1, 1, 13), t);
-        assert_eq!(i.next_tick(), None, "no gap, no timer");
+        i.handle_envelope(env(1, 1, 13), t);
+        assert_eq!(i.poll_timeout(), None, "no gap, no timer");
         // Data that arrives within the grace is never asked for again.
-        i.on_heartbeat(PeerId(1), 1, 15, t);
-        i.on_envelope(env(1, 1, 14), t + g / 2);
-        i.on_envelope(env(1, 1, 15), t + g / 2);
-        i.on_tick(t + g);
+        i.handle_heartbeat(PeerId(1), 1, 15, t);
+        i.handle_envelope(env(1, 1, 14), t + g / 2);
+        i.handle_envelope(env(1, 1, 15), t + g / 2);
+        i.handle_timeout(t + g);
         assert_eq!(drain(&mut i), ["d13", "d14", "d15"]);
         // An origin that leaves with claims pending: those are lost.
-        i.on_heartbeat(PeerId(1), 1, 17, t + g);
+        i.handle_heartbeat(PeerId(1), 1, 17, t + g);
         i.forget(PeerId(1));
         assert_eq!(drain(&mut i), ["lost16-17"]);
     }
@@ -611,18 +617,18 @@ mod tests {
     fn an_answer_being_applied_is_not_asked_for_again() {
         let t = Instant::now();
         let mut i = Inbox::new(InboxConfig::default());
-        i.on_envelope(env(1, 1, 1), t);
-        i.on_envelope(env(1, 1, 6), t);
+        i.handle_envelope(env(1, 1, 1), t);
+        i.handle_envelope(env(1, 1, 6), t);
         assert_eq!(drain(&mut i), ["d1", "nak[(2, 5)]"]);
         let later = t + Duration::from_millis(100);
         let answer = (2..=5).map(|s| env(1, 1, s)).collect();
-        i.on_repair(PeerId(1), 1, answer, &[], 1, later);
+        i.handle_repair(PeerId(1), 1, answer, &[], 1, later);
         assert_eq!(drain(&mut i), ["d2", "d3", "d4", "d5", "d6"]);
         // Part of an answer: the rest is asked for at once.
-        i.on_envelope(env(1, 1, 9), later);
+        i.handle_envelope(env(1, 1, 9), later);
         assert_eq!(drain(&mut i), ["nak[(7, 8)]"]);
         let later = later + Duration::from_millis(100);
-        i.on_repair(PeerId(1), 1, vec![env(1, 1, 7)], &[], 1, later);
+        i.handle_repair(PeerId(1), 1, vec![env(1, 1, 7)], &[], 1, later);
         assert_eq!(drain(&mut i), ["d7", "nak[(8, 8)]"]);
         assert_eq!(i.counters().duplicates, 0);
     }
@@ -631,10 +637,10 @@ mod tests {
     fn gone_is_declared_lost_before_later_deliveries() {
         let t = Instant::now();
         let mut i = Inbox::new(InboxConfig::default());
-        i.on_envelope(env(1, 1, 1), t);
-        i.on_envelope(env(1, 1, 5), t);
+        i.handle_envelope(env(1, 1, 1), t);
+        i.handle_envelope(env(1, 1, 5), t);
         drain(&mut i);
-        i.on_repair(PeerId(1), 1, vec![env(1, 1, 4)], &[(2, 3)], 1, t);
+        i.handle_repair(PeerId(1), 1, vec![env(1, 1, 4)], &[(2, 3)], 1, t);
         assert_eq!(drain(&mut i), ["lost2-3", "d4", "d5"]);
         assert_eq!(i.counters().lost, 2);
     }
@@ -643,12 +649,12 @@ mod tests {
     fn restart_and_departure_make_gaps_explicit() {
         let t = Instant::now();
         let mut i = Inbox::new(InboxConfig::default());
-        i.on_envelope(env(1, 1, 1), t);
-        i.on_envelope(env(1, 1, 3), t);
+        i.handle_envelope(env(1, 1, 1), t);
+        i.handle_envelope(env(1, 1, 3), t);
         drain(&mut i);
-        i.on_envelope(env(1, 2, 2), t); // restarted: incarnation 2
+        i.handle_envelope(env(1, 2, 2), t); // restarted: incarnation 2
         assert_eq!(drain(&mut i), ["lost2-2", "d3", "nak[(1, 1)]"]);
-        i.on_envelope(env(1, 1, 9), t);
+        i.handle_envelope(env(1, 1, 9), t);
         assert_eq!(i.counters().stale, 1);
         i.forget(PeerId(1));
         assert_eq!(drain(&mut i), ["lost1-1", "d2"]);
@@ -661,28 +667,28 @@ mod tests {
     fn a_forgotten_origin_is_never_delivered_twice_and_resumes_after_healing() {
         let t = Instant::now();
         let mut i = Inbox::new(InboxConfig::default());
-        i.on_envelope(env(1, 1, 1), t);
-        i.on_envelope(env(1, 1, 2), t);
+        i.handle_envelope(env(1, 1, 1), t);
+        i.handle_envelope(env(1, 1, 2), t);
         i.forget(PeerId(1)); // failed or left
         assert_eq!(drain(&mut i), ["d1", "d2"]);
-        i.on_envelope(env(1, 1, 1), t); // late copies
-        i.on_envelope(env(1, 1, 2), t);
+        i.handle_envelope(env(1, 1, 1), t); // late copies
+        i.handle_envelope(env(1, 1, 2), t);
         assert!(drain(&mut i).is_empty());
         assert_eq!(i.counters().duplicates, 2);
         // A healed partition: same incarnation, it resumes after what was settled.
         i.forget(PeerId(1));
         i.announce(PeerId(1));
-        i.on_heartbeat(PeerId(1), 1, 4, t);
-        i.on_tick(t + InboxConfig::default().tail_grace);
+        i.handle_heartbeat(PeerId(1), 1, 4, t);
+        i.handle_timeout(t + InboxConfig::default().tail_grace);
         assert_eq!(drain(&mut i), ["nak[(3, 4)]"]);
-        i.on_envelope(env(1, 1, 3), t);
-        i.on_envelope(env(1, 1, 4), t);
+        i.handle_envelope(env(1, 1, 3), t);
+        i.handle_envelope(env(1, 1, 4), t);
         assert_eq!(drain(&mut i), ["d3", "d4"]);
         // An older incarnation than the one forgotten is stale.
         i.forget(PeerId(1));
-        i.on_envelope(env(1, 2, 1), t);
+        i.handle_envelope(env(1, 2, 1), t);
         i.forget(PeerId(1));
-        i.on_envelope(env(1, 1, 9), t);
+        i.handle_envelope(env(1, 1, 9), t);
         assert_eq!(i.counters().stale, 1);
     }
 
@@ -692,12 +698,12 @@ mod tests {
         let mut i = Inbox::new(InboxConfig::default());
         i.announce(PeerId(1));
         // Its first batch (1..=3) was lost; 4 and 5 arrive before any heartbeat.
-        i.on_envelope(env(1, 1, 4), t);
-        i.on_envelope(env(1, 1, 5), t);
+        i.handle_envelope(env(1, 1, 4), t);
+        i.handle_envelope(env(1, 1, 5), t);
         assert!(drain(&mut i).is_empty(), "held until the baseline is known");
-        i.on_heartbeat(PeerId(1), 1, 0, t); // it had published nothing when we joined
+        i.handle_heartbeat(PeerId(1), 1, 0, t); // it had published nothing when we joined
         assert_eq!(drain(&mut i), ["nak[(1, 3)]"]);
-        i.on_repair(
+        i.handle_repair(
             PeerId(1),
             1,
             vec![env(1, 1, 1), env(1, 1, 2), env(1, 1, 3)],
@@ -708,10 +714,10 @@ mod tests {
         assert_eq!(drain(&mut i), ["d1", "d2", "d3", "d4", "d5"]);
         // A member that had published 10 before it counted us: it says so.
         i.announce(PeerId(2));
-        i.on_envelope(env(2, 1, 12), t);
-        i.on_heartbeat(PeerId(2), 1, 12, t);
+        i.handle_envelope(env(2, 1, 12), t);
+        i.handle_heartbeat(PeerId(2), 1, 12, t);
         assert_eq!(drain(&mut i), ["nak[(1, 11)]"]);
-        i.on_repair(PeerId(2), 1, vec![env(2, 1, 11)], &[], 11, t);
+        i.handle_repair(PeerId(2), 1, vec![env(2, 1, 11)], &[], 11, t);
         assert_eq!(drain(&mut i), ["d11", "d12"]);
         assert_eq!(i.counters().before_join, 10);
         assert_eq!(i.counters().lost, 0);
@@ -725,7 +731,7 @@ mod tests {
             ..Default::default()
         });
         for s in [1, 3, 2, 3, 1] {
-            i.on_envelope(env(1, 1, s), t);
+            i.handle_envelope(env(1, 1, s), t);
         }
         assert_eq!(drain(&mut i), ["d1", "d3", "nak[(2, 2)]", "d2"]);
         assert_eq!(i.counters().duplicates, 2);
@@ -740,13 +746,13 @@ mod tests {
             ..Default::default()
         };
         let mut i = Inbox::new(cfg);
-        i.on_envelope(env(1, 1, 1), t);
+        i.handle_envelope(env(1, 1, 1), t);
         for s in 3..20 {
-            i.on_envelope(env(1, 1, s), t);
+            i.handle_envelope(env(1, 1, s), t);
         }
         assert_eq!(i.held(), 4);
         assert_eq!(i.counters().held_overflow, 13);
-        i.on_envelope(env(1, 1, 5_000_000_000), t); // a jump by billions
+        i.handle_envelope(env(1, 1, 5_000_000_000), t); // a jump by billions
         assert_eq!(i.counters().too_far_ahead, 1);
         let naks: Vec<_> = std::iter::from_fn(|| i.poll())
             .filter_map(|e| {
@@ -758,12 +764,12 @@ mod tests {
             })
             .collect();
         assert!(naks.iter().all(|n| n.ranges.len() <= 32));
-        i.on_envelope(env(2, 1, 1), t);
-        i.on_envelope(env(3, 1, 1), t);
+        i.handle_envelope(env(2, 1, 1), t);
+        i.handle_envelope(env(3, 1, 1), t);
         assert_eq!(i.counters().origins_refused, 1);
         // Repairs for an unknown origin or another incarnation do nothing.
-        i.on_repair(PeerId(9), 1, vec![], &[(1, u64::MAX)], 1, t);
-        i.on_repair(PeerId(1), 7, vec![], &[(1, u64::MAX)], 1, t);
+        i.handle_repair(PeerId(9), 1, vec![], &[(1, u64::MAX)], 1, t);
+        i.handle_repair(PeerId(1), 7, vec![], &[(1, u64::MAX)], 1, t);
         assert_eq!(i.counters().lost, 0);
     }
 }

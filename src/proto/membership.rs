@@ -142,18 +142,13 @@ impl Membership {
         &self.me
     }
 
-    /// Rounds started so far.
-    pub fn round(&self) -> u64 {
-        self.round
-    }
-
     /// Input refused so far.
     pub fn refused(&self) -> Refused {
         self.refused
     }
 
     /// Next action for the driver, in the order they arose.
-    pub fn poll_action(&mut self) -> Option<Action> {
+    pub fn poll(&mut self) -> Option<Action> {
         self.actions.pop_front()
     }
 
@@ -202,7 +197,7 @@ impl Membership {
 
     /// A survey arrived on our respondent: it is the surveyor's own
     /// heartbeat (or its goodbye). Returns our answer.
-    pub fn on_survey(&mut self, survey: &Survey, now: Instant) -> Response {
+    pub fn handle_survey(&mut self, survey: &Survey, now: Instant) -> Response {
         if survey.leaving {
             self.on_leave(&survey.from);
         } else {
@@ -218,7 +213,7 @@ impl Membership {
     }
 
     /// A response to our survey arrived.
-    pub fn on_response(&mut self, response: &Response, now: Instant) {
+    pub fn handle_response(&mut self, response: &Response, now: Instant) {
         self.observe(&response.from, response.heartbeat, true, now);
         for g in &response.gossip {
             self.observe(&g.info, g.heartbeat, false, now);
@@ -462,7 +457,7 @@ mod tests {
     }
 
     fn actions(m: &mut Membership) -> Vec<Action> {
-        std::iter::from_fn(|| m.poll_action()).collect()
+        std::iter::from_fn(|| m.poll()).collect()
     }
 
     fn events(m: &mut Membership) -> Vec<(MemberEventKind, u64)> {
@@ -521,7 +516,7 @@ mod tests {
     fn a_survey_introduces_the_surveyor() {
         let mut m = core(MembershipConfig::default());
         let b = info(2, 1);
-        let resp = m.on_survey(&survey(&b, 1), Instant::now());
+        let resp = m.handle_survey(&survey(&b, 1), Instant::now());
         assert_eq!(resp.from.id, PeerId(1));
         assert_eq!(
             actions(&mut m),
@@ -541,7 +536,7 @@ mod tests {
         let mut m = core(MembershipConfig::default());
         let (b, c) = (info(2, 1), info(3, 1));
         m.start_round();
-        m.on_response(
+        m.handle_response(
             &response(&b, 1, &[(&c, 5), (&info(1, 1), 1)]),
             Instant::now(),
         );
@@ -558,7 +553,7 @@ mod tests {
         let mut m = core(cfg);
         let b = info(2, 1);
         m.start_round();
-        m.on_survey(&survey(&b, 1), Instant::now());
+        m.handle_survey(&survey(&b, 1), Instant::now());
         m.end_round();
         actions(&mut m);
         silent_rounds(&mut m, 1);
@@ -586,15 +581,15 @@ mod tests {
         let mut m = core(MembershipConfig::default());
         let b = info(2, 1);
         m.start_round();
-        m.on_survey(&survey(&b, 1), Instant::now());
+        m.handle_survey(&survey(&b, 1), Instant::now());
         silent_rounds(&mut m, 2);
         actions(&mut m);
         assert_eq!(state(&m, 2), MemberState::Suspect);
         m.start_round();
-        m.on_survey(&survey(&b, 1), Instant::now()); // no progress: same counter
+        m.handle_survey(&survey(&b, 1), Instant::now()); // no progress: same counter
         m.end_round();
         assert_eq!(state(&m, 2), MemberState::Suspect);
-        m.on_survey(&survey(&b, 2), Instant::now());
+        m.handle_survey(&survey(&b, 2), Instant::now());
         assert_eq!(events(&mut m), vec![(Recovered, 2)]);
     }
 
@@ -605,7 +600,7 @@ mod tests {
         for round in 1..=20 {
             m.start_round();
             // b's own messages never arrive; c reports b's counter going up.
-            m.on_response(&response(&c, round, &[(&b, round)]), Instant::now());
+            m.handle_response(&response(&c, round, &[(&b, round)]), Instant::now());
             m.end_round();
         }
         assert_eq!(state(&m, 2), MemberState::Alive);
@@ -614,7 +609,7 @@ mod tests {
 
     fn failed_member(m: &mut Membership, b: &Arc<PeerInfo>) {
         m.start_round();
-        m.on_survey(&survey(b, 10), Instant::now());
+        m.handle_survey(&survey(b, 10), Instant::now());
         silent_rounds(m, 4);
         assert_eq!(state(m, 2), MemberState::Failed);
         actions(m);
@@ -626,11 +621,11 @@ mod tests {
         let (b, c) = (info(2, 1), info(3, 1));
         failed_member(&mut m, &b);
         m.start_round();
-        m.on_response(&response(&c, 1, &[(&b, 11), (&b, 99)]), Instant::now());
+        m.handle_response(&response(&c, 1, &[(&b, 11), (&b, 99)]), Instant::now());
         assert_eq!(events(&mut m), vec![(Joined, 3)]);
         assert_eq!(state(&m, 2), MemberState::Failed);
         // b heard directly again (partition healed): same incarnation rejoins.
-        m.on_survey(&survey(&b, 12), Instant::now());
+        m.handle_survey(&survey(&b, 12), Instant::now());
         assert_eq!(
             actions(&mut m),
             vec![Action::Event(MemberEvent {
@@ -648,14 +643,14 @@ mod tests {
         failed_member(&mut m, &b);
         // Restarted at the same address: still dialed, so no new dial.
         let b2 = info(2, 2);
-        m.on_response(&response(&info(3, 1), 1, &[(&b2, 1)]), Instant::now());
+        m.handle_response(&response(&info(3, 1), 1, &[(&b2, 1)]), Instant::now());
         assert_eq!(events(&mut m), vec![(Joined, 3), (Rejoined, 2)]);
         assert_eq!(m.member(PeerId(2)).unwrap().info, b2);
         // Restarted elsewhere while alive: redial the new endpoints.
         let mut moved = (*info(2, 3)).clone();
         moved.endpoints.survey = "inproc://elsewhere".into();
         let b3 = Arc::new(moved);
-        m.on_survey(&survey(&b3, 1), Instant::now());
+        m.handle_survey(&survey(&b3, 1), Instant::now());
         let acts = actions(&mut m);
         assert_eq!(acts[0], Action::Disconnect(b2));
         assert_eq!(acts[1], Action::Connect(b3));
@@ -665,10 +660,10 @@ mod tests {
     #[test]
     fn stale_incarnations_are_ignored_and_counted() {
         let mut m = core(MembershipConfig::default());
-        m.on_survey(&survey(&info(2, 5), 1), Instant::now());
+        m.handle_survey(&survey(&info(2, 5), 1), Instant::now());
         actions(&mut m);
-        m.on_survey(&survey(&info(2, 4), 100), Instant::now());
-        m.on_response(
+        m.handle_survey(&survey(&info(2, 4), 100), Instant::now());
+        m.handle_response(
             &response(&info(3, 1), 1, &[(&info(2, 3), 100)]),
             Instant::now(),
         );
@@ -681,11 +676,11 @@ mod tests {
     fn leaving_is_final_for_that_incarnation() {
         let mut m = core(MembershipConfig::default());
         let b = info(2, 1);
-        m.on_survey(&survey(&b, 1), Instant::now());
+        m.handle_survey(&survey(&b, 1), Instant::now());
         actions(&mut m);
         let mut bye = survey(&b, 2);
         bye.leaving = true;
-        m.on_survey(&bye, Instant::now());
+        m.handle_survey(&bye, Instant::now());
         assert_eq!(
             actions(&mut m),
             vec![
@@ -696,14 +691,14 @@ mod tests {
                 }),
             ]
         );
-        m.on_survey(&bye, Instant::now());
-        m.on_survey(&survey(&b, 50), Instant::now());
-        m.on_response(&response(&info(3, 1), 1, &[(&b, 60)]), Instant::now());
+        m.handle_survey(&bye, Instant::now());
+        m.handle_survey(&survey(&b, 50), Instant::now());
+        m.handle_response(&response(&info(3, 1), 1, &[(&b, 60)]), Instant::now());
         assert_eq!(events(&mut m), vec![(Joined, 3)]);
         assert_eq!(state(&m, 2), MemberState::Left);
         // It starts again: a new incarnation, dialed again.
         let b2 = info(2, 2);
-        m.on_survey(&survey(&b2, 1), Instant::now());
+        m.handle_survey(&survey(&b2, 1), Instant::now());
         let acts = actions(&mut m);
         assert_eq!(acts[0], Action::Connect(b2));
         assert!(matches!(&acts[1], Action::Event(e) if e.kind == Rejoined));
@@ -713,20 +708,20 @@ mod tests {
     fn conflicting_claims_do_not_change_or_remove_a_member() {
         let mut m = core(MembershipConfig::default());
         let b = info(2, 1);
-        m.on_survey(&survey(&b, 1), Instant::now());
+        m.handle_survey(&survey(&b, 1), Instant::now());
         actions(&mut m);
         // Someone answers with b's id and incarnation but other endpoints.
         let mut fake = (*b).clone();
         fake.endpoints.publish = "inproc://impostor".into();
         let fake = Arc::new(fake);
-        m.on_response(&response(&fake, 100, &[]), Instant::now());
+        m.handle_response(&response(&fake, 100, &[]), Instant::now());
         let mut bye = survey(&fake, 101);
         bye.leaving = true;
-        m.on_survey(&bye, Instant::now());
+        m.handle_survey(&bye, Instant::now());
         // Or with our own id.
         let mut me = (*info(1, 1)).clone();
         me.name = "not me".into();
-        m.on_response(&response(&Arc::new(me), 1, &[]), Instant::now());
+        m.handle_response(&response(&Arc::new(me), 1, &[]), Instant::now());
         assert!(actions(&mut m).is_empty());
         assert_eq!(m.member(PeerId(2)).unwrap().info, b);
         assert_eq!(state(&m, 2), MemberState::Alive);
@@ -741,16 +736,16 @@ mod tests {
         };
         let mut m = core(cfg);
         for id in 2..=4 {
-            m.on_survey(&survey(&info(id, 1), 1), Instant::now());
+            m.handle_survey(&survey(&info(id, 1), 1), Instant::now());
         }
-        m.on_survey(&survey(&info(5, 1), 1), Instant::now());
+        m.handle_survey(&survey(&info(5, 1), 1), Instant::now());
         assert_eq!(m.refused().over_capacity, 1);
         assert!(m.member(PeerId(5)).is_none());
         let mut bye = survey(&info(2, 1), 2);
         bye.leaving = true;
-        m.on_survey(&bye, Instant::now());
+        m.handle_survey(&bye, Instant::now());
         actions(&mut m);
-        m.on_survey(&survey(&info(5, 1), 1), Instant::now());
+        m.handle_survey(&survey(&info(5, 1), 1), Instant::now());
         assert!(m.member(PeerId(2)).is_none(), "oldest tombstone forgotten");
         assert_eq!(events(&mut m), vec![(Joined, 5)]);
     }
@@ -763,14 +758,14 @@ mod tests {
         };
         let mut m = core(cfg);
         for id in 2..42 {
-            m.on_survey(&survey(&info(id, 1), 1), Instant::now());
+            m.handle_survey(&survey(&info(id, 1), 1), Instant::now());
         }
         let mut bye = survey(&info(7, 1), 2);
         bye.leaving = true;
-        m.on_survey(&bye, Instant::now());
+        m.handle_survey(&bye, Instant::now());
         let mut seen = std::collections::BTreeMap::<u64, u32>::new();
         for _ in 0..3 {
-            let r = m.on_survey(&survey(&info(2, 1), 1), Instant::now());
+            let r = m.handle_survey(&survey(&info(2, 1), 1), Instant::now());
             assert!(r.gossip.len() <= 16);
             for g in r.gossip {
                 *seen.entry(g.info.id.0).or_default() += 1;

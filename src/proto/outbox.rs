@@ -238,7 +238,7 @@ impl Outbox {
     }
 
     /// `member` sent a heartbeat without an ack for this origin.
-    pub fn on_no_ack(&mut self, member: PeerId) {
+    pub fn handle_no_ack(&mut self, member: PeerId) {
         let Some(rounds) = self.provisional.get_mut(&member) else {
             return;
         };
@@ -251,7 +251,7 @@ impl Outbox {
     }
 
     /// `member` reports it has received everything of `incarnation` through `seq`.
-    pub fn on_ack(&mut self, member: PeerId, incarnation: u64, seq: u64) {
+    pub fn handle_ack(&mut self, member: PeerId, incarnation: u64, seq: u64) {
         if incarnation != self.incarnation || !self.members.contains(&member) {
             self.refused.acks += 1;
             return;
@@ -414,14 +414,14 @@ mod tests {
             o.push(frame(s));
         }
         assert!(o.is_full(), "40 bytes unacknowledged");
-        o.on_ack(PeerId(2), 9, 2);
+        o.handle_ack(PeerId(2), 9, 2);
         assert_eq!((o.len(), o.bytes()), (2, 20));
         assert!(!o.is_full());
         // A member that never acks: the buffer is a ring of ~35 bytes.
         let mut o = bounded();
         o.set_members([PeerId(2)]);
         for _ in 0..NO_ACK_ROUNDS {
-            o.on_no_ack(PeerId(2));
+            o.handle_no_ack(PeerId(2));
         }
         for s in 1..=20 {
             assert!(!o.is_full());
@@ -460,8 +460,8 @@ mod tests {
         for s in 1..=4 {
             o.push(frame(s));
         }
-        o.on_ack(PeerId(2), 9, 4); // keeps up
-        o.on_ack(PeerId(3), 9, 0); // stuck at 0
+        o.handle_ack(PeerId(2), 9, 4); // keeps up
+        o.handle_ack(PeerId(3), 9, 0); // stuck at 0
         assert!(o.is_full());
         assert!(o.check_stall(t0, limit).is_empty());
         assert!(o.check_stall(t0 + Duration::from_secs(4), limit).is_empty());
@@ -474,10 +474,10 @@ mod tests {
         );
         for s in 5..=9 {
             o.push(frame(s));
-            o.on_ack(PeerId(2), 9, s);
+            o.handle_ack(PeerId(2), 9, s);
         }
         // The cut-off member's old acks do not count; its NAK gets "gone".
-        o.on_ack(PeerId(3), 9, 2);
+        o.handle_ack(PeerId(3), 9, 2);
         assert!(!o.is_full());
         let r = o.answer(&Nak {
             member: PeerId(3),
@@ -497,9 +497,9 @@ mod tests {
         assert_eq!(o.check_stall(t0, limit), []);
         assert_eq!(o.check_stall(t0 + limit, limit), [PeerId(2)]);
         o.push(frame(3)); // ring: 2, 3
-        o.on_ack(PeerId(2), 9, 0);
+        o.handle_ack(PeerId(2), 9, 0);
         assert_eq!(o.len(), 2, "an ack behind the ring does not count");
-        o.on_ack(PeerId(2), 9, 2);
+        o.handle_ack(PeerId(2), 9, 2);
         assert_eq!(o.len(), 1, "caught up: counts again, 1 and 2 freed");
     }
 
@@ -511,8 +511,8 @@ mod tests {
             assert_eq!(o.push(frame(s)), s);
         }
         assert!(o.is_full());
-        o.on_ack(PeerId(2), 9, 3);
-        o.on_ack(PeerId(3), 9, 1);
+        o.handle_ack(PeerId(2), 9, 3);
+        o.handle_ack(PeerId(3), 9, 1);
         assert_eq!(o.len(), 3, "only what both have: seq 1");
         assert!(!o.is_full());
         // The lagging member fails: its watermark stops counting.
@@ -530,7 +530,7 @@ mod tests {
         }
         assert!(o.is_full(), "a new member is owed what follows its join");
         for _ in 0..NO_ACK_ROUNDS {
-            o.on_no_ack(PeerId(2));
+            o.handle_no_ack(PeerId(2));
         }
         assert!(!o.is_full(), "no acks: ring mode");
         for s in 5..=6 {
@@ -538,10 +538,10 @@ mod tests {
         }
         assert_eq!(o.len(), 4);
         // An ack confirms a watermark, which never lapses afterwards.
-        o.on_ack(PeerId(2), 9, 5);
+        o.handle_ack(PeerId(2), 9, 5);
         assert_eq!(o.len(), 1);
         for _ in 0..10 {
-            o.on_no_ack(PeerId(2));
+            o.handle_no_ack(PeerId(2));
         }
         o.push(frame(7));
         o.push(frame(8));
@@ -554,17 +554,17 @@ mod tests {
         let mut o = outbox(4);
         o.set_members([PeerId(2)]);
         for _ in 0..NO_ACK_ROUNDS {
-            o.on_no_ack(PeerId(2));
+            o.handle_no_ack(PeerId(2));
         }
         for s in 1..=6 {
             o.push(frame(s));
         }
         assert_eq!(o.len(), 4, "watermark unknown: kept as a ring, never full");
         assert!(!o.is_full());
-        o.on_ack(PeerId(99), 9, 0); // not a member
-        o.on_ack(PeerId(2), 8, 0); // wrong incarnation
+        o.handle_ack(PeerId(99), 9, 0); // not a member
+        o.handle_ack(PeerId(2), 8, 0); // wrong incarnation
         assert_eq!(o.refused().acks, 2);
-        o.on_ack(PeerId(2), 9, 5);
+        o.handle_ack(PeerId(2), 9, 5);
         assert_eq!(o.len(), 1, "known now: freed up to the watermark");
         o.set_members([]);
         assert_eq!(o.len(), 0, "nobody left to repair");
@@ -577,7 +577,7 @@ mod tests {
         for s in 1..=30 {
             o.push(frame(s));
         }
-        o.on_ack(PeerId(2), 9, 10); // frees 1..=10
+        o.handle_ack(PeerId(2), 9, 10); // frees 1..=10
         let r = o.answer(&nak(&[(5, 12), (40, 50)]));
         assert_eq!(r.gone, vec![(5, 10)]);
         assert_eq!(r.frames, vec![frame(11), frame(12)]);

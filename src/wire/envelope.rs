@@ -22,9 +22,9 @@ use crate::wire::topic::Interner;
 /// Frame kind of a single event envelope.
 pub const KIND_EVENT: u8 = 0;
 /// Frame kind of a batch: several envelopes in one message.
-pub const KIND_BATCH: u8 = 5;
+pub(crate) const KIND_BATCH: u8 = 5;
 /// Most envelopes accepted in one batch.
-pub const MAX_BATCH: u32 = 65_536;
+pub(crate) const MAX_BATCH: u32 = 65_536;
 /// Bytes of the frame header `[1, 0, …]` before an event's envelope array.
 pub(crate) const EVENT_HEADER: usize = 3;
 
