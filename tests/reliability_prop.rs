@@ -124,7 +124,7 @@ fn run(
                     if chance(&mut rng, faults.drop) {
                         continue; // NAK lost
                     }
-                    let repair = outbox.answer(&nak);
+                    let repair = outbox.handle_nak(&nak);
                     if chance(&mut rng, faults.drop) {
                         continue; // answer lost
                     }

@@ -163,7 +163,7 @@ fuzz_target!(|ops: Vec<Op>| {
                         .collect(),
                     member: PeerId(u64::from(member % 8)),
                 };
-                let answer = outbox.answer(&nak);
+                let answer = outbox.handle_nak(&nak);
                 assert!(answer.frames.len() <= CAPACITY);
             }
         }

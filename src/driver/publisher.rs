@@ -239,7 +239,7 @@ impl Publisher {
                 }
             }
         };
-        let repair = self.outbox.answer(&nak);
+        let repair = self.outbox.handle_nak(&nak);
         Counters::add(&self.counters.retransmits, repair.frames.len() as u64);
         self.update_gauges(); // counted before the answer can be seen
         repair

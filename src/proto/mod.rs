@@ -3,8 +3,11 @@
 //! Each core takes its input and the current time as arguments and returns
 //! what to do, in the shape of quinn-proto: `handle_*(…, now)` feeds it a
 //! message or an event, `poll_*()` drains the actions it decided on, and
-//! `poll_timeout()` says when it next wants to be woken. The driver tasks
-//! (`crate::driver`) own the sockets and the clock and call them.
+//! `poll_timeout()` says when it next wants to be woken (and
+//! `handle_timeout(now)` wakes it). An answer to one request, such as the
+//! outbox's answer to a NAK, is the return value of its `handle_*` call.
+//! The driver tasks (`crate::driver`) own the sockets and the clock and call
+//! them.
 //!
 //! May use: `std` (but not `std::net`), the wire types (`crate::wire`),
 //! `crate::error`, and plain-data crates (serde, bytes, rand with a seed

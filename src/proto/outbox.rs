@@ -299,7 +299,7 @@ impl Outbox {
     /// is bounded by `max_nak_seqs` whatever the ranges say.
     /// Overlapping or repeated ranges are merged first, so one NAK never
     /// gets the same envelope twice (no amplification).
-    pub fn answer(&mut self, nak: &Nak) -> Repair {
+    pub fn handle_nak(&mut self, nak: &Nak) -> Repair {
         let mut repair = Repair {
             origin: self.origin,
             incarnation: self.incarnation,
@@ -429,7 +429,7 @@ mod tests {
             assert!(o.bytes() <= 40, "bounded by max_bytes + one frame");
         }
         assert_eq!(o.len(), 4);
-        let answer = o.answer(&nak(&[(1, 20)]));
+        let answer = o.handle_nak(&nak(&[(1, 20)]));
         assert_eq!(answer.frames.len(), 4);
         assert_eq!(answer.gone, vec![(1, 16)]);
     }
@@ -443,7 +443,7 @@ mod tests {
         for s in 1..=4 {
             o.push(frame(s));
         }
-        let r = o.answer(&nak(&[(2, 3), (1, 2), (3, 3), (3, 4), (9, 1), (2, 3)]));
+        let r = o.handle_nak(&nak(&[(2, 3), (1, 2), (3, 3), (3, 4), (9, 1), (2, 3)]));
         assert_eq!(r.frames, (1..=4).map(frame).collect::<Vec<_>>());
         assert_eq!(
             merged(&[(5, 6), (1, 2), (3, 3), (8, 9)]),
@@ -479,7 +479,7 @@ mod tests {
         // The cut-off member's old acks do not count; its NAK gets "gone".
         o.handle_ack(PeerId(3), 9, 2);
         assert!(!o.is_full());
-        let r = o.answer(&Nak {
+        let r = o.handle_nak(&Nak {
             member: PeerId(3),
             ..nak(&[(2, 9)])
         });
@@ -578,20 +578,20 @@ mod tests {
             o.push(frame(s));
         }
         o.handle_ack(PeerId(2), 9, 10); // frees 1..=10
-        let r = o.answer(&nak(&[(5, 12), (40, 50)]));
+        let r = o.handle_nak(&nak(&[(5, 12), (40, 50)]));
         assert_eq!(r.gone, vec![(5, 10)]);
         assert_eq!(r.frames, vec![frame(11), frame(12)]);
         assert_eq!(r.last_seq, 30);
         assert_eq!(o.refused().unpublished, 1);
         // Reply size bound: 100 bytes = 10 frames.
-        assert_eq!(o.answer(&nak(&[(11, 30)])).frames.len(), 10);
+        assert_eq!(o.handle_nak(&nak(&[(11, 30)])).frames.len(), 10);
         // A NAK for someone else, or an absurd range, is cheap.
         let wrong = Nak {
             incarnation: 8,
             ..nak(&[(1, 2)])
         };
-        assert!(o.answer(&wrong).frames.is_empty());
-        let huge = o.answer(&nak(&[(1, u64::MAX)]));
+        assert!(o.handle_nak(&wrong).frames.is_empty());
+        let huge = o.handle_nak(&nak(&[(1, u64::MAX)]));
         assert_eq!(huge.gone, vec![(1, 10)]);
         assert!(huge.frames.len() <= 10);
     }
