@@ -93,6 +93,26 @@ async fn an_application_retry_with_the_same_key_is_processed_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_key_on_another_topic_is_another_event() {
+    let (a, b) = two(|b| b).await;
+    let mut sub = b.subscribe::<String>("orders.*").unwrap();
+    a.publish_with_id("order-7", "orders.created", "created")
+        .await
+        .unwrap();
+    a.publish_with_id("order-7", "orders.shipped", "shipped")
+        .await
+        .unwrap();
+    a.publish_with_id("order-7", "orders.shipped", "shipped again")
+        .await
+        .unwrap();
+    assert_eq!(next("created", &mut sub).await.value, "created");
+    assert_eq!(next("shipped", &mut sub).await.value, "shipped");
+    wait_for("the retry dropped", || b.stats().duplicate_keys == 1).await;
+    within("shutdown", a.shutdown()).await;
+    within("shutdown", b.shutdown()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stuck_handler_fills_the_buffer_and_fail_fast_publish_says_so() {
     let (a, b) = two(|b| b).await;
     let gate = Arc::new(tokio::sync::Semaphore::new(0));

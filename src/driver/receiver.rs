@@ -401,11 +401,13 @@ impl Receiver {
     async fn deliver(&mut self, env: Arc<Envelope>) -> bool {
         if let Some(key) = &env.id {
             let now = clock::now();
-            if self.keys.contains(key, now) {
+            if self.keys.contains(&env.topic, key, now) {
                 Counters::add(&self.counters.duplicate_keys, 1);
+                tracing::debug!(topic = %env.topic, key, origin = %env.origin, seq = env.seq,
+                    "duplicate idempotency key dropped");
                 return true;
             }
-            self.keys.record(key, now);
+            self.keys.record(&env.topic, key, now);
         }
         tracing::debug_span!("deliver", topic = %env.topic, origin = %env.origin, seq = env.seq,
             correlation_id = env.correlation_id.as_deref())

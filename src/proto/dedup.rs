@@ -6,6 +6,9 @@
 //!   O(1) memory per origin (8 bytes + 512 bytes of bitmap);
 //! - [`KeyCache`]: application idempotency keys (like JetStream's
 //!   `Nats-Msg-Id`), bounded by entry count and by age (the *duplicate window*).
+//!   A key is scoped to its topic: `order-7` on `orders.created` and
+//!   `order-7` on `orders.shipped` are two different events. Across origins
+//!   it is one key, so a retry from another replica is dropped too.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -152,10 +155,12 @@ impl SeqWindow {
     }
 }
 
-/// Application idempotency keys seen recently, bounded by count and age.
+/// Application idempotency keys seen recently, per topic, bounded by count
+/// and age.
 ///
-/// Memory: each entry holds its key twice (map and queue) plus about 80 bytes
-/// of bookkeeping, so at most `max_entries × (2 × key length + 80)` bytes.
+/// Memory: each entry holds its topic and key twice (map and queue) plus
+/// about 80 bytes of bookkeeping, so at most `max_entries × (2 × (topic +
+/// key length) + 80)` bytes.
 #[derive(Debug)]
 pub struct KeyCache {
     seen: HashMap<String, Instant>,
@@ -185,16 +190,18 @@ impl KeyCache {
         self.seen.is_empty()
     }
 
-    /// Whether `key` was recorded within the duplicate window.
-    pub fn contains(&mut self, key: &str, now: Instant) -> bool {
+    /// Whether `key` on `topic` was recorded within the duplicate window.
+    pub fn contains(&mut self, topic: &str, key: &str, now: Instant) -> bool {
         self.expire(now);
-        self.seen.contains_key(key)
+        self.seen.contains_key(&scoped(topic, key))
     }
 
-    /// Records `key` as processed at `now`; the oldest key goes if full.
-    pub fn record(&mut self, key: &str, now: Instant) {
+    /// Records `key` on `topic` as processed at `now`; the oldest key goes
+    /// if full.
+    pub fn record(&mut self, topic: &str, key: &str, now: Instant) {
         self.expire(now);
-        if self.seen.contains_key(key) {
+        let key = scoped(topic, key);
+        if self.seen.contains_key(&key) {
             return;
         }
         while self.seen.len() >= self.max_entries {
@@ -205,8 +212,8 @@ impl KeyCache {
                 None => break,
             }
         }
-        self.seen.insert(key.to_owned(), now);
-        self.order.push_back((key.to_owned(), now));
+        self.seen.insert(key.clone(), now);
+        self.order.push_back((key, now));
     }
 
     fn expire(&mut self, now: Instant) {
@@ -218,6 +225,16 @@ impl KeyCache {
             self.order.pop_front();
         }
     }
+}
+
+/// One string per (topic, key): topics hold no control character, so the
+/// NUL between them keeps every pair distinct.
+fn scoped(topic: &str, key: &str) -> String {
+    let mut s = String::with_capacity(topic.len() + 1 + key.len());
+    s.push_str(topic);
+    s.push('\0');
+    s.push_str(key);
+    s
 }
 
 #[cfg(test)]
@@ -259,16 +276,29 @@ mod tests {
         let t0 = Instant::now();
         let mut c = KeyCache::new(3, Duration::from_secs(10));
         for k in ["a", "b", "c", "d"] {
-            c.record(k, t0);
+            c.record("t", k, t0);
         }
         assert_eq!(c.len(), 3);
-        assert!(!c.contains("a", t0), "oldest evicted by count");
-        assert!(c.contains("d", t0));
+        assert!(!c.contains("t", "a", t0), "oldest evicted by count");
+        assert!(c.contains("t", "d", t0));
         assert!(
-            !c.contains("d", t0 + Duration::from_secs(10)),
+            !c.contains("t", "d", t0 + Duration::from_secs(10)),
             "expired by age"
         );
         assert!(c.is_empty());
+    }
+
+    #[test]
+    fn keys_are_scoped_per_topic() {
+        let t0 = Instant::now();
+        let mut c = KeyCache::new(10, Duration::from_secs(10));
+        c.record("orders.created", "order-7", t0);
+        assert!(c.contains("orders.created", "order-7", t0));
+        assert!(!c.contains("orders.shipped", "order-7", t0));
+        // A key may hold the separator: the first NUL ends the topic.
+        c.record("a", "b\0c", t0);
+        assert!(c.contains("a", "b\0c", t0));
+        assert!(!c.contains("a", "b", t0));
     }
 
     proptest! {
