@@ -155,6 +155,29 @@ fn node_sub_and_pub_deliver_lines_end_to_end() {
 }
 
 #[test]
+fn pub_exits_only_once_every_member_has_what_it_published() {
+    // Issue 16, case 1: `pub` used to exit 0 before its messages were even
+    // sent, and a subscriber then got nothing in ~1 of 9 runs.
+    let (node, url) = node("hub", None);
+    for run in 0..5 {
+        let mut sub =
+            Running::spawn(chorus().args(["sub", "work.>", "--seed", &url, "--count", "5"]));
+        node.line("sub joined", |l| l.contains("event Joined chorus-sub"));
+        let out = finish(
+            chorus().args(["pub", "work.item", "--seed", &url, "-"]),
+            "1\n2\n3\n4\n5\n",
+        );
+        assert!(out.status.success(), "run {run}: {}", text(&out.stderr));
+        for want in ["1", "2", "3", "4", "5"] {
+            let l = sub.line(want, |l| l.starts_with("work.item"));
+            assert!(l.ends_with(want), "run {run}: {l}");
+        }
+        assert!(sub.exits("sub --count 5").success(), "run {run}");
+        node.line("sub left", |l| l.contains("event Left chorus-sub"));
+    }
+}
+
+#[test]
 fn sub_json_lines_carry_the_metadata() {
     let (node, url) = node("hub", None);
     let sub =

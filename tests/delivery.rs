@@ -93,6 +93,85 @@ async fn an_application_retry_with_the_same_key_is_processed_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_flush_every_member_has_every_event() {
+    let (a, b) = two(|b| b).await;
+    let mut sub = b.subscribe::<u32>("work.>").unwrap();
+    for round in 0..5u32 {
+        for i in 0..10 {
+            a.publish("work.item", &(round * 10 + i)).await.unwrap();
+        }
+        within("flush", a.flush(Duration::from_secs(5)))
+            .await
+            .unwrap();
+        // Acknowledged means received: all ten are there without waiting.
+        for i in 0..10 {
+            let d = futures::FutureExt::now_or_never(futures::StreamExt::next(&mut sub))
+                .flatten()
+                .unwrap_or_else(|| panic!("event {i} of round {round} not delivered at flush"));
+            assert_eq!(d.value, round * 10 + i);
+        }
+    }
+    // Nothing published since: a flush returns at once.
+    within("empty flush", a.flush(Duration::from_secs(5)))
+        .await
+        .unwrap();
+    within("shutdown", a.shutdown()).await;
+    within("shutdown", b.shutdown()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flush_that_times_out_names_the_member_that_did_not_acknowledge() {
+    let (a, b) = two(|b| b.name("stuck-service")).await;
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let g = gate.clone();
+    let _h = b
+        .subscribe_with("work.>", move |_: Delivery<u32>| {
+            let g = g.clone();
+            async move {
+                g.acquire().await.unwrap().forget();
+                Ok::<(), String>(())
+            }
+        })
+        .unwrap();
+    a.publish("work.item", &1u32).await.unwrap();
+    let e = a.flush(Duration::from_millis(500)).await.unwrap_err();
+    let text = e.to_string();
+    assert!(matches!(e, Error::Timeout(_)), "{text}");
+    assert!(
+        text.contains("1 of 1 members") && text.contains("stuck-service"),
+        "{text}"
+    );
+    // Once the handler is done, the same flush succeeds.
+    gate.add_permits(1);
+    within("flush", a.flush(Duration::from_secs(5)))
+        .await
+        .unwrap();
+    within("shutdown", a.shutdown()).await;
+    within("shutdown", b.shutdown()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_then_shutdown_loses_nothing() {
+    for run in 0..5 {
+        let (a, b) = two(|b| b).await;
+        let mut sub = b.subscribe::<u32>("work.>").unwrap();
+        for i in 0..5u32 {
+            a.publish("work.item", &i).await.unwrap();
+        }
+        // No flush: shutdown sends what is queued and waits for the acks
+        // before it announces Left.
+        within("shutdown", a.shutdown()).await;
+        for i in 0..5 {
+            let d = futures::FutureExt::now_or_never(futures::StreamExt::next(&mut sub))
+                .flatten()
+                .unwrap_or_else(|| panic!("run {run}: event {i} lost at shutdown"));
+            assert_eq!(d.value, i);
+        }
+        within("shutdown", b.shutdown()).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_key_on_another_topic_is_another_event() {
     let (a, b) = two(|b| b).await;
     let mut sub = b.subscribe::<String>("orders.*").unwrap();

@@ -42,6 +42,7 @@ pub const MAX_NNG_BUFFER: usize = 8192;
 /// | `ordered_delivery` | true | per-origin sequence order, gaps held back until repaired or lost |
 /// | `duplicate_window` | 65536 keys, 120 s | idempotency keys remembered to drop repeats |
 /// | `batch_bytes` | 64 KiB | events already queued are sent together up to this size; above 50 k events/s a batch also gathers ~200 µs of events |
+/// | `shutdown_linger` | 2 s | how long `shutdown` waits for members to acknowledge what was published |
 /// | `stall_limit` | 30 s | how long a full retransmit buffer waits for members that do not ack before cutting them off |
 /// | `bus_key` / `bus_keys` | none | shared secret(s): every message authenticated (see [`bus_key`](Self::bus_key)) |
 /// | `link_faults` | none | injected drop/duplicate/reorder/delay on receive (tests, demos) |
@@ -75,6 +76,7 @@ pub struct PeerBuilder {
     pub(crate) driver: Config,
     pub(crate) subscription_buffer: usize,
     pub(crate) backpressure: Backpressure,
+    pub(crate) shutdown_linger: Duration,
 }
 
 /// The settings the public handle reads for its whole life (the rest go to
@@ -84,6 +86,7 @@ pub(crate) struct Limits {
     pub max_message_size: usize,
     pub subscription_buffer: usize,
     pub backpressure: Backpressure,
+    pub shutdown_linger: Duration,
 }
 
 /// What `publish` does while the retransmit buffer is full of envelopes a
@@ -126,6 +129,7 @@ impl Default for PeerBuilder {
             driver,
             subscription_buffer: 1024,
             backpressure: Backpressure::Wait,
+            shutdown_linger: Duration::from_secs(2),
         }
     }
 }
@@ -290,6 +294,14 @@ impl PeerBuilder {
         self
     }
 
+    /// How long [`Peer::shutdown`](crate::Peer::shutdown) waits for every
+    /// live member to acknowledge what was published before it announces
+    /// Left (default 2 s; zero: no wait). See [`Peer::flush`](crate::Peer::flush).
+    pub fn shutdown_linger(mut self, linger: Duration) -> Self {
+        self.shutdown_linger = linger;
+        self
+    }
+
     /// What `publish` does while the retransmit buffer is full.
     pub fn backpressure(mut self, policy: Backpressure) -> Self {
         self.backpressure = policy;
@@ -328,6 +340,7 @@ impl PeerBuilder {
             max_message_size: self.driver.max_message_size,
             subscription_buffer: self.subscription_buffer,
             backpressure: self.backpressure,
+            shutdown_linger: self.shutdown_linger,
         };
         Ok((self.driver, limits))
     }

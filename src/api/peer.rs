@@ -24,7 +24,7 @@ use crate::api::stats::{Counters, Stats};
 use crate::api::subscription::{decode_msgpack, decode_raw, Subscription};
 use crate::driver::discovery::DiscoveryCmd;
 use crate::driver::handler::{self, Handler, HandlerOptions};
-use crate::driver::publisher::PublisherCmd;
+use crate::driver::publisher::{FlushRequest, PublisherCmd, Queued, Unacked};
 use crate::driver::receiver::ReceiverCmd;
 use crate::driver::spawn::{spawn, Drivers};
 use crate::error::{Error, Result};
@@ -261,6 +261,7 @@ impl Peer {
             },
             size,
         );
+        let out = Queued::Event(out);
         match self.shared.limits.backpressure {
             Backpressure::Wait => parts
                 .publish_tx
@@ -277,6 +278,75 @@ impl Peer {
                 })
             }
         }
+    }
+
+    /// Waits until every event published so far is in the retransmit
+    /// buffer, sent, and acknowledged by every live member (acks ride on
+    /// heartbeats, so this takes up to about one heartbeat interval).
+    /// [`Error::Timeout`] after `timeout`, naming the members that had not
+    /// acknowledged; [`Error::Shutdown`] if the peer is shut down meanwhile.
+    ///
+    /// A program that publishes and exits calls this (or
+    /// [`shutdown`](Self::shutdown), which flushes within
+    /// [`PeerBuilder::shutdown_linger`]) so that its last events are not
+    /// lost with it: `publish` returns once an event is queued, not sent.
+    ///
+    /// ```
+    /// # #[tokio::main] async fn main() -> chorus::Result<()> {
+    /// # let a = chorus::Peer::builder().listen("inproc://flush-a").start().await?;
+    /// # let b = chorus::Peer::builder().listen("inproc://flush-b").seed(a.local_url()).start().await?;
+    /// # a.wait_for_members(1, std::time::Duration::from_secs(10)).await?;
+    /// a.publish("orders.created", &7u32).await?;
+    /// a.flush(std::time::Duration::from_secs(5)).await?; // b has it
+    /// # a.shutdown().await; b.shutdown().await;
+    /// # Ok(()) }
+    /// ```
+    pub async fn flush(&self, timeout: std::time::Duration) -> Result<()> {
+        let parts = &self.shared.drivers;
+        let (sent_tx, sent) = oneshot::channel();
+        let (acked_tx, acked) = oneshot::channel();
+        let request = Queued::Flush(FlushRequest {
+            sent: sent_tx,
+            acked: acked_tx,
+        });
+        let work = async {
+            parts
+                .publish_tx
+                .send(request)
+                .await
+                .map_err(|_| Error::Shutdown)?;
+            let through = sent.await.map_err(|_| Error::Shutdown)?;
+            acked.await.map_err(|_| Error::Shutdown)?;
+            Ok::<u64, Error>(through)
+        };
+        match tokio::time::timeout(timeout, work).await {
+            Ok(done) => done.map(|_| ()),
+            Err(_) => Err(self.unacknowledged(timeout).await),
+        }
+    }
+
+    /// The error of a flush that timed out: who had not acknowledged what.
+    async fn unacknowledged(&self, timeout: std::time::Duration) -> Error {
+        let (tx, rx) = oneshot::channel();
+        let parts = &self.shared.drivers;
+        if parts
+            .publisher
+            .send(PublisherCmd::Unacked(None, tx))
+            .is_err()
+        {
+            return Error::Shutdown;
+        }
+        let Ok((last_seq, unacked)) = rx.await else {
+            return Error::Shutdown;
+        };
+        let queued = parts.publish_tx.max_capacity() - parts.publish_tx.capacity();
+        Error::Timeout(describe_unacked(
+            &self.members(),
+            last_seq,
+            &unacked,
+            queued,
+            timeout,
+        ))
     }
 
     /// Explicit losses from now on: sequence numbers of some origin that
@@ -374,14 +444,23 @@ impl Peer {
         .ok_or(Error::Shutdown)
     }
 
-    /// Stops the peer: announces Left to the members (so they drop it within
-    /// a round trip instead of the failure bound), sends what was queued,
-    /// closes its sockets and ends every open subscription stream. Later
+    /// Stops the peer: sends what was queued and waits up to
+    /// [`PeerBuilder::shutdown_linger`] (default 2 s) until every live member
+    /// acknowledged it (a warning names those that did not), then announces
+    /// Left to the members (so they drop it within a round trip instead of
+    /// the failure bound), closes its sockets and ends every open
+    /// subscription stream. Later
     /// calls return at once; `publish` and `subscribe` then fail with
     /// [`Error::Shutdown`].
     pub async fn shutdown(&self) {
         if self.shared.shut_down.swap(true, Ordering::AcqRel) {
             return;
+        }
+        let linger = self.shared.limits.shutdown_linger;
+        if !linger.is_zero() {
+            if let Err(e) = self.flush(linger).await {
+                tracing::warn!(error = %e, "shutting down with events not acknowledged by every member");
+            }
         }
         let parts = &self.shared.drivers;
         parts.stopping.send_replace(true);
@@ -412,4 +491,43 @@ impl Peer {
         }
         tracing::info!(id = %self.id(), "peer shut down");
     }
+}
+
+/// "2 of 3 members had not acknowledged seq 57 after 5s: invoicing
+/// (00…0a) through 40, work-1 (00…0b) nothing".
+fn describe_unacked(
+    members: &[Member],
+    last_seq: u64,
+    unacked: &Unacked,
+    queued: usize,
+    timeout: std::time::Duration,
+) -> String {
+    let live = members.iter().filter(|m| m.state.is_live()).count();
+    let who: Vec<String> = unacked
+        .iter()
+        .map(|(id, ack)| {
+            let name = members
+                .iter()
+                .find(|m| m.id() == *id)
+                .map_or("?", |m| m.name());
+            match ack {
+                Some(seq) => format!("{name} ({id}) through {seq}"),
+                None => format!("{name} ({id}) nothing yet"),
+            }
+        })
+        .collect();
+    let mut text = format!(
+        "{} of {live} members had not acknowledged seq {last_seq} after {timeout:?}",
+        unacked.len()
+    );
+    if !who.is_empty() {
+        text.push_str(": ");
+        text.push_str(&who.join(", "));
+    }
+    if queued > 0 {
+        text.push_str(&format!(
+            "; {queued} events still queued (the retransmit buffer is full)"
+        ));
+    }
+    text
 }

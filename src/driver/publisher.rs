@@ -35,6 +35,27 @@ use crate::wire::envelope::{Draft, Envelope};
 use crate::wire::id::PeerId;
 use crate::wire::repair::{Nak, Repair, RepairRequest};
 
+/// What `Peer` queues for the publish driver, in publish order.
+pub(crate) enum Queued {
+    /// One event to number and send.
+    Event(Draft),
+    /// A flush: everything queued before it goes out now, and the request
+    /// is answered once every live member acknowledged it.
+    Flush(FlushRequest),
+}
+
+/// The two answers to a flush.
+pub(crate) struct FlushRequest {
+    /// The last sequence number queued before the flush, once it was sent.
+    pub sent: oneshot::Sender<u64>,
+    /// Fires once every live member acknowledged through that number.
+    pub acked: oneshot::Sender<()>,
+}
+
+/// Live members that have not acknowledged everything through a sequence
+/// number, with what they did acknowledge (`None`: nothing yet).
+pub(crate) type Unacked = Vec<(PeerId, Option<u64>)>;
+
 /// Control messages to the publish driver (never held back by backpressure).
 pub(crate) enum PublisherCmd {
     /// The live members changed.
@@ -43,6 +64,9 @@ pub(crate) enum PublisherCmd {
     Ack(PeerId, u64, u64),
     /// A member's heartbeat carried no watermark for this peer's events.
     NoAck(PeerId),
+    /// Who has not acknowledged through this sequence number (all that was
+    /// published if `None`), and the last sequence number sent.
+    Unacked(Option<u64>, oneshot::Sender<(u64, Unacked)>),
     /// Send what is queued, then stop.
     Shutdown(oneshot::Sender<()>),
 }
@@ -66,6 +90,8 @@ pub(crate) struct Publisher {
     pub stall_limit: Duration,
     /// When a batch is sent: at once, or after gathering under load.
     pub linger: Linger,
+    /// Flushes waiting for acks: through which sequence number, and whom to tell.
+    pub flushes: Vec<(u64, oneshot::Sender<()>)>,
 }
 
 /// Most envelopes in one batch.
@@ -75,7 +101,7 @@ impl Publisher {
     /// Runs until told to shut down or until every `Peer` handle is gone.
     pub(crate) async fn run(
         mut self,
-        mut events: mpsc::Receiver<Draft>,
+        mut events: mpsc::Receiver<Queued>,
         mut ctl: mpsc::UnboundedReceiver<PublisherCmd>,
         mut repairs: mpsc::Receiver<RepairJob>,
     ) {
@@ -94,6 +120,10 @@ impl Publisher {
                         self.outbox.handle_no_ack(member);
                         self.check_stall();
                     }
+                    Some(PublisherCmd::Unacked(through, reply)) => {
+                        let through = through.unwrap_or(self.outbox.last_seq());
+                        let _ = reply.send((self.outbox.last_seq(), self.outbox.unacked(through)));
+                    }
                     Some(PublisherCmd::Shutdown(done)) => {
                         ack = Some(done);
                         break;
@@ -106,25 +136,27 @@ impl Publisher {
                 }
                 _ = tokio::time::sleep_until(linger_until.unwrap_or_else(tokio::time::Instant::now)), if linger_until.is_some() => {
                     linger_until = None;
-                    self.flush();
+                    self.send_batch();
                 }
                 e = events.recv(), if !self.outbox.is_full() => match e {
-                    Some(out) => {
+                    Some(first) => {
                         // Whatever else is already queued goes in the same
                         // message. One clock read per wake-up, not per event.
                         let stamp = now_us();
-                        self.stage(out, true, stamp);
-                        while !self.batch_full() {
+                        let mut flushed = self.take(first, stamp);
+                        while !flushed && !self.batch_full() {
                             match events.try_recv() {
-                                Ok(out) => self.stage(out, true, stamp),
+                                Ok(next) => flushed = self.take(next, stamp),
                                 Err(_) => break,
                             }
                         }
                         // Alone when the rate is low; under load, once the
                         // batch holds a linger's worth (or at the deadline).
-                        if self.batch_full() || self.linger.send_now(self.batch.len()) {
+                        if flushed {
                             linger_until = None;
-                            self.flush();
+                        } else if self.batch_full() || self.linger.send_now(self.batch.len()) {
+                            linger_until = None;
+                            self.send_batch();
                         } else if linger_until.is_none() {
                             linger_until = Some(tokio::time::Instant::now() + LINGER);
                         }
@@ -133,22 +165,63 @@ impl Publisher {
                 },
             }
             self.update_gauges();
+            self.answer_flushes();
         }
         drop(repairs); // stops the repair server
                        // Best effort for what was queued before the shutdown.
         events.close();
         let stamp = now_us();
-        while let Ok(out) = events.try_recv() {
-            let retain = !self.outbox.is_full();
-            self.stage(out, retain, stamp);
-            if self.batch_at_bound() {
-                self.flush();
+        while let Ok(queued) = events.try_recv() {
+            // A flush queued now is answered by its sender being dropped.
+            if let Queued::Event(out) = queued {
+                let retain = !self.outbox.is_full();
+                self.stage(out, retain, stamp);
+                if self.batch_at_bound() {
+                    self.send_batch();
+                }
             }
         }
-        self.flush();
+        self.send_batch();
         self.socket.close();
         if let Some(done) = ack {
             let _ = done.send(());
+        }
+    }
+
+    /// Takes one queued item: an event is staged; a flush sends what is
+    /// staged at once and waits for acks (returns true).
+    fn take(&mut self, queued: Queued, stamp: u64) -> bool {
+        match queued {
+            Queued::Event(draft) => {
+                self.stage(draft, true, stamp);
+                false
+            }
+            Queued::Flush(request) => {
+                self.send_batch();
+                let through = self.outbox.last_seq();
+                let _ = request.sent.send(through);
+                self.flushes.push((through, request.acked));
+                true
+            }
+        }
+    }
+
+    /// Answers the flushes every live member has acknowledged (and drops
+    /// those whose caller stopped waiting).
+    fn answer_flushes(&mut self) {
+        if self.flushes.is_empty() {
+            return;
+        }
+        let pending = std::mem::take(&mut self.flushes);
+        for (through, acked) in pending {
+            if acked.is_closed() {
+                continue;
+            }
+            if self.outbox.acked_by_all(through) {
+                let _ = acked.send(());
+            } else {
+                self.flushes.push((through, acked));
+            }
         }
     }
 
@@ -185,7 +258,7 @@ impl Publisher {
     }
 
     /// Sends what is staged as one NNG message.
-    fn flush(&mut self) {
+    fn send_batch(&mut self) {
         let n = self.batch.len();
         if n > 0 {
             self.linger.sent(n, clock::now());

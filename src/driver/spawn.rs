@@ -19,7 +19,7 @@ use crate::api::stats::Counters;
 use crate::api::subscription::Registry;
 use crate::driver::clock::now_us;
 use crate::driver::discovery::{Discovery, DiscoveryCmd, View};
-use crate::driver::publisher::{Publisher, PublisherCmd};
+use crate::driver::publisher::{Publisher, PublisherCmd, Queued};
 use crate::driver::receiver::{AckView, LastSeqBoard, Receiver, ReceiverCmd};
 use crate::driver::repair_server::RepairServer;
 use crate::error::{Error, Result};
@@ -33,7 +33,6 @@ use crate::transport::gate::Gate;
 use crate::transport::socket::{self, SocketConfig};
 use crate::wire::auth::Auth;
 use crate::wire::batch::BatchWriter;
-use crate::wire::envelope::Draft;
 use crate::wire::id::PeerId;
 use crate::wire::member::{Endpoints, MemberEvent, PeerInfo};
 use crate::wire::url::derive_url;
@@ -82,8 +81,9 @@ pub(crate) struct Drivers {
     pub registry: Arc<Registry>,
     pub view: View,
     pub events: broadcast::Sender<MemberEvent>,
-    /// Drafts to the publish driver (bounded: `publish` waits when full).
-    pub publish_tx: mpsc::Sender<Draft>,
+    /// Events and flushes to the publish driver (bounded: `publish` waits
+    /// when full).
+    pub publish_tx: mpsc::Sender<Queued>,
     pub publisher: mpsc::UnboundedSender<PublisherCmd>,
     /// True while the retransmit buffer is full (read by fail-fast `publish`).
     pub outbox_full: Arc<AtomicBool>,
@@ -165,6 +165,7 @@ pub(crate) fn spawn(config: Config) -> Result<Drivers> {
         gate: gate.clone(),
         stall_limit: config.stall_limit,
         linger: Default::default(),
+        flushes: Vec::new(),
     };
     let repair_server = RepairServer {
         socket: rep_socket,

@@ -271,6 +271,26 @@ impl Outbox {
         self.free();
     }
 
+    /// Whether every live member acknowledged everything through `seq`.
+    pub fn acked_by_all(&self, seq: u64) -> bool {
+        self.members
+            .iter()
+            .all(|m| self.acks.get(m).is_some_and(|a| *a >= seq))
+    }
+
+    /// The live members that have not acknowledged everything through
+    /// `seq`, with what they did acknowledge (`None`: nothing yet), by id.
+    pub fn unacked(&self, seq: u64) -> Vec<(PeerId, Option<u64>)> {
+        let mut out: Vec<_> = self
+            .members
+            .iter()
+            .map(|m| (*m, self.acks.get(m).copied()))
+            .filter(|(_, ack)| *ack < Some(seq))
+            .collect();
+        out.sort_unstable();
+        out
+    }
+
     /// Frees what every live member has received, once all their
     /// watermarks are known.
     fn free(&mut self) {

@@ -1,9 +1,9 @@
 //! `chorus pub`: publish one message, or one per line of stdin, and wait
 //! until every live member has acknowledged them before leaving.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{bail, Result};
+use anyhow::{Context, Result};
 use chorus::{validate_topic, PublishOptions};
 use tokio::io::AsyncBufReadExt;
 
@@ -30,6 +30,10 @@ pub struct Args {
     /// without it DATA is sent as raw bytes.
     #[arg(long)]
     json: bool,
+    /// Seconds to wait, after the last message, until every live member
+    /// acknowledged everything; past it, exit 1 naming those that did not.
+    #[arg(long, value_name = "SECS", default_value_t = 5.0)]
+    ack_timeout: f64,
 }
 
 pub async fn run(args: Args) -> Result<()> {
@@ -67,22 +71,8 @@ async fn publish(args: &Args, peer: &chorus::Peer) -> Result<()> {
             }
         }
     }
-    acknowledged(peer, Duration::from_secs_f64(args.join.timeout.max(0.1))).await
-}
-
-/// Waits until no published message is retained for retransmission any
-/// more: every live member acknowledged everything.
-async fn acknowledged(peer: &chorus::Peer, timeout: Duration) -> Result<()> {
-    let deadline = Instant::now() + timeout;
-    while peer.stats().retransmit_buffer > 0 {
-        if Instant::now() >= deadline {
-            bail!(
-                "{} message(s) not acknowledged by every member within {:.1} s",
-                peer.stats().retransmit_buffer,
-                timeout.as_secs_f64()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    Ok(())
+    let wait = Duration::from_secs_f64(args.ack_timeout.max(0.0));
+    peer.flush(wait)
+        .await
+        .context("not every member acknowledged what was published")
 }
