@@ -89,8 +89,8 @@ pub use wire::envelope::{Envelope, Headers, KIND_EVENT};
 pub use wire::frame::{DecodeError, WIRE_VERSION};
 pub use wire::id::PeerId;
 pub use wire::member::{
-    Endpoints, Member, MemberEvent, MemberEventKind, MemberState, PeerInfo, MAX_NAME_LEN,
-    MAX_URL_LEN,
+    Endpoints, Member, MemberEvent, MemberEventKind, MemberState, PeerInfo,
+    MAX_HEARTBEAT_INTERVAL_MS, MAX_NAME_LEN, MAX_URL_LEN,
 };
 pub use wire::topic::{validate_topic, Pattern, MAX_TOPIC_LEN};
 pub use wire::{auth, heartbeat, repair};

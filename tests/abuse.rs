@@ -142,6 +142,8 @@ fn fake_info(n: u32) -> Arc<PeerInfo> {
             publish: format!("tcp://127.0.0.1:{port}"),
             repair: format!("tcp://127.0.0.1:{port}"),
         },
+        heartbeat_interval_ms: 0,
+        tool: false,
     })
 }
 

@@ -74,11 +74,17 @@ impl Drop for Running {
 
 /// A `chorus node` on a free loopback port, and its URL.
 fn node(name: &str, seed: Option<&str>) -> (Running, String) {
+    node_with(name, seed, &[])
+}
+
+/// [`node`] with more arguments.
+fn node_with(name: &str, seed: Option<&str>, extra: &[&str]) -> (Running, String) {
     let mut cmd = chorus();
     cmd.args(["node", "--name", name, "--listen", "tcp://127.0.0.1:0"]);
     if let Some(s) = seed {
         cmd.args(["--seed", s]);
     }
+    cmd.args(extra);
     let n = Running::spawn(&mut cmd);
     let ready = n.line("node ready", |l| l.contains(" ready "));
     let url = ready.rsplit("url=").next().unwrap().to_owned();
@@ -178,6 +184,53 @@ fn pub_exits_only_once_every_member_has_what_it_published() {
 }
 
 #[test]
+fn the_command_line_joins_a_keyed_bus_with_a_key_file_or_the_environment() {
+    let dir = std::env::temp_dir().join(format!("chorus-cli-key-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key_file = dir.join("bus.key");
+    std::fs::write(&key_file, "a bus secret of enough length\n").unwrap();
+    let key_path = key_file.to_str().unwrap();
+    let (node, url) = node_with("hub", None, &["--bus-key-file", key_path]);
+    // The environment holds the same secret (the file's trailing newline is
+    // not part of it).
+    let mut sub = Running::spawn(
+        chorus()
+            .env("CHORUS_BUS_KEY", "a bus secret of enough length")
+            .args(["sub", "k.>", "--seed", &url, "--count", "1"]),
+    );
+    node.line("sub joined", |l| l.contains("event Joined chorus-sub"));
+    let out = finish(
+        chorus().args([
+            "pub",
+            "k.x",
+            "--bus-key-file",
+            key_path,
+            "--seed",
+            &url,
+            "keyed",
+        ]),
+        "",
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(sub
+        .line("delivery", |l| l.starts_with("k.x"))
+        .ends_with("keyed"));
+    assert!(sub.exits("sub --count 1").success());
+    // Without the key nobody answers.
+    let out = finish(
+        chorus().args(["members", "--seed", &url, "--timeout", "1"]),
+        "",
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("no member answered"),
+        "{}",
+        text(&out.stderr)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn sub_json_lines_carry_the_metadata() {
     let (node, url) = node("hub", None);
     let sub =
@@ -273,8 +326,9 @@ fn bad_arguments_exit_non_zero_with_one_line() {
                 "0.5",
                 "{x",
             ],
-            "no member answered",
+            "is not JSON",
         ),
+        (&["pub"], "<TOPIC>"),
         (
             &["members", "--seed", "tcp://127.0.0.1:1", "--timeout", "0.5"],
             "no member answered",

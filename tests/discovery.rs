@@ -286,3 +286,86 @@ async fn the_member_table_is_bounded() {
     drop(others);
     within("shutdown", small.shutdown()).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_with_different_heartbeat_intervals_do_not_suspect_each_other() {
+    // Issue 16, case 7: a 200 ms peer marked a 500 ms peer Suspect/Recovered
+    // 10-12 times in 5 s.
+    let interval = |ms: u64| (Duration::from_millis(ms), Duration::from_millis(ms / 2));
+    let (i, d) = interval(200);
+    let fast_peer = Peer::builder()
+        .name("fast")
+        .heartbeat_interval(i)
+        .heartbeat_deadline(d)
+        .start()
+        .await
+        .unwrap();
+    let (i, d) = interval(500);
+    let slow_peer = Peer::builder()
+        .name("slow")
+        .heartbeat_interval(i)
+        .heartbeat_deadline(d)
+        .seed(fast_peer.local_url())
+        .start()
+        .await
+        .unwrap();
+    wait_mesh(&[&fast_peer, &slow_peer]).await;
+    let mut on_fast = fast_peer.membership();
+    let mut on_slow = slow_peer.membership();
+    let watch = Instant::now() + Duration::from_secs(5);
+    let mut suspicions = Vec::new();
+    while let Ok(Some(e)) = tokio::time::timeout_at(
+        watch.into(),
+        futures::stream::select(&mut on_fast, &mut on_slow).next(),
+    )
+    .await
+    {
+        if e.kind != MemberEventKind::Joined {
+            suspicions.push((e.kind, e.member.name().to_owned()));
+        }
+    }
+    assert!(suspicions.is_empty(), "{suspicions:?}");
+    assert_eq!(slow_peer.stats().members, 1);
+    assert_eq!(fast_peer.stats().members, 1);
+    // A graceful leave still reaches the other at once.
+    let slow_id = slow_peer.id();
+    drop(on_fast);
+    let mut on_fast = fast_peer.membership();
+    slow_peer.shutdown().await;
+    wait_event(&mut on_fast, MemberEventKind::Left, slow_id).await;
+    fast_peer.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_waits_for_the_services_it_needs_by_name_and_tools_do_not_count() {
+    // Issue 16, case 5: `wait_for_members` counted CLI tools as services.
+    let bids = start("bids", None).await;
+    let tool = fast("invoicing", "tcp://127.0.0.1:0")
+        .tool(true)
+        .seed(bids.local_url())
+        .start()
+        .await
+        .unwrap();
+    bids.wait_for_members(1, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let e = bids
+        .wait_for_services(&["invoicing"], Duration::from_millis(500))
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("no live member of service invoicing"),
+        "{e}"
+    );
+    let invoicing = start("invoicing", Some(bids.local_url())).await;
+    within(
+        "the service",
+        bids.wait_for_services(&["invoicing"], Duration::from_secs(10)),
+    )
+    .await
+    .unwrap();
+    for p in [&bids, &tool, &invoicing] {
+        p.shutdown().await;
+    }
+}

@@ -49,6 +49,8 @@ fn info(i: usize) -> Arc<PeerInfo> {
             publish: format!("inproc://p{i}"),
             repair: format!("inproc://r{i}"),
         },
+        heartbeat_interval_ms: 0,
+        tool: false,
     })
 }
 

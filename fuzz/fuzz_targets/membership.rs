@@ -56,6 +56,8 @@ fn info(w: &Who) -> Arc<PeerInfo> {
             publish: format!("tcp://127.0.0.1:{}", port + 1),
             repair: format!("tcp://127.0.0.1:{}", port + 2),
         },
+        heartbeat_interval_ms: 0,
+        tool: false,
     })
 }
 

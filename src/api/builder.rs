@@ -12,7 +12,7 @@ use crate::proto::faults::LinkFaults;
 use crate::proto::membership::MembershipConfig;
 use crate::wire::auth::MIN_BUS_KEY_LEN;
 use crate::wire::id::PeerId;
-use crate::wire::member::MAX_NAME_LEN;
+use crate::wire::member::{MAX_HEARTBEAT_INTERVAL_MS, MAX_NAME_LEN};
 use crate::wire::url::validate_url;
 
 /// Largest queue NNG accepts for `send_buffer` / `recv_buffer`.
@@ -104,6 +104,7 @@ impl Default for PeerBuilder {
     fn default() -> Self {
         let driver = Config {
             name: "chorus".into(),
+            tool: false,
             id: None,
             listen: "tcp://127.0.0.1:0".into(),
             publish_url: None,
@@ -141,6 +142,15 @@ impl PeerBuilder {
         self
     }
 
+    /// Marks this peer as a tool (a command-line client, a script, a test
+    /// probe) rather than a service: it is a member like any other, but
+    /// [`Peer::wait_for_services`](crate::Peer::wait_for_services) on other
+    /// peers does not count it (default false).
+    pub fn tool(mut self, tool: bool) -> Self {
+        self.driver.tool = tool;
+        self
+    }
+
     /// Pins the peer id. By default it is derived from the name and the
     /// public URL, so a peer restarted at the same address keeps its id and
     /// is reported `Rejoined` (with a new incarnation).
@@ -172,7 +182,9 @@ impl PeerBuilder {
         self
     }
 
-    /// Time between heartbeat rounds (≥ 10 ms).
+    /// Time between heartbeat rounds (10 ms to 60 s). Advertised to the
+    /// other members, which judge this peer's heartbeats against it: members
+    /// with different intervals may share a bus.
     pub fn heartbeat_interval(mut self, interval: Duration) -> Self {
         self.driver.heartbeat_interval = interval;
         self
@@ -392,11 +404,13 @@ impl PeerBuilder {
             )));
         }
         if self.driver.heartbeat_interval < Duration::from_millis(10)
+            || self.driver.heartbeat_interval
+                > Duration::from_millis(u64::from(MAX_HEARTBEAT_INTERVAL_MS))
             || self.driver.heartbeat_deadline.is_zero()
             || self.driver.heartbeat_deadline >= self.driver.heartbeat_interval
         {
             return Err(Error::Config(format!(
-                "need heartbeat_interval ({:?}) >= 10ms and 0 < heartbeat_deadline ({:?}) < interval",
+                "need 10ms <= heartbeat_interval ({:?}) <= 60s and 0 < heartbeat_deadline ({:?}) < interval",
                 self.driver.heartbeat_interval, self.driver.heartbeat_deadline
             )));
         }

@@ -151,7 +151,9 @@ impl Peer {
     /// Waits until at least `n` other members are live and linked both ways
     /// (they receive this peer's events, it receives theirs): what is
     /// published after this is owed to each of them — pub/sub does not
-    /// replay what came before. [`Error::Timeout`] after `timeout`.
+    /// replay what came before. [`Error::Timeout`] after `timeout`. Every
+    /// member counts, tools included; to wait for the services a peer
+    /// needs by name, use [`wait_for_services`](Self::wait_for_services).
     pub async fn wait_for_members(&self, n: u64, timeout: std::time::Duration) -> Result<()> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
@@ -164,6 +166,63 @@ impl Peer {
                     "{} of {n} members live, {} linked in, {} linked out after {timeout:?}",
                     s.members, s.links_in, s.links_out
                 )));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Waits until, for every name in `services`, a live member of that
+    /// service name (one started without [`PeerBuilder::tool`]) is on the
+    /// bus, and every live member is linked both ways: what a service
+    /// publishes after this reaches the services it needs. Tools (the
+    /// `chorus` command line, scripts) are members but never count as a
+    /// service. [`Error::Timeout`] after `timeout`, naming what is missing.
+    ///
+    /// ```
+    /// # #[tokio::main] async fn main() -> chorus::Result<()> {
+    /// use std::time::Duration;
+    /// let bids = chorus::Peer::builder().name("bids").listen("inproc://svc-bids").start().await?;
+    /// let work = chorus::Peer::builder().name("work-orders").listen("inproc://svc-work")
+    ///     .seed(bids.local_url()).start().await?;
+    /// bids.wait_for_services(&["work-orders"], Duration::from_secs(10)).await?;
+    /// # bids.shutdown().await; work.shutdown().await;
+    /// # Ok(()) }
+    /// ```
+    pub async fn wait_for_services(
+        &self,
+        services: &[&str],
+        timeout: std::time::Duration,
+    ) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let members = self.members();
+            let missing: Vec<&str> = services
+                .iter()
+                .copied()
+                .filter(|name| {
+                    !members
+                        .iter()
+                        .any(|m| m.state.is_live() && !m.info.tool && m.name() == *name)
+                })
+                .collect();
+            let s = self.stats();
+            let linked = s.links_in >= s.members && s.links_out >= s.members;
+            if missing.is_empty() && linked {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::Timeout(if missing.is_empty() {
+                    format!(
+                        "every service is live, but of {} members {} are linked in and {} out after {timeout:?}",
+                        s.members, s.links_in, s.links_out
+                    )
+                } else {
+                    format!(
+                        "no live member of service {} after {timeout:?} ({} members live)",
+                        missing.join(", "),
+                        s.members
+                    )
+                }));
             }
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }

@@ -33,6 +33,9 @@ use crate::wire::member::{Member, MemberEvent, MemberEventKind, PeerInfo};
 /// How many times a graceful exit is announced to members that did not answer.
 const LEAVE_ATTEMPTS: usize = 3;
 
+/// Rounds with seeds but no member before a warning says so.
+const ALONE_WARN_ROUNDS: u32 = 10;
+
 /// Messages to the discovery driver.
 pub(crate) enum DiscoveryCmd {
     /// Announce Left, then stop and close the sockets.
@@ -67,6 +70,8 @@ pub(crate) struct Discovery {
     pub bad: BadInputLog,
     /// Seals heartbeats and checks received ones.
     pub gate: Arc<Gate>,
+    /// Rounds in a row with seeds configured and no live member.
+    pub alone_rounds: u32,
 }
 
 impl Discovery {
@@ -160,6 +165,25 @@ impl Discovery {
         self.core.end_round();
         self.apply();
         self.publish_view();
+        self.warn_if_alone();
+    }
+
+    /// Warns once when the seeds have not brought a single member for
+    /// [`ALONE_WARN_ROUNDS`] rounds (nothing runs there, a wrong address or
+    /// bus key); again if it happens again after members were seen.
+    fn warn_if_alone(&mut self) {
+        if self.seeds.is_empty() || self.core.live_ids().next().is_some() {
+            self.alone_rounds = 0;
+            return;
+        }
+        self.alone_rounds += 1;
+        if self.alone_rounds == ALONE_WARN_ROUNDS {
+            tracing::warn!(
+                seeds = ?self.seeds,
+                waited = ?self.interval * ALONE_WARN_ROUNDS,
+                "no member answered from the seeds (is a peer running there, with the same bus key?); still trying"
+            );
+        }
     }
 
     fn handle_response(&mut self, mut msg: nng::Message) {

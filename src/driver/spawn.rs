@@ -42,6 +42,7 @@ use crate::wire::url::derive_url;
 #[derive(Debug, Clone)]
 pub(crate) struct Config {
     pub name: String,
+    pub tool: bool,
     pub id: Option<PeerId>,
     pub listen: String,
     pub publish_url: Option<String>,
@@ -136,6 +137,9 @@ pub(crate) fn spawn(config: Config) -> Result<Drivers> {
             publish: publish_url,
             repair: repair_url,
         },
+        heartbeat_interval_ms: u32::try_from(config.heartbeat_interval.as_millis())
+            .unwrap_or(u32::MAX),
+        tool: config.tool,
     });
     info.validate().map_err(Error::Config)?;
     let registry = Arc::new(Registry::default());
@@ -229,6 +233,7 @@ pub(crate) fn spawn(config: Config) -> Result<Drivers> {
         dialers: HashMap::new(),
         bad: BadInputLog::default(),
         gate,
+        alone_rounds: 0,
     };
     let tasks = vec![
         tokio::spawn(discovery.run(discovery_rx)),

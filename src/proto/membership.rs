@@ -11,7 +11,12 @@
 //! every peer increments its heartbeat counter once per round and every
 //! message carries the highest counter seen for some members. A member
 //! whose counter has not progressed, directly or through anyone's gossip, for
-//! `suspect_after` of our rounds is Suspect, for `miss_limit` rounds Failed.
+//! `suspect_after` of its rounds is Suspect, for `miss_limit` rounds Failed.
+//! A member's rounds are counted in its advertised heartbeat interval
+//! ([`PeerInfo::heartbeat_interval_ms`]) when that is longer than ours: a
+//! peer at 500 ms rounds is given 2 × 500 ms before Suspect by a peer at
+//! 200 ms rounds, not 2 × 200 ms (our own rounds are the clock, so a member
+//! faster than us is judged at our pace).
 //! Losing a few heartbeat messages therefore does not fail anyone: the
 //! counter also arrives by other members' responses.
 //!
@@ -225,18 +230,29 @@ impl Membership {
     pub fn end_round(&mut self) {
         let round = self.round;
         let cfg = self.cfg;
+        let ours = u64::from(self.me.heartbeat_interval_ms);
         let mut forget = Vec::new();
         for (id, e) in self.members.iter_mut() {
             let misses = round.saturating_sub(e.progress_round);
             let since_change = round.saturating_sub(e.changed_round);
+            // `limit` of the member's rounds, in ours (rounded up).
+            let theirs = u64::from(e.info.heartbeat_interval_ms);
+            let in_our_rounds = |limit: u32| {
+                let limit = u64::from(limit);
+                if ours == 0 || theirs <= ours {
+                    limit
+                } else {
+                    (limit * theirs).div_ceil(ours)
+                }
+            };
             let kind = match e.state {
                 MemberState::Alive | MemberState::Suspect
-                    if misses >= u64::from(cfg.miss_limit) =>
+                    if misses >= in_our_rounds(cfg.miss_limit) =>
                 {
                     e.state = MemberState::Failed;
                     MemberEventKind::Failed
                 }
-                MemberState::Alive if misses >= u64::from(cfg.suspect_after) => {
+                MemberState::Alive if misses >= in_our_rounds(cfg.suspect_after) => {
                     e.state = MemberState::Suspect;
                     MemberEventKind::Suspect
                 }
@@ -449,6 +465,8 @@ mod tests {
                 publish: format!("inproc://p{id}"),
                 repair: format!("inproc://r{id}"),
             },
+            heartbeat_interval_ms: 0,
+            tool: false,
         })
     }
 
@@ -510,6 +528,46 @@ mod tests {
 
     fn state(m: &Membership, id: u64) -> MemberState {
         m.member(PeerId(id)).unwrap().state
+    }
+
+    fn with_interval(info: Arc<PeerInfo>, ms: u32) -> Arc<PeerInfo> {
+        Arc::new(PeerInfo {
+            heartbeat_interval_ms: ms,
+            ..(*info).clone()
+        })
+    }
+
+    #[test]
+    fn a_slower_member_is_judged_by_its_own_interval() {
+        // We run 200 ms rounds; member 2 runs 500 ms rounds, so its counter
+        // goes up once every 2.5 of ours.
+        let mut m = Membership::new(with_interval(info(1, 1), 200), MembershipConfig::default());
+        let b = with_interval(info(2, 1), 500);
+        let t0 = Instant::now();
+        let mut heartbeat = 0;
+        for round in 0..25u64 {
+            m.start_round();
+            let theirs = round * 200 / 500 + 1;
+            if theirs > heartbeat {
+                heartbeat = theirs;
+                m.handle_survey(&survey(&b, heartbeat), t0);
+            }
+            m.end_round();
+            let evs = events(&mut m);
+            assert!(
+                evs.iter().all(|(k, _)| *k == Joined),
+                "round {round}: {evs:?}"
+            );
+        }
+        // Silent from now on: Suspect after 2 of its rounds (5 of ours),
+        // Failed after 4 (10 of ours), counted from its last progress.
+        let mut seen = Vec::new();
+        for round in 1..=12u32 {
+            m.start_round();
+            m.end_round();
+            seen.extend(events(&mut m).into_iter().map(|(k, _)| (k, round)));
+        }
+        assert_eq!(seen, [(Suspect, 4), (Failed, 9)], "{seen:?}");
     }
 
     #[test]

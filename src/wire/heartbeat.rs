@@ -141,6 +141,8 @@ mod tests {
                 publish: format!("tcp://127.0.0.1:{}", 8000 + id),
                 repair: format!("tcp://127.0.0.1:{}", 9000 + id),
             },
+            heartbeat_interval_ms: 0,
+            tool: false,
         })
     }
 
@@ -192,6 +194,8 @@ mod tests {
                 publish: "inproc://a.pub".into(),
                 repair: "inproc://a.repair".into(),
             },
+            heartbeat_interval_ms: 500,
+            tool: false,
         });
         let s = Survey {
             from,
@@ -205,15 +209,24 @@ mod tests {
             }],
         };
         let mut expected = vec![
-            0x93, 0x01, 0x01, 0x95, 0x94, 0x01, 0x02, 0xa1, b'a', 0x93, 0xaa,
+            0x93, 0x01, 0x01, 0x95, 0x96, 0x01, 0x02, 0xa1, b'a', 0x93, 0xaa,
         ];
         expected.extend_from_slice(b"inproc://a");
         expected.push(0xae);
         expected.extend_from_slice(b"inproc://a.pub");
         expected.push(0xb1);
         expected.extend_from_slice(b"inproc://a.repair");
+        expected.extend_from_slice(&[0xcd, 0x01, 0xf4, 0xc2]); // 500 ms, not a tool
         expected.extend_from_slice(&[0x05, 0xc2, 0x00, 0x91, 0x93, 0x03, 0x04, 0x06]);
         assert_eq!(s.encode(), expected);
+        // A PeerInfo of 4 (no interval, no tool flag) still decodes, with defaults.
+        let mut short = expected.clone();
+        short[4] = 0x94;
+        let at = short.len() - 12;
+        short.drain(at..at + 4);
+        let old = Survey::decode(&short, 1 << 20).unwrap();
+        assert_eq!((old.from.heartbeat_interval_ms, old.from.tool), (0, false));
+        assert_eq!(old.from.name, "a");
     }
 
     #[test]

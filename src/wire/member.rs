@@ -16,6 +16,8 @@ use crate::wire::url::validate_url;
 pub const MAX_NAME_LEN: usize = 256;
 /// Longest endpoint URL accepted, in bytes.
 pub const MAX_URL_LEN: usize = 512;
+/// Longest heartbeat interval a peer may advertise, in milliseconds.
+pub const MAX_HEARTBEAT_INTERVAL_MS: u32 = 60_000;
 
 /// The URLs a peer listens on.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -39,11 +41,22 @@ pub struct PeerInfo {
     pub name: String,
     /// Where it listens.
     pub endpoints: Endpoints,
+    /// Its heartbeat interval in milliseconds (0: not advertised). Others
+    /// judge its heartbeats against it, so members with different intervals
+    /// do not suspect each other. Optional on the wire.
+    #[serde(default)]
+    pub heartbeat_interval_ms: u32,
+    /// A command-line tool or other short-lived client rather than a
+    /// service: [`Peer::wait_for_services`](crate::Peer::wait_for_services)
+    /// does not count it. Optional on the wire.
+    #[serde(default)]
+    pub tool: bool,
 }
 
 impl PeerInfo {
     /// Checks the fields a remote peer could get wrong: non-zero id and
-    /// incarnation, name and URL lengths, URL schemes.
+    /// incarnation, name and URL lengths, URL schemes, the heartbeat
+    /// interval's bound.
     pub fn validate(&self) -> Result<(), String> {
         if self.id.0 == 0 {
             return Err("peer id 0".into());
@@ -53,6 +66,12 @@ impl PeerInfo {
         }
         if self.name.len() > MAX_NAME_LEN {
             return Err(format!("name longer than {MAX_NAME_LEN} bytes"));
+        }
+        if self.heartbeat_interval_ms > MAX_HEARTBEAT_INTERVAL_MS {
+            return Err(format!(
+                "heartbeat interval of {} ms (at most {MAX_HEARTBEAT_INTERVAL_MS})",
+                self.heartbeat_interval_ms
+            ));
         }
         let e = &self.endpoints;
         for url in [&e.survey, &e.publish, &e.repair] {

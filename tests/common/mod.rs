@@ -144,6 +144,8 @@ impl FakeMember {
                 publish: format!("tcp://127.0.0.1:{port}"),
                 repair: "tcp://127.0.0.1:1".into(),
             },
+            heartbeat_interval_ms: 0,
+            tool: false,
         });
         let respondent = nng::Socket::new(nng::Protocol::Respondent0).unwrap();
         respondent

@@ -4,7 +4,49 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use chorus::Peer;
+use chorus::{Peer, PeerBuilder};
+
+/// How to be a member of a bus: its key and its message size, shared by
+/// every command that joins.
+#[derive(clap::Args, Debug, Clone)]
+pub struct BusArgs {
+    /// File holding the bus key (its bytes as they are, less one trailing
+    /// newline; at least 16). The CHORUS_BUS_KEY environment variable may
+    /// hold it instead. Without either, the bus is open.
+    #[arg(long, value_name = "PATH")]
+    pub bus_key_file: Option<std::path::PathBuf>,
+    /// Largest encoded message sent or accepted, in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = 1 << 20)]
+    pub max_message_size: usize,
+}
+
+/// Where the bus key comes from when no file is given.
+pub const BUS_KEY_ENV: &str = "CHORUS_BUS_KEY";
+
+impl BusArgs {
+    /// `builder` with the bus key (if any) and the message size.
+    pub fn apply(&self, builder: PeerBuilder) -> Result<PeerBuilder> {
+        let builder = builder.max_message_size(self.max_message_size);
+        let key = match &self.bus_key_file {
+            Some(path) => {
+                let mut bytes = std::fs::read(path)
+                    .with_context(|| format!("cannot read the bus key file {}", path.display()))?;
+                if bytes.last() == Some(&b'\n') {
+                    bytes.pop();
+                    if bytes.last() == Some(&b'\r') {
+                        bytes.pop();
+                    }
+                }
+                Some(bytes)
+            }
+            None => std::env::var_os(BUS_KEY_ENV).map(|v| v.into_encoded_bytes()),
+        };
+        Ok(match key {
+            Some(k) => builder.bus_key(k),
+            None => builder,
+        })
+    }
+}
 
 /// Where to join and how long to wait for the bus.
 #[derive(clap::Args, Debug, Clone)]
@@ -18,15 +60,19 @@ pub struct JoinArgs {
     /// Seconds to wait for the seed to answer.
     #[arg(long, value_name = "SECS", default_value_t = 5.0)]
     pub timeout: f64,
+    #[command(flatten)]
+    pub bus: BusArgs,
 }
 
 impl JoinArgs {
-    /// Starts a peer named `name` with these seeds.
+    /// Starts a peer named `name` with these seeds, marked as a tool (so
+    /// services waiting for the services they need do not count it).
     pub async fn start(&self, name: &str) -> Result<Peer> {
-        let mut builder = Peer::builder().name(name).listen(&self.listen);
+        let mut builder = Peer::builder().name(name).tool(true).listen(&self.listen);
         for s in &self.seed {
             builder = builder.seed(s);
         }
+        let builder = self.bus.apply(builder)?;
         builder.start().await.context("cannot start a peer")
     }
 

@@ -63,10 +63,10 @@ fn main() {
             return;
         }
         Err(e) => {
-            let text = e.to_string();
-            let first = text.lines().next().unwrap_or("invalid arguments");
-            let first = first.strip_prefix("error: ").unwrap_or(first);
-            eprintln!("chorus: {first} (see chorus --help)");
+            eprintln!(
+                "chorus: {} (see chorus --help)",
+                usage_error(&e.to_string())
+            );
             std::process::exit(2);
         }
     };
@@ -76,6 +76,7 @@ fn main() {
                 .unwrap_or_else(|_| "chorus=warn".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let result = match cli.command {
         Command::Bench(args) => bench::run(args),
@@ -97,5 +98,37 @@ fn main() {
         let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
         eprintln!("chorus: error: {}", chain.join(": "));
         std::process::exit(1);
+    }
+}
+
+/// clap's error as one line: its first line, and the arguments it names
+/// on the lines after (a missing required argument is named there).
+fn usage_error(text: &str) -> String {
+    let mut lines = text.lines();
+    let first = lines.next().unwrap_or("invalid arguments");
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    let named: Vec<&str> = lines
+        .take_while(|l| !l.trim().is_empty())
+        .map(str::trim)
+        .collect();
+    if named.is_empty() {
+        first.to_owned()
+    } else {
+        format!("{first} {}", named.join(", "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_argument_is_named() {
+        let e = Cli::try_parse_from(["chorus", "pub"]).unwrap_err();
+        let line = usage_error(&e.to_string());
+        assert!(line.contains("<TOPIC>"), "{line}");
+        assert!(!line.contains('\n'), "{line}");
+        let e = Cli::try_parse_from(["chorus", "sub", "--bogus"]).unwrap_err();
+        assert!(usage_error(&e.to_string()).starts_with("unexpected argument"));
     }
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::Result;
 use futures::StreamExt;
 
-use crate::join::stop_signal;
+use crate::join::{stop_signal, BusArgs};
 
 /// Arguments of `chorus node`.
 #[derive(clap::Args, Debug)]
@@ -36,6 +36,8 @@ pub struct Args {
     /// Milliseconds between member tables; 0 prints none.
     #[arg(long, default_value_t = 0)]
     table_ms: u64,
+    #[command(flatten)]
+    bus: BusArgs,
 }
 
 /// Wall-clock time of day, UTC, to the millisecond.
@@ -63,7 +65,7 @@ pub async fn run(args: Args) -> Result<()> {
     for s in &args.seed {
         builder = builder.seed(s);
     }
-    let peer = builder.start().await?;
+    let peer = args.bus.apply(builder)?.start().await?;
     let mut events = peer.membership();
     println!(
         "{} {} ready id={} url={}",

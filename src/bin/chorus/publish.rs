@@ -38,6 +38,10 @@ pub struct Args {
 
 pub async fn run(args: Args) -> Result<()> {
     validate_topic(&args.topic)?;
+    // A bad payload on the command line fails before joining the bus.
+    if let Some(data) = args.data.as_deref().filter(|d| *d != "-") {
+        payload::encode(data, args.json, PublishOptions::new())?;
+    }
     let peer = args.join.start("chorus-pub").await?;
     let result = publish(&args, &peer).await;
     peer.shutdown().await;
