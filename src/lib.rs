@@ -73,7 +73,7 @@ pub mod wire;
 
 // The public API.
 pub use api::builder::{Backpressure, PeerBuilder, MAX_NNG_BUFFER};
-pub use api::delivery::{Delivery, Loss};
+pub use api::delivery::{Delivery, Loss, Undecodable};
 pub use api::events::{Events, MembershipEvents};
 pub use api::observer::{KeyFn, Observer, ObserverBuilder, DEFAULT_MAX_PENDING};
 pub use api::peer::Peer;

@@ -172,6 +172,98 @@ async fn publish_then_shutdown_loses_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undecodable_payloads_are_dead_lettered_or_announced_never_skipped_silently() {
+    // Issue 16, case 4: they were counted and acknowledged, and nobody saw them.
+    #[derive(serde::Serialize, serde::Deserialize, Clone, Debug)]
+    enum Kind {
+        Standard,
+    }
+    #[derive(serde::Serialize, serde::Deserialize, Clone, Debug)]
+    struct Order {
+        id: u32,
+        kind: Kind,
+    }
+    #[derive(serde::Serialize)]
+    struct NoKind {
+        id: u32,
+    }
+    #[derive(serde::Serialize)]
+    struct OtherKind {
+        id: u32,
+        kind: &'static str,
+    }
+    let (a, b) = two(|b| b).await;
+    let dead = Arc::new(Mutex::new(Vec::new()));
+    let d = dead.clone();
+    let handled = Arc::new(AtomicU32::new(0));
+    let h = handled.clone();
+    let _handler = b
+        .subscribe_with_options(
+            "orders.>",
+            HandlerOptions::new()
+                .dead_letter(move |dl| d.lock().push((dl.envelope.seq, dl.attempts, dl.error))),
+            move |_: Delivery<Order>| {
+                let h = h.clone();
+                async move {
+                    h.fetch_add(1, Ordering::SeqCst);
+                    Ok::<(), String>(())
+                }
+            },
+        )
+        .unwrap();
+    let mut plain = b.subscribe::<Order>("orders.>").unwrap();
+    let mut announced = b.undecodable();
+    a.publish(
+        "orders.new",
+        &Order {
+            id: 1,
+            kind: Kind::Standard,
+        },
+    )
+    .await
+    .unwrap();
+    a.publish("orders.new", &NoKind { id: 2 }).await.unwrap();
+    a.publish(
+        "orders.new",
+        &OtherKind {
+            id: 3,
+            kind: "Express",
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(next("the good one", &mut plain).await.value.id, 1);
+    wait_for("dead letters", || dead.lock().len() == 2).await;
+    let dead = dead.lock().clone();
+    assert_eq!((dead[0].0, dead[0].1), (2, 0), "{dead:?}");
+    assert_eq!((dead[1].0, dead[1].1), (3, 0), "{dead:?}");
+    assert!(
+        dead.iter()
+            .all(|(_, _, e)| e.starts_with("undecodable payload")),
+        "{dead:?}"
+    );
+    assert_eq!(handled.load(Ordering::SeqCst), 1);
+    // The plain stream skips them when read (nothing else is there).
+    assert!(futures::FutureExt::now_or_never(futures::StreamExt::next(&mut plain)).is_none());
+    // Both subscriptions announce both (the handler's and the plain one's).
+    let mut seqs = Vec::new();
+    for _ in 0..4 {
+        let u = next("undecodable event", &mut announced).await;
+        assert_eq!(u.pattern, "orders.>");
+        seqs.push(u.envelope.seq);
+    }
+    seqs.sort_unstable();
+    assert_eq!(seqs, [2, 2, 3, 3]);
+    assert_eq!(b.stats().undecodable, 4);
+    // Still acknowledged: the origin's buffer empties.
+    within("flush", a.flush(Duration::from_secs(5)))
+        .await
+        .unwrap();
+    within("shutdown", a.shutdown()).await;
+    within("shutdown", b.shutdown()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_key_on_another_topic_is_another_event() {
     let (a, b) = two(|b| b).await;
     let mut sub = b.subscribe::<String>("orders.*").unwrap();

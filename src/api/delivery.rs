@@ -109,6 +109,22 @@ impl<T> Delivery<T> {
     }
 }
 
+/// An event whose payload did not decode into a subscription's type (a
+/// missing field, an unknown enum variant, another encoding): counted in
+/// `Stats::undecodable`, yielded by
+/// [`Peer::undecodable`](crate::Peer::undecodable), and for a handler
+/// subscription handed to its dead-letter hook too. It is acknowledged
+/// (it would not decode on a redelivery either), never silently.
+#[derive(Debug, Clone)]
+pub struct Undecodable {
+    /// The event as it arrived.
+    pub envelope: Arc<Envelope>,
+    /// The pattern of the subscription it did not decode for.
+    pub pattern: String,
+    /// What the decoder said.
+    pub error: String,
+}
+
 /// Sequence numbers of one origin that will never be delivered: the origin
 /// no longer retained them when asked, restarted, or left. Yielded by
 /// [`Peer::losses`](crate::Peer::losses) and counted in `Stats::lost`.

@@ -1,6 +1,7 @@
 //! Event streams fanned out to any number of readers: membership changes
-//! ([`Peer::membership`](crate::Peer::membership)) and explicit losses
-//! ([`Peer::losses`](crate::Peer::losses)).
+//! ([`Peer::membership`](crate::Peer::membership)), explicit losses
+//! ([`Peer::losses`](crate::Peer::losses)) and payloads that did not decode
+//! ([`Peer::undecodable`](crate::Peer::undecodable)).
 //!
 //! Owns: [`Events`], a stream over a bounded broadcast. A reader that falls
 //! more than the buffer behind misses the oldest events; the miss is counted

@@ -17,7 +17,7 @@ use tokio::task::JoinHandle;
 use std::future::Future;
 
 use crate::api::builder::{Backpressure, Limits, PeerBuilder};
-use crate::api::delivery::{Delivery, Loss};
+use crate::api::delivery::{Delivery, Loss, Undecodable};
 use crate::api::events::{Events, MembershipEvents};
 use crate::api::publish_options::PublishOptions;
 use crate::api::stats::{Counters, Stats};
@@ -408,6 +408,14 @@ impl Peer {
         ))
     }
 
+    /// Events from now on whose payload did not decode into the type of a
+    /// subscription they matched (each also counted in
+    /// [`Stats::undecodable`]; a handler subscription dead-letters them too).
+    pub fn undecodable(&self) -> Events<Undecodable> {
+        let parts = &self.shared.drivers;
+        Events::new(parts.undecodable.subscribe(), parts.counters.clone())
+    }
+
     /// Explicit losses from now on: sequence numbers of some origin that
     /// will never be delivered here (no longer retained by the origin when
     /// asked, or the origin restarted or left with them missing).
@@ -418,7 +426,8 @@ impl Peer {
 
     /// Subscribes to `pattern` (`orders.created`, `orders.*`, `orders.>`),
     /// decoding each payload as MessagePack into `T`. Payloads that do not
-    /// decode are skipped and counted in [`Stats::undecodable`].
+    /// decode are skipped, counted in [`Stats::undecodable`] and announced
+    /// on [`undecodable`](Self::undecodable).
     pub fn subscribe<T: DeserializeOwned>(&self, pattern: &str) -> Result<Subscription<T>> {
         self.register(pattern, decode_msgpack::<T>)
     }
@@ -495,6 +504,7 @@ impl Peer {
         Subscription::register(
             &parts.registry,
             &parts.counters,
+            &parts.undecodable,
             pattern,
             self.shared.limits.subscription_buffer,
             decode,

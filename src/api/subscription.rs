@@ -3,8 +3,9 @@
 //!
 //! Owns: which patterns are subscribed and the bounded channel of each, and
 //! turning payload bytes into the subscriber's type. A payload that does not
-//! decode is counted (`undecodable`), logged once per subscription and
-//! skipped; the stream goes on. Must not touch sockets.
+//! decode is counted (`undecodable`), logged once per subscription,
+//! announced as an [`Undecodable`] event (and, for a handler, dead-lettered)
+//! and skipped; the stream goes on. Must not touch sockets.
 
 use std::marker::PhantomData;
 use std::pin::Pin;
@@ -16,9 +17,9 @@ use bytes::Bytes;
 use futures::Stream;
 use parking_lot::RwLock;
 use serde::de::DeserializeOwned;
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 
-use crate::api::delivery::Delivery;
+use crate::api::delivery::{Delivery, Undecodable};
 use crate::api::stats::Counters;
 use crate::driver::inflight::InFlight;
 use crate::wire::envelope::Envelope;
@@ -136,6 +137,7 @@ pub struct Subscription<T> {
     pattern: Pattern,
     registry: Arc<Registry>,
     counters: Arc<Counters>,
+    undecodable: broadcast::Sender<Undecodable>,
     warned: bool,
     tracked: bool,
     _t: PhantomData<fn() -> T>,
@@ -146,6 +148,7 @@ impl<T> Subscription<T> {
     pub(crate) fn register(
         registry: &Arc<Registry>,
         counters: &Arc<Counters>,
+        undecodable: &broadcast::Sender<Undecodable>,
         pattern: Pattern,
         capacity: usize,
         decode: Decode<T>,
@@ -159,6 +162,7 @@ impl<T> Subscription<T> {
             pattern,
             registry: registry.clone(),
             counters: counters.clone(),
+            undecodable: undecodable.clone(),
             warned: false,
             tracked,
             _t: PhantomData,
@@ -180,33 +184,55 @@ impl<T> Subscription<T> {
     }
 }
 
+impl<T> Subscription<T> {
+    /// The next delivery, or an event that did not decode (already
+    /// counted, logged and announced; a handler dead-letters it).
+    pub(crate) fn poll_decoded(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Delivery<T>, Undecodable>>> {
+        let env = match self.rx.poll_recv(cx) {
+            Poll::Ready(Some(env)) => env,
+            Poll::Ready(None) => return Poll::Ready(None),
+            Poll::Pending => return Poll::Pending,
+        };
+        match (self.decode)(&env.payload) {
+            Ok(value) => {
+                Counters::add(&self.counters.delivered, 1);
+                Poll::Ready(Some(Ok(Delivery::new(value, env))))
+            }
+            Err(error) => {
+                Counters::add(&self.counters.undecodable, 1);
+                if !std::mem::replace(&mut self.warned, true) {
+                    tracing::warn!(pattern = %self.pattern, topic = %env.topic, origin = %env.origin,
+                        seq = env.seq, %error,
+                        "payload does not decode into this subscription's type; skipped and announced (further ones at debug)");
+                } else {
+                    tracing::debug!(pattern = %self.pattern, topic = %env.topic, %error, "undecodable payload skipped");
+                }
+                let bad = Undecodable {
+                    envelope: env,
+                    pattern: self.pattern.as_str().to_owned(),
+                    error,
+                };
+                let _ = self.undecodable.send(bad.clone());
+                Poll::Ready(Some(Err(bad)))
+            }
+        }
+    }
+}
+
 impl<T> Stream for Subscription<T> {
     type Item = Delivery<T>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
         loop {
-            let env = match this.rx.poll_recv(cx) {
-                Poll::Ready(Some(env)) => env,
+            match this.poll_decoded(cx) {
+                Poll::Ready(Some(Ok(d))) => return Poll::Ready(Some(d)),
+                Poll::Ready(Some(Err(bad))) => this.done(&bad.envelope),
                 Poll::Ready(None) => return Poll::Ready(None),
                 Poll::Pending => return Poll::Pending,
-            };
-            match (this.decode)(&env.payload) {
-                Ok(value) => {
-                    Counters::add(&this.counters.delivered, 1);
-                    return Poll::Ready(Some(Delivery::new(value, env)));
-                }
-                Err(error) => {
-                    Counters::add(&this.counters.undecodable, 1);
-                    this.done(&env);
-                    if !std::mem::replace(&mut this.warned, true) {
-                        tracing::warn!(pattern = %this.pattern, topic = %env.topic, origin = %env.origin,
-                            seq = env.seq, %error,
-                            "payload does not decode into this subscription's type; skipped (further ones at debug)");
-                    } else {
-                        tracing::debug!(pattern = %this.pattern, topic = %env.topic, %error, "undecodable payload skipped");
-                    }
-                }
             }
         }
     }

@@ -19,7 +19,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use tokio::task::JoinHandle;
 
 use crate::api::delivery::Delivery;
@@ -37,14 +36,15 @@ pub(crate) fn current_flow() -> Option<String> {
     FLOW.try_with(|flow| flow.to_string()).ok()
 }
 
-/// A delivery given up on after `max_attempts` failures.
+/// A delivery given up on after `max_attempts` failures, or at once when
+/// its payload does not decode into the handler's type.
 #[derive(Debug, Clone)]
 pub struct DeadLetter {
     /// The message.
     pub envelope: Arc<Envelope>,
-    /// The last error the handler returned.
+    /// The last error the handler returned, or `undecodable payload: …`.
     pub error: String,
-    /// How many times the handler was run.
+    /// How many times the handler was run (0: the payload did not decode).
     pub attempts: u32,
 }
 
@@ -137,6 +137,17 @@ impl Handler {
     }
 }
 
+/// Hands `dl` to the hook, or logs it at `error` without one.
+fn dead_letter(opts: &HandlerOptions, dl: DeadLetter) {
+    match &opts.dead_letter {
+        Some(hook) => hook(dl),
+        None => {
+            tracing::error!(topic = %dl.envelope.topic, origin = %dl.envelope.origin,
+                seq = dl.envelope.seq, error = %dl.error, attempts = dl.attempts, "dead letter")
+        }
+    }
+}
+
 pub(crate) fn spawn<T, F, Fut, E>(
     mut sub: Subscription<T>,
     opts: HandlerOptions,
@@ -150,7 +161,24 @@ where
     E: Display + Send + 'static,
 {
     let task = tokio::spawn(async move {
-        while let Some(delivery) = sub.next().await {
+        while let Some(next) = futures::future::poll_fn(|cx| sub.poll_decoded(cx)).await {
+            let delivery = match next {
+                Ok(delivery) => delivery,
+                Err(bad) => {
+                    // It would not decode on any retry: a dead letter at once.
+                    Counters::add(&counters.dead_lettered, 1);
+                    dead_letter(
+                        &opts,
+                        DeadLetter {
+                            envelope: bad.envelope.clone(),
+                            error: format!("undecodable payload: {}", bad.error),
+                            attempts: 0,
+                        },
+                    );
+                    sub.done(&bad.envelope);
+                    continue;
+                }
+            };
             let mut backoff = opts.initial_backoff;
             let mut attempt = 1;
             let flow: Arc<str> = delivery.flow_id().into();
@@ -178,13 +206,7 @@ where
                             error: e.to_string(),
                             attempts: attempt,
                         };
-                        match &opts.dead_letter {
-                            Some(hook) => hook(dl),
-                            None => {
-                                tracing::error!(topic = %dl.envelope.topic, origin = %dl.envelope.origin,
-                                seq = dl.envelope.seq, error = %dl.error, attempts = dl.attempts, "dead letter")
-                            }
-                        }
+                        dead_letter(&opts, dl);
                         break;
                     }
                 }

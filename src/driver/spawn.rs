@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::api::delivery::Loss;
+use crate::api::delivery::{Loss, Undecodable};
 use crate::api::events::EVENT_BUFFER;
 use crate::api::stats::Counters;
 use crate::api::subscription::Registry;
@@ -89,6 +89,8 @@ pub(crate) struct Drivers {
     /// True while the retransmit buffer is full (read by fail-fast `publish`).
     pub outbox_full: Arc<AtomicBool>,
     pub losses: broadcast::Sender<Loss>,
+    /// Events that did not decode for a subscription.
+    pub undecodable: broadcast::Sender<Undecodable>,
     pub receiver: mpsc::UnboundedSender<ReceiverCmd>,
     pub discovery: mpsc::Sender<DiscoveryCmd>,
     /// Set when the peer shuts down.
@@ -181,6 +183,7 @@ pub(crate) fn spawn(config: Config) -> Result<Drivers> {
     let acks: AckView = Default::default();
     let last_seqs = Arc::new(LastSeqBoard::default());
     let (losses, _) = broadcast::channel(EVENT_BUFFER);
+    let (undecodable, _) = broadcast::channel(EVENT_BUFFER);
     let inbox = InboxConfig {
         me: id,
         ordered: config.ordered,
@@ -252,6 +255,7 @@ pub(crate) fn spawn(config: Config) -> Result<Drivers> {
         publisher: publisher_tx,
         outbox_full,
         losses,
+        undecodable,
         receiver: receiver_tx,
         discovery: discovery_tx,
         stopping,
