@@ -6,7 +6,7 @@
 //! ```text
 //! ready <id> <incarnation>
 //! event <Kind> <member name> <member id> <incarnation>
-//! got <origin id> <incarnation> <seq>
+//! got <origin id> <incarnation> <seq> [redelivered]
 //! lost <origin id> <incarnation> <first> <last>
 //! published <count>
 //! stats <Stats debug>            (on SIGTERM, before leaving)
@@ -86,7 +86,18 @@ async fn main() -> chorus::Result<()> {
 
     let mut events = peer.membership();
     let mut losses = peer.losses();
-    let mut got = peer.subscribe_bytes("soak.>")?;
+    // A handler: a delivery is acknowledged only once it was processed
+    // (printed), so a kill -9 loses nothing the origin still counts as owed.
+    let _handler = peer.subscribe_with("soak.>", |d: chorus::Delivery<u64>| async move {
+        line(format!(
+            "got {} {} {}{}",
+            d.origin(),
+            d.incarnation(),
+            d.seq(),
+            if d.redelivered() { " redelivered" } else { "" }
+        ));
+        Ok::<(), std::convert::Infallible>(())
+    })?;
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
 
     let publisher = peer.clone();
@@ -99,13 +110,9 @@ async fn main() -> chorus::Result<()> {
             .await;
         tokio::time::sleep(Duration::from_secs_f64(delay)).await;
         let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate.max(0.001)));
-        for _ in 0..count {
+        for n in 0..count {
             tick.tick().await;
-            if publisher
-                .publish_bytes(&topic, vec![0u8; 100])
-                .await
-                .is_err()
-            {
+            if publisher.publish(&topic, &n).await.is_err() {
                 return;
             }
         }
@@ -117,7 +124,6 @@ async fn main() -> chorus::Result<()> {
                 "event {:?} {} {} {}", e.kind, e.member.name(), e.member.id(), e.member.info.incarnation
             )),
             Some(l) = losses.next() => line(format!("lost {} {} {} {}", l.origin, l.incarnation, l.first, l.last)),
-            Some(d) = got.next() => line(format!("got {} {} {}", d.origin(), d.incarnation(), d.seq())),
             _ = term.recv() => break,
         }
     }

@@ -65,7 +65,7 @@ fn run(
             max_nak_seqs: 64,
         },
     );
-    outbox.set_members([RECEIVER]);
+    outbox.set_members([(RECEIVER, 1)]);
     if acks_known {
         outbox.handle_ack(RECEIVER, INC, 0);
     }

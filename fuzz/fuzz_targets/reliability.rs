@@ -135,7 +135,7 @@ fuzz_target!(|ops: Vec<Op>| {
                     outbox.push(Bytes::from_static(b"frame"));
                 }
             }
-            Op::Members(ids) => outbox.set_members(ids.iter().map(|i| PeerId(u64::from(*i % 8)))),
+            Op::Members(ids) => outbox.set_members(ids.iter().map(|i| (PeerId(u64::from(*i % 8)), u64::from(*i / 8 % 2) + 1))),
             Op::Ack {
                 member,
                 incarnation,

@@ -36,11 +36,25 @@ pub struct Delivery<T> {
     /// The payload, decoded into the subscription's type.
     pub value: T,
     envelope: Arc<Envelope>,
+    redelivered: bool,
 }
 
 impl<T> Delivery<T> {
-    pub(crate) fn new(value: T, envelope: Arc<Envelope>) -> Self {
-        Delivery { value, envelope }
+    pub(crate) fn new(value: T, envelope: Arc<Envelope>, redelivered: bool) -> Self {
+        Delivery {
+            value,
+            envelope,
+            redelivered,
+        }
+    }
+
+    /// Whether this event may already have been delivered to an earlier
+    /// life of this peer: it restarted (or came back after being declared
+    /// Failed) before acknowledging it, and the origin sent it again. A
+    /// handler whose side effects are not idempotent checks this (and the
+    /// event's id or `(origin, incarnation, seq)`) against its own records.
+    pub fn redelivered(&self) -> bool {
+        self.redelivered
     }
 
     /// The publishing peer.

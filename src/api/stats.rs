@@ -119,6 +119,9 @@ stats! {
     /// Sequence numbers skipped because their origin published them before
     /// it counted this peer as a member (not owed, so not lost).
     before_join,
+    /// Events delivered again after this peer restarted (or came back after
+    /// being declared Failed) before acknowledging them: `Delivery::redelivered`.
+    redelivered,
     /// Envelopes of an older incarnation of their origin (dropped).
     stale,
     /// Envelopes set aside (hold buffer full, too far ahead, too many origins): asked for again later.
@@ -129,7 +132,8 @@ stats! {
     handled,
     /// Handler runs that failed and were retried.
     handler_retries,
-    /// Deliveries handed to the dead-letter hook after `max_attempts` failures.
+    /// Deliveries handed to the dead-letter hook (after `max_attempts`
+    /// failures, or at once for a payload that does not decode).
     dead_lettered,
     /// Frames dropped by injected link faults (`PeerBuilder::link_faults`).
     faults_dropped,

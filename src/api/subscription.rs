@@ -25,10 +25,18 @@ use crate::driver::inflight::InFlight;
 use crate::wire::envelope::Envelope;
 use crate::wire::topic::Pattern;
 
+/// One envelope on its way to a subscription.
+#[derive(Debug, Clone)]
+pub(crate) struct Routed {
+    pub envelope: Arc<Envelope>,
+    /// It may already have reached an earlier life of this peer.
+    pub redelivered: bool,
+}
+
 struct Entry {
     id: u64,
     pattern: Pattern,
-    tx: mpsc::Sender<Arc<Envelope>>,
+    tx: mpsc::Sender<Routed>,
     /// A handler subscription: what it is given is in flight until it is done.
     tracked: bool,
 }
@@ -49,7 +57,7 @@ pub(crate) enum Dispatched {
     /// Every matching subscription had room.
     Done,
     /// These matching subscriptions were full: the caller awaits them.
-    Full(Vec<mpsc::Sender<Arc<Envelope>>>),
+    Full(Vec<mpsc::Sender<Routed>>),
 }
 
 impl Registry {
@@ -58,7 +66,7 @@ impl Registry {
         pattern: Pattern,
         capacity: usize,
         tracked: bool,
-    ) -> Option<(u64, mpsc::Receiver<Arc<Envelope>>)> {
+    ) -> Option<(u64, mpsc::Receiver<Routed>)> {
         let mut entries = self.entries.write();
         if self.closed.load(Ordering::Acquire) {
             return None;
@@ -91,7 +99,8 @@ impl Registry {
     /// Offers `env` to every subscription whose pattern matches its topic
     /// without waiting; the full ones are returned for the caller to await,
     /// so that a slow subscription exerts backpressure instead of losing data.
-    pub(crate) fn dispatch(&self, env: &Arc<Envelope>) -> Dispatched {
+    pub(crate) fn dispatch(&self, received: &Routed) -> Dispatched {
+        let env = &received.envelope;
         let entries = self.entries.read();
         let mut matched = false;
         let mut full = Vec::new();
@@ -101,7 +110,7 @@ impl Registry {
                 self.inflight
                     .add(e.id, env.origin, env.incarnation, env.seq);
             }
-            if let Err(mpsc::error::TrySendError::Full(_)) = e.tx.try_send(env.clone()) {
+            if let Err(mpsc::error::TrySendError::Full(_)) = e.tx.try_send(received.clone()) {
                 full.push(e.tx.clone());
             }
         }
@@ -131,7 +140,7 @@ pub(crate) fn decode_raw(payload: &Bytes) -> Result<Bytes, String> {
 /// ([`PeerBuilder::subscription_buffer`](crate::PeerBuilder::subscription_buffer));
 /// when it is full the peer's receive path waits for it.
 pub struct Subscription<T> {
-    rx: mpsc::Receiver<Arc<Envelope>>,
+    rx: mpsc::Receiver<Routed>,
     decode: Decode<T>,
     id: u64,
     pattern: Pattern,
@@ -191,15 +200,18 @@ impl<T> Subscription<T> {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Delivery<T>, Undecodable>>> {
-        let env = match self.rx.poll_recv(cx) {
-            Poll::Ready(Some(env)) => env,
+        let Routed {
+            envelope: env,
+            redelivered,
+        } = match self.rx.poll_recv(cx) {
+            Poll::Ready(Some(r)) => r,
             Poll::Ready(None) => return Poll::Ready(None),
             Poll::Pending => return Poll::Pending,
         };
         match (self.decode)(&env.payload) {
             Ok(value) => {
                 Counters::add(&self.counters.delivered, 1);
-                Poll::Ready(Some(Ok(Delivery::new(value, env))))
+                Poll::Ready(Some(Ok(Delivery::new(value, env, redelivered))))
             }
             Err(error) => {
                 Counters::add(&self.counters.undecodable, 1);

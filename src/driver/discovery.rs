@@ -265,6 +265,7 @@ impl Discovery {
     fn apply(&mut self) {
         let mut changed = false;
         let mut events = Vec::new();
+        let mut left = Vec::new();
         while let Some(action) = self.core.poll() {
             changed = true;
             match action {
@@ -291,6 +292,7 @@ impl Discovery {
                     }
                     if e.kind == MemberEventKind::Left {
                         let _ = self.receiver.send(ReceiverCmd::Left(m.id()));
+                        left.push(m.id());
                     }
                     events.push(e);
                 }
@@ -302,9 +304,14 @@ impl Discovery {
         Counters::set(&self.counters.members_refused, refused.over_capacity);
         if changed {
             self.publish_view();
-            let _ = self
-                .publisher
-                .send(PublisherCmd::Members(self.core.live_ids().collect()));
+            let _ = self.publisher.send(PublisherCmd::Members(
+                self.core.live_incarnations().collect(),
+            ));
+        }
+        // After the member list: the publisher forgets a member that left
+        // only once it is no longer live there.
+        for id in left {
+            let _ = self.publisher.send(PublisherCmd::Left(id));
         }
         for e in events {
             let _ = self.events.send(e);

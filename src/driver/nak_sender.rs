@@ -31,6 +31,7 @@ pub(crate) struct Repaired {
     pub envelopes: Vec<Arc<Envelope>>,
     pub gone: Vec<(u64, u64)>,
     pub owed_from: u64,
+    pub redelivered_through: u64,
 }
 
 /// Starts the repair client of `origin` at `url`; NAKs and direct acks go
@@ -173,6 +174,7 @@ impl Client {
             envelopes,
             gone: repair.gone,
             owed_from: repair.owed_from,
+            redelivered_through: repair.redelivered_through,
         });
     }
 }

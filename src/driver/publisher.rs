@@ -58,8 +58,10 @@ pub(crate) type Unacked = Vec<(PeerId, Option<u64>)>;
 
 /// Control messages to the publish driver (never held back by backpressure).
 pub(crate) enum PublisherCmd {
-    /// The live members changed.
-    Members(Vec<PeerId>),
+    /// The live members changed (ids and incarnations).
+    Members(Vec<(PeerId, u64)>),
+    /// A member left gracefully.
+    Left(PeerId),
     /// A member's "received through" watermark for this peer's events.
     Ack(PeerId, u64, u64),
     /// A member's heartbeat carried no watermark for this peer's events.
@@ -111,7 +113,8 @@ impl Publisher {
             tokio::select! {
                 biased;
                 c = ctl.recv() => match c {
-                    Some(PublisherCmd::Members(ids)) => self.outbox.set_members(ids),
+                    Some(PublisherCmd::Members(live)) => self.outbox.set_members(live),
+                    Some(PublisherCmd::Left(member)) => self.outbox.handle_left(member),
                     Some(PublisherCmd::Ack(member, incarnation, seq)) => {
                         self.outbox.handle_ack(member, incarnation, seq);
                         self.check_stall();

@@ -21,7 +21,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch, Notify};
 
 use crate::api::delivery::Loss;
 use crate::api::stats::Counters;
-use crate::api::subscription::{Dispatched, Registry};
+use crate::api::subscription::{Dispatched, Registry, Routed};
 use crate::driver::clock;
 use crate::driver::nak_sender::{self, Repaired};
 use crate::proto::dedup::KeyCache;
@@ -138,6 +138,37 @@ impl Receiver {
                     let due = self.faults.as_ref().and_then(|f| f.poll_timeout());
                     let nak_due = self.inbox.poll_timeout();
                     let go_on = tokio::select! {
+                        // Commands first: a member's Connect must reach the
+                        // inbox before its first heartbeat does, or its
+                        // stream would start at that heartbeat's last seq
+                        // and what came before would be skipped unseen.
+                        biased;
+                        cmd = rx.recv() => match cmd {
+                            Some(ReceiverCmd::Connect(info)) => {
+                                self.inbox.announce(info.id);
+                                self.connect(&info, &repaired_tx);
+                                true
+                            }
+                            Some(ReceiverCmd::Disconnect(info)) => {
+                                if let Some(d) = self.dialers.remove(&info.endpoints.publish) {
+                                    d.close();
+                                }
+                                self.nak_senders.remove(&info.id);
+                                self.direct_acked.retain(|(o, _), _| *o != info.id);
+                                self.inbox.forget(info.id);
+                                self.drain().await
+                            }
+                            Some(ReceiverCmd::Left(id)) => {
+                                self.direct_acked.retain(|(o, _), _| *o != id);
+                                self.inbox.forget(id);
+                                self.drain().await
+                            }
+                            Some(ReceiverCmd::Shutdown(done)) => {
+                                ack = Some(done);
+                                break;
+                            }
+                            None => break,
+                        },
                         r = ready.recv_batch(&self.socket, &mut batch, RECV_BATCH) => {
                             if let Err(e) = r {
                                 tracing::error!(error = %e, "sub socket stopped receiving");
@@ -170,39 +201,14 @@ impl Receiver {
                             self.drain().await
                         }
                         Some(r) = repaired.recv() => {
-                            let Repaired { origin, incarnation, envelopes, gone, owed_from } = r;
+                            let Repaired { origin, incarnation, envelopes, gone, owed_from, redelivered_through } = r;
+                            self.inbox.handle_redelivery(origin, incarnation, redelivered_through);
                             self.inbox.handle_repair(origin, incarnation, envelopes, &gone, owed_from, clock::now());
                             self.drain().await
                         }
                         _ = tokio::time::sleep_until(nak_due.map_or_else(tokio::time::Instant::now, Into::into)), if nak_due.is_some() => {
                             self.inbox.handle_timeout(clock::now());
                             self.drain().await
-                        }
-                        cmd = rx.recv() => match cmd {
-                            Some(ReceiverCmd::Connect(info)) => {
-                                self.inbox.announce(info.id);
-                                self.connect(&info, &repaired_tx);
-                                true
-                            }
-                            Some(ReceiverCmd::Disconnect(info)) => {
-                                if let Some(d) = self.dialers.remove(&info.endpoints.publish) {
-                                    d.close();
-                                }
-                                self.nak_senders.remove(&info.id);
-                                self.direct_acked.retain(|(o, _), _| *o != info.id);
-                                self.inbox.forget(info.id);
-                                self.drain().await
-                            }
-                            Some(ReceiverCmd::Left(id)) => {
-                                self.direct_acked.retain(|(o, _), _| *o != id);
-                                self.inbox.forget(id);
-                                self.drain().await
-                            }
-                            Some(ReceiverCmd::Shutdown(done)) => {
-                                ack = Some(done);
-                                break;
-                            }
-                            None => break,
                         }
                     };
                     if !go_on && *self.stopping.borrow() {
@@ -412,14 +418,22 @@ impl Receiver {
         tracing::debug_span!("deliver", topic = %env.topic, origin = %env.origin, seq = env.seq,
             correlation_id = env.correlation_id.as_deref())
         .in_scope(|| tracing::trace!("dispatching to subscriptions"));
-        match self.registry.dispatch(&env) {
+        let redelivered = self.inbox.is_redelivery(&env);
+        if redelivered {
+            Counters::add(&self.counters.redelivered, 1);
+        }
+        let received = Routed {
+            envelope: env,
+            redelivered,
+        };
+        match self.registry.dispatch(&received) {
             Dispatched::Unmatched => Counters::add(&self.counters.unmatched, 1),
             Dispatched::Done => {}
             Dispatched::Full(waiting) => {
                 for tx in waiting {
                     // A send error means the subscription was dropped meanwhile.
                     tokio::select! {
-                        _ = tx.send(env.clone()) => {}
+                        _ = tx.send(received.clone()) => {}
                         _ = self.stopping.wait_for(|stop| *stop) => return false,
                     }
                 }

@@ -119,6 +119,9 @@ struct Stream {
     /// Heartbeats' "published through" not trusted yet: `(when, seq)`,
     /// ascending, at most [`MAX_CLAIMS`].
     claims: VecDeque<(Instant, u64)>,
+    /// What the origin sends up to here may have reached an earlier life
+    /// of this peer (0: nothing).
+    redelivered_through: u64,
 }
 
 /// Heartbeat claims remembered per origin while their grace runs.
@@ -134,6 +137,7 @@ impl Stream {
             last_nak: None,
             nak_unanswered: false,
             claims: VecDeque::new(),
+            redelivered_through: 0,
         }
     }
 
@@ -199,6 +203,9 @@ pub struct Inbox {
     forgotten_order: VecDeque<PeerId>,
     events: VecDeque<InboxEvent>,
     counters: InboxCounters,
+    /// Some origin marked redeliveries (the per-delivery check is skipped
+    /// while none did).
+    redelivering: bool,
 }
 
 impl Inbox {
@@ -357,6 +364,28 @@ impl Inbox {
             Self::release(st, &mut self.events);
         }
         self.nak(origin, now); // what is still missing, at once
+    }
+
+    /// The origin says that what it sends up to `through` may already have
+    /// reached an earlier life of this peer (it restarted before acking):
+    /// deliveries up to there are redeliveries ([`is_redelivery`](Self::is_redelivery)).
+    /// Tell the inbox before the repair answer that carried it.
+    pub fn handle_redelivery(&mut self, origin: PeerId, incarnation: u64, through: u64) {
+        if let Some(st) = self.streams.get_mut(&origin) {
+            if st.incarnation == incarnation && through > st.redelivered_through {
+                st.redelivered_through = through;
+                self.redelivering = true;
+            }
+        }
+    }
+
+    /// Whether delivering `env` may deliver it again (see
+    /// [`handle_redelivery`](Self::handle_redelivery)).
+    pub fn is_redelivery(&self, env: &Envelope) -> bool {
+        self.redelivering
+            && self.streams.get(&env.origin).is_some_and(|s| {
+                s.incarnation == env.incarnation && env.seq <= s.redelivered_through
+            })
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) next has a NAK to repeat: `None` while

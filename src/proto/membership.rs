@@ -167,6 +167,14 @@ impl Membership {
         self.members.get(&id).map(Entry::snapshot)
     }
 
+    /// The live (Alive or Suspect) members' ids with their incarnations.
+    pub fn live_incarnations(&self) -> impl Iterator<Item = (PeerId, u64)> + '_ {
+        self.members
+            .iter()
+            .filter(|(_, e)| e.state.is_live())
+            .map(|(id, e)| (*id, e.info.incarnation))
+    }
+
     /// Ids of the live (Alive or Suspect) members.
     pub fn live_ids(&self) -> impl Iterator<Item = PeerId> + '_ {
         self.members

@@ -14,6 +14,13 @@
 //! `capacity` envelopes (and at most `max_bytes` of them) as a ring, so a
 //! member without a watermark can still be repaired; it never holds the
 //! buffer back, and what it asks for after eviction is "gone".
+//! A member that restarts (same id, a higher incarnation), or comes back
+//! after it was dropped as Failed, resumes from the watermark its earlier
+//! life reported: what that life acknowledged is not owed again (no false
+//! loss), what it had not is sent to the new life again, marked as a
+//! possible redelivery (`Repair::redelivered_through`), and what was freed
+//! meanwhile is "gone", so the new life reports it lost — never a silent
+//! gap. A member that left gracefully starts afresh.
 //! The buffer never drops an envelope a member with a known watermark has
 //! not acknowledged: [`Outbox::is_full`] then tells the driver to stop
 //! taking new messages (so `publish` waits, or fails fast if configured)
@@ -36,6 +43,10 @@ use crate::wire::repair::{Nak, Repair, MAX_RANGES};
 
 /// Heartbeats without an ack after which a member's provisional watermark is dropped.
 pub const NO_ACK_ROUNDS: u32 = 3;
+
+/// Members that went away without leaving (Failed) whose watermark is kept
+/// for when they come back; the oldest is forgotten beyond.
+pub const MAX_DEPARTED: usize = 4096;
 
 /// Sizing of an [`Outbox`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,7 +100,15 @@ pub struct Outbox {
     floor: u64,
     freeable: u64,
     members: HashSet<PeerId>,
+    /// The incarnation each live member had when it became one.
+    incarnations: HashMap<PeerId, u64>,
     acks: HashMap<PeerId, u64>,
+    /// Watermarks of members that stopped being live without leaving,
+    /// oldest first, for when they come back (bounded by `MAX_DEPARTED`).
+    departed: VecDeque<(PeerId, u64)>,
+    /// Per member that came back: the last sequence number published when
+    /// it did; what it is sent up to there may have reached its earlier life.
+    redeliver_through: HashMap<PeerId, u64>,
     /// Members whose watermark was set at join and not yet confirmed, with
     /// the heartbeats seen since without an ack.
     provisional: HashMap<PeerId, u32>,
@@ -115,7 +134,10 @@ impl Outbox {
             floor: u64::MAX,
             freeable: u64::MAX,
             members: HashSet::new(),
+            incarnations: HashMap::new(),
             acks: HashMap::new(),
+            departed: VecDeque::new(),
+            redeliver_through: HashMap::new(),
             provisional: HashMap::new(),
             joined_at: HashMap::new(),
             cut_off: HashSet::new(),
@@ -221,20 +243,60 @@ impl Outbox {
         self.last_seq
     }
 
-    /// The live members changed: only their acks count from now on.
-    pub fn set_members(&mut self, live: impl IntoIterator<Item = PeerId>) {
-        let live: HashSet<PeerId> = live.into_iter().collect();
-        for &joined in live.difference(&self.members) {
-            self.acks.insert(joined, self.last_seq);
-            self.provisional.insert(joined, 0);
-            self.joined_at.insert(joined, self.last_seq);
+    /// The live members changed (each with its incarnation): only their
+    /// acks count from now on. A new member is owed what is published from
+    /// now on; one that restarted or came back after failing resumes from
+    /// the watermark of its earlier life (see the module documentation).
+    pub fn set_members(&mut self, live: impl IntoIterator<Item = (PeerId, u64)>) {
+        let live: HashMap<PeerId, u64> = live.into_iter().collect();
+        for (&gone, _) in self.incarnations.iter() {
+            if !live.contains_key(&gone) {
+                if let Some(&ack) = self.acks.get(&gone) {
+                    self.departed.retain(|(id, _)| *id != gone);
+                    if self.departed.len() >= MAX_DEPARTED {
+                        self.departed.pop_front();
+                    }
+                    self.departed.push_back((gone, ack));
+                }
+            }
         }
-        self.members = live;
+        for (&id, &incarnation) in &live {
+            let known = self.incarnations.get(&id).copied();
+            let earlier = match known {
+                Some(k) if k >= incarnation => continue, // the same life
+                Some(_) => self.acks.get(&id).copied(),  // restarted
+                None => self
+                    .departed
+                    .iter()
+                    .position(|(d, _)| *d == id)
+                    .and_then(|at| self.departed.remove(at))
+                    .map(|(_, ack)| ack),
+            };
+            let from = earlier.unwrap_or(self.last_seq).min(self.last_seq);
+            if from < self.last_seq {
+                self.redeliver_through.insert(id, self.last_seq);
+            } else {
+                self.redeliver_through.remove(&id);
+            }
+            self.acks.insert(id, from);
+            self.provisional.insert(id, 0);
+            self.joined_at.insert(id, from);
+            self.cut_off.remove(&id);
+        }
+        self.incarnations = live;
+        self.members = self.incarnations.keys().copied().collect();
         self.cut_off.retain(|id| self.members.contains(id));
         self.joined_at.retain(|id, _| self.members.contains(id));
         self.acks.retain(|id, _| self.members.contains(id));
         self.provisional.retain(|id, _| self.members.contains(id));
+        self.redeliver_through
+            .retain(|id, _| self.members.contains(id));
         self.free();
+    }
+
+    /// `member` left gracefully: if it comes back it starts afresh.
+    pub fn handle_left(&mut self, member: PeerId) {
+        self.departed.retain(|(id, _)| *id != member);
     }
 
     /// `member` sent a heartbeat without an ack for this origin.
@@ -327,6 +389,7 @@ impl Outbox {
             frames: Vec::new(),
             gone: Vec::new(),
             owed_from: 1,
+            redelivered_through: 0,
         };
         if nak.origin != self.origin || nak.incarnation != self.incarnation {
             self.refused.naks += 1;
@@ -336,6 +399,9 @@ impl Outbox {
         // non-member is owed what is still retained; the rest is "gone".
         if let Some(&joined) = self.joined_at.get(&nak.member) {
             repair.owed_from = joined + 1;
+        }
+        if let Some(&through) = self.redeliver_through.get(&nak.member) {
+            repair.redelivered_through = through;
         }
         // Everything below this was freed (or never retained).
         let oldest = self.retained.front().map_or(self.last_seq + 1, |(s, _)| *s);
@@ -428,7 +494,7 @@ mod tests {
             )
         };
         let mut o = bounded();
-        o.set_members([PeerId(2)]);
+        o.set_members([(PeerId(2), 1)]);
         for s in 1..=4 {
             assert!(!o.is_full());
             o.push(frame(s));
@@ -439,7 +505,7 @@ mod tests {
         assert!(!o.is_full());
         // A member that never acks: the buffer is a ring of ~35 bytes.
         let mut o = bounded();
-        o.set_members([PeerId(2)]);
+        o.set_members([(PeerId(2), 1)]);
         for _ in 0..NO_ACK_ROUNDS {
             o.handle_no_ack(PeerId(2));
         }
@@ -459,7 +525,7 @@ mod tests {
     #[test]
     fn overlapping_nak_ranges_never_repeat_an_envelope() {
         let mut o = outbox(8);
-        o.set_members([PeerId(2)]);
+        o.set_members([(PeerId(2), 1)]);
         for s in 1..=4 {
             o.push(frame(s));
         }
@@ -476,7 +542,7 @@ mod tests {
     fn a_member_holding_the_buffer_full_past_the_stall_limit_is_cut_off() {
         let (t0, limit) = (Instant::now(), Duration::from_secs(5));
         let mut o = outbox(4);
-        o.set_members([PeerId(2), PeerId(3)]);
+        o.set_members([(PeerId(2), 1), (PeerId(3), 1)]);
         for s in 1..=4 {
             o.push(frame(s));
         }
@@ -511,7 +577,7 @@ mod tests {
     fn a_cut_off_member_counts_again_once_caught_up() {
         let (t0, limit) = (Instant::now(), Duration::from_secs(1));
         let mut o = outbox(2);
-        o.set_members([PeerId(2)]);
+        o.set_members([(PeerId(2), 1)]);
         o.push(frame(1));
         o.push(frame(2));
         assert_eq!(o.check_stall(t0, limit), []);
@@ -526,7 +592,7 @@ mod tests {
     #[test]
     fn frees_what_every_live_member_acked_and_fills_otherwise() {
         let mut o = outbox(4);
-        o.set_members([PeerId(2), PeerId(3)]); // provisional watermarks: 0
+        o.set_members([(PeerId(2), 1), (PeerId(3), 1)]); // provisional watermarks: 0
         for s in 1..=4 {
             assert_eq!(o.push(frame(s)), s);
         }
@@ -536,7 +602,7 @@ mod tests {
         assert_eq!(o.len(), 3, "only what both have: seq 1");
         assert!(!o.is_full());
         // The lagging member fails: its watermark stops counting.
-        o.set_members([PeerId(2)]);
+        o.set_members([(PeerId(2), 1)]);
         assert_eq!(o.len(), 1);
         assert_eq!(o.bytes(), 10);
     }
@@ -544,7 +610,7 @@ mod tests {
     #[test]
     fn a_member_that_never_acks_stops_holding_the_buffer() {
         let mut o = outbox(4);
-        o.set_members([PeerId(2)]);
+        o.set_members([(PeerId(2), 1)]);
         for s in 1..=4 {
             o.push(frame(s));
         }
@@ -572,7 +638,7 @@ mod tests {
     #[test]
     fn unknown_watermarks_and_strangers_do_not_hold_the_buffer() {
         let mut o = outbox(4);
-        o.set_members([PeerId(2)]);
+        o.set_members([(PeerId(2), 1)]);
         for _ in 0..NO_ACK_ROUNDS {
             o.handle_no_ack(PeerId(2));
         }
@@ -591,9 +657,76 @@ mod tests {
     }
 
     #[test]
+    fn a_restarted_member_resumes_from_its_earlier_lifes_watermark() {
+        let mut o = outbox(100);
+        o.set_members([(PeerId(2), 1)]);
+        for s in 1..=15 {
+            o.push(frame(s));
+        }
+        o.handle_ack(PeerId(2), 9, 10); // the first life processed 1..=10
+                                        // It restarts (a new incarnation) before acknowledging 11..=15.
+        o.set_members([(PeerId(2), 2)]);
+        let r = o.handle_nak(&nak(&[(1, 15)]));
+        assert_eq!(r.owed_from, 11, "what the first life acked is not owed");
+        assert!(r.gone.is_empty(), "no false loss");
+        assert_eq!(r.frames, (11..=15).map(frame).collect::<Vec<_>>());
+        assert_eq!(r.redelivered_through, 15, "11..=15 may have reached it");
+        assert!(!o.acked_by_all(15));
+        assert_eq!(o.unacked(15), vec![(PeerId(2), Some(10))]);
+        o.handle_ack(PeerId(2), 9, 15);
+        assert!(o.acked_by_all(15));
+        assert_eq!(o.len(), 0);
+        // The same life again changes nothing.
+        o.set_members([(PeerId(2), 2)]);
+        assert_eq!(o.handle_nak(&nak(&[(1, 15)])).owed_from, 11);
+    }
+
+    #[test]
+    fn a_member_back_after_failing_is_told_what_was_freed_meanwhile() {
+        let mut o = outbox(100);
+        o.set_members([(PeerId(2), 1), (PeerId(3), 1)]);
+        for s in 1..=10 {
+            o.push(frame(s));
+        }
+        o.handle_ack(PeerId(2), 9, 4);
+        o.handle_ack(PeerId(3), 9, 10);
+        // 2 is declared Failed: 5..=10 are freed, 3 has them.
+        o.set_members([(PeerId(3), 1)]);
+        assert_eq!(o.len(), 0);
+        o.push(frame(11));
+        o.set_members([(PeerId(2), 2), (PeerId(3), 1)]);
+        let r = o.handle_nak(&nak(&[(1, 11)]));
+        assert_eq!(r.owed_from, 5);
+        assert_eq!(
+            r.gone,
+            vec![(5, 10)],
+            "freed while it was away: lost, not silent"
+        );
+        assert_eq!(r.frames, vec![frame(11)], "3 has not acked it yet");
+        assert_eq!(r.redelivered_through, 11);
+    }
+
+    #[test]
+    fn a_member_that_left_comes_back_afresh() {
+        let mut o = outbox(100);
+        o.set_members([(PeerId(2), 1)]);
+        for s in 1..=5 {
+            o.push(frame(s));
+        }
+        o.handle_ack(PeerId(2), 9, 3);
+        o.set_members([]);
+        o.handle_left(PeerId(2));
+        o.set_members([(PeerId(2), 2)]);
+        let r = o.handle_nak(&nak(&[(1, 5)]));
+        assert_eq!(r.owed_from, 6, "owed what is published from now on");
+        assert!(r.gone.is_empty() && r.frames.is_empty());
+        assert_eq!(r.redelivered_through, 0);
+    }
+
+    #[test]
     fn answers_naks_with_frames_gone_and_bounds() {
         let mut o = outbox(100);
-        o.set_members([PeerId(2)]);
+        o.set_members([(PeerId(2), 1)]);
         for s in 1..=30 {
             o.push(frame(s));
         }

@@ -48,6 +48,12 @@ pub struct Repair {
     /// became aware of it as a member after publishing `owed_from - 1`.
     /// Numbers below were published before it joined: not owed, not lost.
     pub owed_from: u64,
+    /// For a member that restarted (or came back after failing): what it is
+    /// sent up to this sequence number may already have reached its earlier
+    /// life, so its receiver marks those deliveries redelivered (0: none).
+    /// Optional on the wire.
+    #[serde(default)]
+    pub redelivered_through: u64,
 }
 
 /// "I, `member`, have received everything `origin` published in
@@ -178,6 +184,7 @@ mod tests {
             frames: vec![Bytes::from_static(b"\x93\x01\x00")],
             gone: vec![(1, 2)],
             owed_from: 1,
+            redelivered_through: 0,
         };
         assert_eq!(Repair::decode(&r.encode(), 1 << 20).unwrap(), r);
         let bad = Nak {

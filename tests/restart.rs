@@ -1,0 +1,282 @@
+//! A service killed with SIGKILL and restarted at once at the same address
+//! (issue 16, case 2), as separate processes: an origin (`work`) publishes
+//! a steady stream; the consumer (`invoicing`) is killed mid-stream and
+//! started again on the same port, so it keeps its id and gets a new
+//! incarnation. A checker over what both lives processed and what the new
+//! life reported lost demands:
+//!
+//! - no silent gap: every event is processed by a life or reported lost;
+//! - no false loss: nothing the first life processed is reported lost;
+//! - no unmarked duplicate: an event both lives processed is marked
+//!   `redelivered` in the second.
+//!
+//! Three runs in the normal suite; `CHORUS_RESTART_RUNS=50` for the long
+//! loop (its figures go to stdout with `--nocapture`).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// The `fault_peer` example, built by `cargo test` next to this test.
+fn fault_peer() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let path = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples/fault_peer");
+    assert!(path.exists(), "{} not built", path.display());
+    path
+}
+
+/// A free loopback port (bound, then released for the child to take).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A child whose stdout lines arrive on a channel; killed on drop.
+struct Proc {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Proc {
+    fn start(args: &[&str]) -> Proc {
+        let mut child = Command::new(fault_peer())
+            .args(args)
+            .env("RUST_LOG", "chorus=error")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let out = BufReader::new(child.stdout.take().unwrap());
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for l in out.lines().map_while(Result::ok) {
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        Proc { child, lines }
+    }
+
+    /// Lines until `until` holds for one (returned), within `deadline`.
+    fn read_until(
+        &self,
+        deadline: Instant,
+        seen: &mut Vec<String>,
+        until: impl Fn(&str) -> bool,
+    ) -> Option<String> {
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) => {
+                    seen.push(l.clone());
+                    if until(&l) {
+                        return Some(l);
+                    }
+                }
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// Every line already printed.
+    fn drain(&self, seen: &mut Vec<String>) {
+        while let Ok(l) = self.lines.try_recv() {
+            seen.push(l);
+        }
+    }
+
+    fn signal(&self, sig: &str) {
+        let _ = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What one life of the consumer processed and reported, for `origin`.
+#[derive(Default, Debug)]
+struct Life {
+    got: BTreeMap<u64, bool>, // seq -> marked redelivered
+    lost: BTreeSet<u64>,
+}
+
+fn parse(lines: &[String], origin: &str) -> Life {
+    let mut life = Life::default();
+    for l in lines {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        match f.as_slice() {
+            ["got", o, _, seq, rest @ ..] if *o == origin => {
+                let seq: u64 = seq.parse().unwrap();
+                let marked = rest.first() == Some(&"redelivered");
+                assert!(
+                    life.got.insert(seq, marked).is_none(),
+                    "seq {seq} processed twice by one life"
+                );
+            }
+            ["lost", o, _, first, last] if *o == origin => {
+                let (a, b): (u64, u64) = (first.parse().unwrap(), last.parse().unwrap());
+                life.lost.extend(a..=b);
+            }
+            _ => {}
+        }
+    }
+    life
+}
+
+#[derive(Debug, Default)]
+struct Tally {
+    silent_gaps: usize,
+    false_losses: usize,
+    unmarked_duplicates: usize,
+    marked_redeliveries: usize,
+    lost: usize,
+    first_life: usize,
+}
+
+/// One run: returns what the checker counted.
+fn run(kill_after: u64) -> Tally {
+    const COUNT: u64 = 300;
+    let work_url = format!("tcp://127.0.0.1:{}", free_port());
+    let inv_url = format!("tcp://127.0.0.1:{}", free_port());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let common = ["--interval-ms", "100", "--miss-limit", "5"];
+    let count = COUNT.to_string();
+    let mut work_args = vec!["--name", "work", "--listen", &work_url, "--count", &count];
+    work_args.extend(["--rate", "100", "--members", "1"]);
+    work_args.extend(common);
+    let work = Proc::start(&work_args);
+    let mut work_lines = Vec::new();
+    let ready = work
+        .read_until(deadline, &mut work_lines, |l| l.starts_with("ready "))
+        .expect("work ready");
+    let work_id = ready.split_whitespace().nth(1).unwrap().to_owned();
+
+    let mut inv_args = vec![
+        "--name",
+        "invoicing",
+        "--listen",
+        &inv_url,
+        "--seed",
+        &work_url,
+    ];
+    inv_args.extend(common);
+    let first = Proc::start(&inv_args);
+    let mut first_lines = Vec::new();
+    let reached = format!("got {work_id} ");
+    first
+        .read_until(deadline, &mut first_lines, |l| {
+            l.starts_with(&reached)
+                && l.split_whitespace().nth(3).and_then(|s| s.parse().ok()) >= Some(kill_after)
+        })
+        .expect("the first life got its share");
+    first.signal("-KILL");
+    let mut first = first;
+    let _ = first.child.wait();
+    first.drain(&mut first_lines);
+
+    let second = Proc::start(&inv_args);
+    let mut second_lines = Vec::new();
+    work.read_until(deadline, &mut work_lines, |l| l.starts_with("published"))
+        .expect("work published everything");
+    // Until the second life has settled every seq (processed or lost).
+    let settled = |lines: &[String]| {
+        let a = parse(&first_lines, &work_id);
+        let b = parse(lines, &work_id);
+        (1..=COUNT).all(|s| a.got.contains_key(&s) || b.got.contains_key(&s) || b.lost.contains(&s))
+    };
+    while !settled(&second_lines) && Instant::now() < deadline {
+        second.read_until(
+            (Instant::now() + Duration::from_millis(200)).min(deadline),
+            &mut second_lines,
+            |_| false,
+        );
+    }
+    second.signal("-TERM");
+    work.signal("-TERM");
+
+    let a = parse(&first_lines, &work_id);
+    let b = parse(&second_lines, &work_id);
+    let mut t = Tally {
+        first_life: a.got.len(),
+        lost: b.lost.len(),
+        ..Tally::default()
+    };
+    for seq in 1..=COUNT {
+        let (in_a, in_b, lost) = (
+            a.got.contains_key(&seq),
+            b.got.get(&seq),
+            b.lost.contains(&seq),
+        );
+        if !in_a && in_b.is_none() && !lost {
+            t.silent_gaps += 1;
+            if t.silent_gaps == 1 {
+                eprintln!(
+                    "first silent gap at {seq}; second life: {:?}",
+                    &second_lines[..second_lines.len().min(12)]
+                );
+                eprintln!("work: {:?}", &work_lines[..work_lines.len().min(12)]);
+            }
+        }
+        if in_a && lost {
+            t.false_losses += 1;
+        }
+        match (in_a, in_b) {
+            (true, Some(false)) => {
+                t.unmarked_duplicates += 1;
+                if t.unmarked_duplicates == 1 {
+                    eprintln!(
+                        "first unmarked duplicate {seq}; first life: {:?}",
+                        &first_lines[first_lines.len().saturating_sub(6)..]
+                    );
+                    eprintln!(
+                        "second life: {:?}",
+                        &second_lines[..second_lines.len().min(16)]
+                    );
+                }
+            }
+            (_, Some(true)) => t.marked_redeliveries += 1,
+            _ => {}
+        }
+    }
+    t
+}
+
+#[test]
+fn a_service_killed_and_restarted_at_the_same_address_misses_nothing_silently() {
+    let runs: u64 = std::env::var("CHORUS_RESTART_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let mut totals = Tally::default();
+    for i in 0..runs {
+        let t = run(20 + (i * 37) % 200);
+        println!("run {i}: {t:?}");
+        assert_eq!(
+            (t.silent_gaps, t.false_losses, t.unmarked_duplicates),
+            (0, 0, 0),
+            "run {i}: {t:?}"
+        );
+        totals.marked_redeliveries += t.marked_redeliveries;
+        totals.lost += t.lost;
+        totals.first_life += t.first_life;
+    }
+    println!("{runs} runs: 0 silent gaps, 0 false losses, 0 unmarked duplicates; {} marked redeliveries, {} reported lost in all", totals.marked_redeliveries, totals.lost);
+}
