@@ -162,6 +162,7 @@ async fn ten_thousand_announced_members_stay_within_the_table_bound() {
                 .map(|i| Gossip {
                     info: fake_info((next + i) % 10_000),
                     heartbeat,
+                    state: 0,
                 })
                 .collect();
             next = (next + 1000) % 10_000;

@@ -289,6 +289,38 @@ fn members_lists_the_running_nodes() {
 }
 
 #[test]
+fn members_shows_members_that_failed_or_left_recently() {
+    // Issue 16, case 9: a fresh `members` only ever listed live members.
+    let (a, url) = node("alpha", None);
+    let (beta, _) = node("beta", Some(&url));
+    let (mut gamma, _) = node("gamma", Some(&url));
+    a.line("beta joined", |l| l.contains("event Joined beta"));
+    a.line("gamma joined", |l| l.contains("event Joined gamma"));
+    drop(beta); // SIGKILL
+    let pid = gamma.child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    assert!(gamma.exits("gamma after SIGTERM").success());
+    a.line("beta failed", |l| l.contains("event Failed beta"));
+    let out = finish(chorus().args(["members", "--seed", &url]), "");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let table = text(&out.stdout);
+    let row = |name: &str| {
+        table
+            .lines()
+            .find(|r| r.starts_with(name))
+            .unwrap_or_else(|| panic!("{name} in {table}"))
+            .to_owned()
+    };
+    assert!(row("alpha").contains("Alive"), "{table}");
+    assert!(row("beta").contains("Failed"), "{table}");
+    assert!(row("gamma").contains("Left"), "{table}");
+}
+
+#[test]
 fn a_node_leaves_gracefully_on_sigterm() {
     let (a, url) = node("alpha", None);
     let (mut b, _) = node("beta", Some(&url));

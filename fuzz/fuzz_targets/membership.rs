@@ -100,6 +100,7 @@ fuzz_target!(|ops: Vec<Op>| {
                     .map(|(w, hb)| Gossip {
                         info: info(w),
                         heartbeat: (*hb).into(),
+                        state: 0,
                     })
                     .collect();
                 let r = Response {

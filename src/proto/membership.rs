@@ -36,7 +36,7 @@ use std::ops::Bound::{Excluded, Unbounded};
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::wire::heartbeat::{Gossip, Response, Survey};
+use crate::wire::heartbeat::{Gossip, Response, Survey, GOSSIP_FAILED, GOSSIP_LEFT, GOSSIP_LIVE};
 use crate::wire::id::PeerId;
 use crate::wire::member::{Member, MemberEvent, MemberEventKind, MemberState, PeerInfo};
 
@@ -101,6 +101,9 @@ struct Entry {
     /// Our round of the last state change.
     changed_round: u64,
     last_seen: Instant,
+    /// Its endpoints are dialed (false for a departed member known only
+    /// from gossip, and after it left).
+    dialed: bool,
 }
 
 impl Entry {
@@ -229,7 +232,10 @@ impl Membership {
     pub fn handle_response(&mut self, response: &Response, now: Instant) {
         self.observe(&response.from, response.heartbeat, true, now);
         for g in &response.gossip {
-            self.observe(&g.info, g.heartbeat, false, now);
+            match g.state {
+                GOSSIP_LIVE => self.observe(&g.info, g.heartbeat, false, now),
+                gone => self.observe_gone(&g.info, g.heartbeat, gone == GOSSIP_LEFT, now),
+            }
         }
     }
 
@@ -286,10 +292,41 @@ impl Membership {
     /// Removes a tombstone; a Failed member was still being dialed.
     fn forget(&mut self, id: PeerId) {
         if let Some(e) = self.members.remove(&id) {
-            if e.state == MemberState::Failed {
+            if e.dialed {
                 self.actions.push_back(Action::Disconnect(e.info));
             }
         }
+    }
+
+    /// Gossip says a member we do not know failed or left: remembered as
+    /// such (shown in the member table, not dialed, no event) so a peer
+    /// that just joined sees recent departures. A known member is left as
+    /// it is: gossip never removes a member.
+    fn observe_gone(&mut self, info: &Arc<PeerInfo>, heartbeat: u64, left: bool, now: Instant) {
+        if info.id == self.me.id || self.members.contains_key(&info.id) {
+            return;
+        }
+        if !self.make_room() {
+            self.refused.over_capacity += 1;
+            return;
+        }
+        let round = self.round;
+        self.members.insert(
+            info.id,
+            Entry {
+                info: info.clone(),
+                state: if left {
+                    MemberState::Left
+                } else {
+                    MemberState::Failed
+                },
+                heartbeat,
+                progress_round: round,
+                changed_round: round,
+                last_seen: now,
+                dialed: false,
+            },
+        );
     }
 
     fn on_leave(&mut self, from: &Arc<PeerInfo>) {
@@ -312,6 +349,7 @@ impl Membership {
         }
         e.state = MemberState::Left;
         e.changed_round = self.round;
+        e.dialed = false;
         let member = e.snapshot();
         self.actions
             .push_back(Action::Disconnect(member.info.clone()));
@@ -345,6 +383,7 @@ impl Membership {
                 progress_round: round,
                 changed_round: round,
                 last_seen: now,
+                dialed: true,
             };
             self.actions.push_back(Action::Connect(info.clone()));
             self.actions.push_back(Action::Event(MemberEvent {
@@ -361,13 +400,14 @@ impl Membership {
         if info.incarnation > e.info.incarnation {
             // A restart. A Failed member is still dialed; a Left one is not.
             let old = std::mem::replace(&mut e.info, info.clone());
-            let dialed = e.state != MemberState::Left;
+            let dialed = e.dialed;
             let moved = old.endpoints != info.endpoints;
             e.state = MemberState::Alive;
             e.heartbeat = heartbeat;
             e.progress_round = round;
             e.changed_round = round;
             e.last_seen = now;
+            e.dialed = true;
             let member = e.snapshot();
             if dialed && moved {
                 self.actions.push_back(Action::Disconnect(old));
@@ -398,6 +438,11 @@ impl Membership {
         e.progress_round = round;
         e.last_seen = now;
         if let Some(kind) = kind {
+            if !e.dialed {
+                // Known only from gossip as Failed: dial it now.
+                e.dialed = true;
+                self.actions.push_back(Action::Connect(e.info.clone()));
+            }
             e.state = MemberState::Alive;
             e.changed_round = round;
             self.actions.push_back(Action::Event(MemberEvent {
@@ -428,8 +473,9 @@ impl Membership {
         }
     }
 
-    /// The next `gossip_entries` live members in rotation, so that every
-    /// member is gossiped about evenly across responses.
+    /// The next `gossip_entries` members in rotation (live ones, and the
+    /// Failed and Left ones remembered, marked so), so that every member is
+    /// gossiped about evenly across responses.
     fn gossip_sample(&mut self) -> Vec<Gossip> {
         let want = self.cfg.gossip_entries;
         let mut out = Vec::with_capacity(want.min(self.members.len()));
@@ -445,13 +491,17 @@ impl Membership {
             if out.len() == want {
                 break;
             }
-            if e.state.is_live() {
-                out.push(Gossip {
-                    info: e.info.clone(),
-                    heartbeat: e.heartbeat,
-                });
-                self.gossip_cursor = Some(*id);
-            }
+            let state = match e.state {
+                MemberState::Alive | MemberState::Suspect => GOSSIP_LIVE,
+                MemberState::Failed => GOSSIP_FAILED,
+                MemberState::Left => GOSSIP_LEFT,
+            };
+            out.push(Gossip {
+                info: e.info.clone(),
+                heartbeat: e.heartbeat,
+                state,
+            });
+            self.gossip_cursor = Some(*id);
         }
         out
     }
@@ -521,6 +571,7 @@ mod tests {
                 .map(|(i, h)| Gossip {
                     info: (*i).clone(),
                     heartbeat: *h,
+                    state: GOSSIP_LIVE,
                 })
                 .collect(),
         }
@@ -543,6 +594,54 @@ mod tests {
             heartbeat_interval_ms: ms,
             ..(*info).clone()
         })
+    }
+
+    #[test]
+    fn departures_known_from_gossip_are_shown_not_dialed_and_can_come_back() {
+        let mut m = core(MembershipConfig::default());
+        let (b, c, d) = (info(2, 1), info(3, 1), info(4, 1));
+        let t0 = Instant::now();
+        let mut resp = response(&b, 1, &[(&c, 7)]);
+        resp.gossip[0].state = GOSSIP_FAILED;
+        resp.gossip.push(Gossip {
+            info: d.clone(),
+            heartbeat: 3,
+            state: GOSSIP_LEFT,
+        });
+        m.handle_response(&resp, t0);
+        let acts = actions(&mut m);
+        assert_eq!(
+            acts.iter()
+                .filter(|a| matches!(a, Action::Connect(i) if i.id != PeerId(2)))
+                .count(),
+            0,
+            "departed members are not dialed: {acts:?}"
+        );
+        assert_eq!(state(&m, 3), MemberState::Failed);
+        assert_eq!(state(&m, 4), MemberState::Left);
+        assert_eq!(m.live_ids().collect::<Vec<_>>(), [PeerId(2)]);
+        // Gossip about a known member changes nothing.
+        let mut again = response(&b, 2, &[(&b, 2)]);
+        again.gossip[0].state = GOSSIP_FAILED;
+        m.handle_response(&again, t0);
+        assert_eq!(state(&m, 2), MemberState::Alive);
+        // The Failed one heard from directly: back, and dialed now.
+        m.handle_survey(&survey(&c, 8), t0);
+        let acts = actions(&mut m);
+        assert!(
+            acts.iter()
+                .any(|a| matches!(a, Action::Connect(i) if i.id == PeerId(3))),
+            "{acts:?}"
+        );
+        assert_eq!(state(&m, 3), MemberState::Alive);
+        // What we gossip marks the departed.
+        let out = m.handle_survey(&survey(&b, 3), t0);
+        let d_state = out
+            .gossip
+            .iter()
+            .find(|g| g.info.id == PeerId(4))
+            .map(|g| g.state);
+        assert_eq!(d_state, Some(GOSSIP_LEFT));
     }
 
     #[test]
@@ -817,7 +916,7 @@ mod tests {
     }
 
     #[test]
-    fn gossip_rotates_over_live_members() {
+    fn gossip_rotates_over_all_members_marking_the_departed() {
         let cfg = MembershipConfig {
             gossip_entries: 16,
             ..Default::default()
@@ -834,13 +933,13 @@ mod tests {
             let r = m.handle_survey(&survey(&info(2, 1), 1), Instant::now());
             assert!(r.gossip.len() <= 16);
             for g in r.gossip {
+                assert_eq!(g.state == GOSSIP_LEFT, g.info.id.0 == 7, "{g:?}");
                 *seen.entry(g.info.id.0).or_default() += 1;
             }
         }
-        // 39 live members, 48 slots: everyone at least once, nobody left out,
-        // the member that left never.
-        assert_eq!(seen.len(), 39);
-        assert!(!seen.contains_key(&7));
+        // 40 members (one of them left, marked so), 48 slots: everyone at
+        // least once, nobody left out.
+        assert_eq!(seen.len(), 40);
         assert!(seen.values().all(|&n| (1..=2).contains(&n)));
     }
 }

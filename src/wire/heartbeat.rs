@@ -63,6 +63,13 @@ pub struct Ack {
     pub seq: u64,
 }
 
+/// Gossip [`state`](Gossip::state): the member is live.
+pub const GOSSIP_LIVE: u8 = 0;
+/// Gossip [`state`](Gossip::state): the gossiper declared the member Failed.
+pub const GOSSIP_FAILED: u8 = 1;
+/// Gossip [`state`](Gossip::state): the member left gracefully.
+pub const GOSSIP_LEFT: u8 = 2;
+
 /// One member as another peer has seen it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Gossip {
@@ -70,6 +77,13 @@ pub struct Gossip {
     pub info: Arc<PeerInfo>,
     /// Highest heartbeat counter of that member the gossiper has seen.
     pub heartbeat: u64,
+    /// [`GOSSIP_LIVE`], [`GOSSIP_FAILED`] or [`GOSSIP_LEFT`]: what the
+    /// gossiper holds the member to be. A receiver only records a Failed or
+    /// Left member it does not know (so a peer that just joined can show
+    /// recent departures); gossip never removes nor revives a member.
+    /// Optional on the wire (absent: live).
+    #[serde(default)]
+    pub state: u8,
 }
 
 fn check_acks(acks: &[Ack]) -> Result<(), DecodeError> {
@@ -120,6 +134,12 @@ impl Response {
         r.from.validate().map_err(DecodeError::Malformed)?;
         for g in &r.gossip {
             g.info.validate().map_err(DecodeError::Malformed)?;
+            if g.state > GOSSIP_LEFT {
+                return Err(DecodeError::Malformed(format!(
+                    "gossip state {} (0 live, 1 failed, 2 left)",
+                    g.state
+                )));
+            }
         }
         Ok(r)
     }
@@ -155,10 +175,12 @@ mod tests {
                 Gossip {
                     info: info(2),
                     heartbeat: 3,
+                    state: 0,
                 },
                 Gossip {
                     info: info(3),
                     heartbeat: 5,
+                    state: 0,
                 },
             ],
             acks: vec![Ack {
@@ -264,6 +286,7 @@ mod tests {
             .map(|i| Gossip {
                 info: info(i + 1),
                 heartbeat: 1,
+                state: 0,
             })
             .collect();
         assert!(matches!(
