@@ -294,8 +294,14 @@ fn members_shows_members_that_failed_or_left_recently() {
     let (a, url) = node("alpha", None);
     let (beta, _) = node("beta", Some(&url));
     let (mut gamma, _) = node("gamma", Some(&url));
-    a.line("beta joined", |l| l.contains("event Joined beta"));
-    a.line("gamma joined", |l| l.contains("event Joined gamma"));
+    // Either may join first: wait for the second of the two.
+    let mut joined = std::collections::HashSet::new();
+    while joined.len() < 2 {
+        let l = a.line("beta and gamma joined", |l| {
+            l.contains("event Joined beta") || l.contains("event Joined gamma")
+        });
+        joined.insert(l.contains("beta"));
+    }
     drop(beta); // SIGKILL
     let pid = gamma.child.id().to_string();
     assert!(Command::new("kill")
