@@ -26,6 +26,23 @@ async fn two(tune_b: impl FnOnce(chorus::PeerBuilder) -> chorus::PeerBuilder) ->
     (a, b)
 }
 
+/// A handler on `work.>` of `peer` that finishes one delivery per permit
+/// added to the returned semaphore (none at first: it is stuck).
+fn stuck_handler(peer: &Peer) -> (Arc<tokio::sync::Semaphore>, chorus::Handler) {
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let g = gate.clone();
+    let handler = peer
+        .subscribe_with("work.>", move |_: Delivery<u32>| {
+            let g = g.clone();
+            async move {
+                g.acquire().await.unwrap().forget();
+                Ok::<(), String>(())
+            }
+        })
+        .unwrap();
+    (gate, handler)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handlers_retry_then_dead_letter() {
     let (a, b) = two(|b| b).await;
@@ -122,17 +139,7 @@ async fn after_flush_every_member_has_every_event() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flush_that_times_out_names_the_member_that_did_not_acknowledge() {
     let (a, b) = two(|b| b.name("stuck-service")).await;
-    let gate = Arc::new(tokio::sync::Semaphore::new(0));
-    let g = gate.clone();
-    let _h = b
-        .subscribe_with("work.>", move |_: Delivery<u32>| {
-            let g = g.clone();
-            async move {
-                g.acquire().await.unwrap().forget();
-                Ok::<(), String>(())
-            }
-        })
-        .unwrap();
+    let (gate, _h) = stuck_handler(&b);
     a.publish("work.item", &1u32).await.unwrap();
     let e = a.flush(Duration::from_millis(500)).await.unwrap_err();
     let text = e.to_string();
@@ -286,17 +293,7 @@ async fn the_same_key_on_another_topic_is_another_event() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stuck_handler_fills_the_buffer_and_fail_fast_publish_says_so() {
     let (a, b) = two(|b| b).await;
-    let gate = Arc::new(tokio::sync::Semaphore::new(0));
-    let g = gate.clone();
-    let _h = b
-        .subscribe_with("work.>", move |_: Delivery<u32>| {
-            let g = g.clone();
-            async move {
-                g.acquire().await.unwrap().forget();
-                Ok::<(), String>(())
-            }
-        })
-        .unwrap();
+    let (gate, _h) = stuck_handler(&b);
     // Nothing is acknowledged while the handler is stuck: after 16 retained
     // messages (plus the publish queue) publish fails fast.
     let mut sent = 0u32;

@@ -1,24 +1,14 @@
 //! The examples run as part of the test suite (cargo builds them for `cargo test`).
 
-use std::path::PathBuf;
-use std::process::Command;
+mod common;
 
-/// Path of a built example, next to this test binary's directory.
-fn example(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap().join("examples");
-    let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} not built; run through `cargo test`",
-        path.display()
-    );
-    path
-}
+use common::built_example;
+
+use std::process::Command;
 
 #[test]
 fn quickstart_runs_and_delivers() {
-    let out = Command::new(example("quickstart")).output().unwrap();
+    let out = Command::new(built_example("quickstart")).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -34,7 +24,9 @@ fn quickstart_runs_and_delivers() {
 #[test]
 fn discovery_demo_kills_detects_and_rejoins() {
     // Five `heartbeat` processes; the demo exits non-zero if a step misses its bound.
-    let out = Command::new(example("discovery_demo")).output().unwrap();
+    let out = Command::new(built_example("discovery_demo"))
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "discovery demo failed:\n{stdout}");
     for expected in [
@@ -53,7 +45,7 @@ fn discovery_demo_kills_detects_and_rejoins() {
 
 #[test]
 fn choreography_observer_reports_exactly_the_injected_missing_work_order() {
-    let out = Command::new(example("choreography"))
+    let out = Command::new(built_example("choreography"))
         .args(["--bids", "30", "--drop", "7"])
         .output()
         .unwrap();

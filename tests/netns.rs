@@ -9,9 +9,11 @@
 //! ends, also on failure. Run alone: `cargo test --test netns -- --nocapture
 //! --test-threads=1`.
 
+mod common;
+
+use common::built_example;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc;
@@ -72,23 +74,6 @@ macro_rules! require_netns {
             return;
         }
     };
-}
-
-/// The fault_peer example, built next to the test binaries.
-fn peer_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let path = exe
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("examples/fault_peer");
-    assert!(
-        path.exists(),
-        "{} not built; run through `cargo test`",
-        path.display()
-    );
-    path
 }
 
 /// Five hosts h1..h5 (10.77.N.1..5/24) on a bridge in a sixth namespace.
@@ -228,7 +213,7 @@ impl<'n> Bus<'n> {
         let ns = self.net.ns(host);
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &ns])
-            .arg(peer_binary())
+            .arg(built_example("fault_peer"))
             .args(["--name", &format!("h{host}"), "--listen", &url])
             .args([
                 "--count",

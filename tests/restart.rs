@@ -13,25 +13,15 @@
 //! Three runs in the normal suite; `CHORUS_RESTART_RUNS=50` for the long
 //! loop (its figures go to stdout with `--nocapture`).
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-/// The `fault_peer` example, built by `cargo test` next to this test.
-fn fault_peer() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let path = exe
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("examples/fault_peer");
-    assert!(path.exists(), "{} not built", path.display());
-    path
-}
+use common::built_example;
 
 /// A free loopback port (bound, then released for the child to take).
 fn free_port() -> u16 {
@@ -50,7 +40,7 @@ struct Proc {
 
 impl Proc {
     fn start(args: &[&str]) -> Proc {
-        let mut child = Command::new(fault_peer())
+        let mut child = Command::new(built_example("fault_peer"))
             .args(args)
             .env("RUST_LOG", "chorus=error")
             .stdout(Stdio::piped())

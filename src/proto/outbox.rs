@@ -99,9 +99,8 @@ pub struct Outbox {
     /// at every change of the watermarks, so `is_full` and `push` are O(1).
     floor: u64,
     freeable: u64,
-    members: HashSet<PeerId>,
-    /// The incarnation each live member had when it became one.
-    incarnations: HashMap<PeerId, u64>,
+    /// The live members, with the incarnation each had when it became one.
+    members: HashMap<PeerId, u64>,
     acks: HashMap<PeerId, u64>,
     /// Watermarks of members that stopped being live without leaving,
     /// oldest first, for when they come back (bounded by `MAX_DEPARTED`).
@@ -133,8 +132,7 @@ impl Outbox {
             retained_bytes: 0,
             floor: u64::MAX,
             freeable: u64::MAX,
-            members: HashSet::new(),
-            incarnations: HashMap::new(),
+            members: HashMap::new(),
             acks: HashMap::new(),
             departed: VecDeque::new(),
             redeliver_through: HashMap::new(),
@@ -249,7 +247,7 @@ impl Outbox {
     /// the watermark of its earlier life (see the module documentation).
     pub fn set_members(&mut self, live: impl IntoIterator<Item = (PeerId, u64)>) {
         let live: HashMap<PeerId, u64> = live.into_iter().collect();
-        for (&gone, _) in self.incarnations.iter() {
+        for &gone in self.members.keys() {
             if !live.contains_key(&gone) {
                 if let Some(&ack) = self.acks.get(&gone) {
                     self.departed.retain(|(id, _)| *id != gone);
@@ -261,7 +259,7 @@ impl Outbox {
             }
         }
         for (&id, &incarnation) in &live {
-            let known = self.incarnations.get(&id).copied();
+            let known = self.members.get(&id).copied();
             let earlier = match known {
                 Some(k) if k >= incarnation => continue, // the same life
                 Some(_) => self.acks.get(&id).copied(),  // restarted
@@ -283,14 +281,14 @@ impl Outbox {
             self.joined_at.insert(id, from);
             self.cut_off.remove(&id);
         }
-        self.incarnations = live;
-        self.members = self.incarnations.keys().copied().collect();
-        self.cut_off.retain(|id| self.members.contains(id));
-        self.joined_at.retain(|id, _| self.members.contains(id));
-        self.acks.retain(|id, _| self.members.contains(id));
-        self.provisional.retain(|id, _| self.members.contains(id));
+        self.members = live;
+        self.cut_off.retain(|id| self.members.contains_key(id));
+        self.joined_at.retain(|id, _| self.members.contains_key(id));
+        self.acks.retain(|id, _| self.members.contains_key(id));
+        self.provisional
+            .retain(|id, _| self.members.contains_key(id));
         self.redeliver_through
-            .retain(|id, _| self.members.contains(id));
+            .retain(|id, _| self.members.contains_key(id));
         self.free();
     }
 
@@ -314,7 +312,7 @@ impl Outbox {
 
     /// `member` reports it has received everything of `incarnation` through `seq`.
     pub fn handle_ack(&mut self, member: PeerId, incarnation: u64, seq: u64) {
-        if incarnation != self.incarnation || !self.members.contains(&member) {
+        if incarnation != self.incarnation || !self.members.contains_key(&member) {
             self.refused.acks += 1;
             return;
         }
@@ -336,7 +334,7 @@ impl Outbox {
     /// Whether every live member acknowledged everything through `seq`.
     pub fn acked_by_all(&self, seq: u64) -> bool {
         self.members
-            .iter()
+            .keys()
             .all(|m| self.acks.get(m).is_some_and(|a| *a >= seq))
     }
 
@@ -345,7 +343,7 @@ impl Outbox {
     pub fn unacked(&self, seq: u64) -> Vec<(PeerId, Option<u64>)> {
         let mut out: Vec<_> = self
             .members
-            .iter()
+            .keys()
             .map(|m| (*m, self.acks.get(m).copied()))
             .filter(|(_, ack)| *ack < Some(seq))
             .collect();
@@ -357,7 +355,7 @@ impl Outbox {
     /// watermarks are known.
     fn free(&mut self) {
         self.floor = self.acks.values().copied().min().unwrap_or(u64::MAX);
-        self.freeable = if self.members.iter().all(|m| self.acks.contains_key(m)) {
+        self.freeable = if self.members.keys().all(|m| self.acks.contains_key(m)) {
             self.floor
         } else {
             0

@@ -236,3 +236,22 @@ impl Drop for FakeMember {
         self.publisher.close();
     }
 }
+
+/// Path of a built example (`cargo test` builds them next to the test
+/// binaries, in `target/<profile>/examples/`).
+pub fn built_example(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let path = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples")
+        .join(name);
+    assert!(
+        path.exists(),
+        "{} not built; run through `cargo test` (or `cargo build --examples` first)",
+        path.display()
+    );
+    path
+}
