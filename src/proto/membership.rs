@@ -101,9 +101,9 @@ struct Entry {
     /// Our round of the last state change.
     changed_round: u64,
     last_seen: Instant,
-    /// Its endpoints are dialed (false for a departed member known only
-    /// from gossip, and after it left).
-    dialed: bool,
+    /// Known only from gossip as Failed or Left, never heard of live here:
+    /// any live evidence of it makes it a new member (Joined).
+    hearsay: bool,
 }
 
 impl Entry {
@@ -292,7 +292,8 @@ impl Membership {
     /// Removes a tombstone; a Failed member was still being dialed.
     fn forget(&mut self, id: PeerId) {
         if let Some(e) = self.members.remove(&id) {
-            if e.dialed {
+            // A Failed member was still dialed; one known by hearsay never was.
+            if e.state == MemberState::Failed && !e.hearsay {
                 self.actions.push_back(Action::Disconnect(e.info));
             }
         }
@@ -324,7 +325,7 @@ impl Membership {
                 progress_round: round,
                 changed_round: round,
                 last_seen: now,
-                dialed: false,
+                hearsay: true,
             },
         );
     }
@@ -349,7 +350,6 @@ impl Membership {
         }
         e.state = MemberState::Left;
         e.changed_round = self.round;
-        e.dialed = false;
         let member = e.snapshot();
         self.actions
             .push_back(Action::Disconnect(member.info.clone()));
@@ -371,6 +371,13 @@ impl Membership {
             return;
         }
         let round = self.round;
+        if let Some(e) = self.members.get(&info.id).filter(|e| e.hearsay) {
+            if info.incarnation < e.info.incarnation {
+                self.refused.stale += 1;
+                return;
+            }
+            self.members.remove(&info.id); // heard of live: a new member
+        }
         let Some(e) = self.members.get_mut(&info.id) else {
             if !self.make_room() {
                 self.refused.over_capacity += 1;
@@ -383,7 +390,7 @@ impl Membership {
                 progress_round: round,
                 changed_round: round,
                 last_seen: now,
-                dialed: true,
+                hearsay: false,
             };
             self.actions.push_back(Action::Connect(info.clone()));
             self.actions.push_back(Action::Event(MemberEvent {
@@ -400,14 +407,13 @@ impl Membership {
         if info.incarnation > e.info.incarnation {
             // A restart. A Failed member is still dialed; a Left one is not.
             let old = std::mem::replace(&mut e.info, info.clone());
-            let dialed = e.dialed;
+            let dialed = e.state != MemberState::Left;
             let moved = old.endpoints != info.endpoints;
             e.state = MemberState::Alive;
             e.heartbeat = heartbeat;
             e.progress_round = round;
             e.changed_round = round;
             e.last_seen = now;
-            e.dialed = true;
             let member = e.snapshot();
             if dialed && moved {
                 self.actions.push_back(Action::Disconnect(old));
@@ -438,11 +444,6 @@ impl Membership {
         e.progress_round = round;
         e.last_seen = now;
         if let Some(kind) = kind {
-            if !e.dialed {
-                // Known only from gossip as Failed: dial it now.
-                e.dialed = true;
-                self.actions.push_back(Action::Connect(e.info.clone()));
-            }
             e.state = MemberState::Alive;
             e.changed_round = round;
             self.actions.push_back(Action::Event(MemberEvent {
