@@ -67,6 +67,7 @@ mod api;
 pub mod bench;
 mod driver;
 mod error;
+pub mod store;
 pub mod proto;
 mod transport;
 pub mod wire;

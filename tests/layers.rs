@@ -6,6 +6,8 @@
 //!   `Instant::now`, `SystemTime::now`, `std::net`, `spawn`, and nothing
 //!   from `crate::driver`, `crate::transport` or `crate::api`;
 //! - the wire format does not use the protocol cores either;
+//! - the store (`src/store/`, the data dir) does disk I/O only: none of
+//!   the above, and no protocol core;
 //! - no two files of the crate import each other, directly or through
 //!   others (no import cycle between files).
 //!
@@ -103,6 +105,26 @@ fn wire_format_does_no_io_and_knows_no_core() {
     let mut forbidden = NO_IO.to_vec();
     forbidden.push("crate::proto");
     let found = violations("wire", &forbidden);
+    assert!(found.is_empty(), "\n{}", found.join("\n"));
+}
+
+#[test]
+fn store_touches_only_its_files() {
+    // The store does disk I/O (synchronously, called by the drivers), and
+    // nothing else: no runtime, socket, clock, or upper layer.
+    let forbidden = [
+        "tokio",
+        "nng",
+        "Instant::now",
+        "SystemTime::now",
+        "std::net",
+        "spawn",
+        "crate::driver",
+        "crate::transport",
+        "crate::api",
+        "crate::proto",
+    ];
+    let found = violations("store", &forbidden);
     assert!(found.is_empty(), "\n{}", found.join("\n"));
 }
 
