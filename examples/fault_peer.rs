@@ -56,6 +56,9 @@ struct Args {
     /// Bus key (optional).
     #[arg(long)]
     key: Option<String>,
+    /// Data dir: the peer's stream is durable (continues across restarts).
+    #[arg(long)]
+    data_dir: Option<std::path::PathBuf>,
 }
 
 /// Writes one line to stdout at once (the checker reads as we go).
@@ -81,6 +84,9 @@ async fn main() -> chorus::Result<()> {
     if let Some(k) = &args.key {
         builder = builder.bus_key(k);
     }
+    if let Some(dir) = &args.data_dir {
+        builder = builder.data_dir(dir);
+    }
     let peer = builder.start().await?;
     line(format!("ready {} {}", peer.id(), peer.incarnation()));
 
@@ -90,10 +96,11 @@ async fn main() -> chorus::Result<()> {
     // (printed), so a kill -9 loses nothing the origin still counts as owed.
     let _handler = peer.subscribe_with("soak.>", |d: chorus::Delivery<u64>| async move {
         line(format!(
-            "got {} {} {}{}",
+            "got {} {} {} v={}{}",
             d.origin(),
             d.incarnation(),
             d.seq(),
+            d.value,
             if d.redelivered() { " redelivered" } else { "" }
         ));
         Ok::<(), std::convert::Infallible>(())

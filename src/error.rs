@@ -5,8 +5,11 @@
 //! [`Stats`](crate::Stats) and logged, because the caller cannot act on them.
 
 use std::fmt;
+use std::sync::Arc;
 
 use thiserror::Error;
+
+use crate::store::StoreError;
 
 /// Shorthand for `std::result::Result<T, chorus::Error>`.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -70,6 +73,13 @@ pub enum Error {
     /// acknowledged yet, and the peer was built with `Backpressure::FailFast`.
     #[error("publish buffer full: a live member has not acknowledged earlier messages yet; retry later or use Backpressure::Wait")]
     BufferFull,
+    /// The data dir cannot be used (in use by another process, not a
+    /// chorus data dir, damaged) or refused a write (e.g. the disk is full:
+    /// [`StoreError::is_disk_full`]). While the log cannot be written,
+    /// `publish` and `flush` fail with this error; nothing already in the
+    /// log is lost, and publishing resumes once a write succeeds again.
+    #[error("{0}")]
+    Store(Arc<StoreError>),
     /// The peer was shut down; create a new one.
     #[error("the peer has been shut down")]
     Shutdown,

@@ -67,13 +67,15 @@ mod api;
 pub mod bench;
 mod driver;
 mod error;
-pub mod store;
 pub mod proto;
+pub mod store;
 mod transport;
 pub mod wire;
 
 // The public API.
-pub use api::builder::{Backpressure, PeerBuilder, MAX_NNG_BUFFER};
+pub use api::builder::{
+    Backpressure, PeerBuilder, DEFAULT_RETENTION_AGE, DEFAULT_RETENTION_BYTES, MAX_NNG_BUFFER,
+};
 pub use api::delivery::{Delivery, Loss, Undecodable};
 pub use api::events::{Events, MembershipEvents};
 pub use api::observer::{KeyFn, Observer, ObserverBuilder, DEFAULT_MAX_PENDING};
@@ -83,6 +85,7 @@ pub use api::stats::Stats;
 pub use api::subscription::Subscription;
 pub use driver::handler::{DeadLetter, DeadLetterHook, Handler, HandlerOptions};
 pub use error::{Error, Result, TransportError};
+pub use store::{Fsync, StoreError};
 
 // The wire format.
 pub use wire::auth::MIN_BUS_KEY_LEN;

@@ -144,6 +144,7 @@ fn fake_info(n: u32) -> Arc<PeerInfo> {
         },
         heartbeat_interval_ms: 0,
         tool: false,
+        stream: 0,
     })
 }
 
@@ -227,6 +228,7 @@ async fn a_nak_storm_does_bounded_work_and_traffic_flows() {
         incarnation: v.incarnation(),
         ranges: vec![(1, u64::MAX); 64],
         member: PeerId(5),
+        resume_from: 0,
     }
     .encode();
     let attackers: Vec<_> = (0..4)
@@ -316,6 +318,7 @@ async fn a_peer_that_stops_reading_its_repair_answers_is_disconnected() {
         incarnation: v.incarnation(),
         ranges: vec![(1, u64::MAX)],
         member: PeerId(5),
+        resume_from: 0,
     }
     .encode();
     let stop = Arc::new(AtomicBool::new(false));

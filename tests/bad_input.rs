@@ -184,6 +184,7 @@ async fn garbage_absurd_and_foreign_naks_cost_little_and_change_nothing() {
             incarnation: a.incarnation(),
             ranges: vec![(1, u64::MAX)],
             member: chorus::PeerId(999),
+            resume_from: 0,
         }
         .encode())
         .unwrap();
@@ -195,6 +196,7 @@ async fn garbage_absurd_and_foreign_naks_cost_little_and_change_nothing() {
             incarnation: 1,
             ranges: vec![(1, 5)],
             member: chorus::PeerId(999),
+            resume_from: 0,
         }
         .encode())
         .unwrap();

@@ -201,7 +201,7 @@ async fn a_slow_subscriber_gets_everything_once_and_the_publisher_stays_bounded(
         .subscribe_with("slow.>", move |d: Delivery<u64>| {
             let c = c.clone();
             async move {
-                if d.seq() % 100 == 0 {
+                if d.seq().is_multiple_of(100) {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
                 *c.lock().entry((d.origin(), d.seq())).or_default() += 1;

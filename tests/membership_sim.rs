@@ -51,6 +51,7 @@ fn info(i: usize) -> Arc<PeerInfo> {
         },
         heartbeat_interval_ms: 0,
         tool: false,
+        stream: 0,
     })
 }
 

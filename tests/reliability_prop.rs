@@ -63,6 +63,7 @@ fn run(
             max_bytes: usize::MAX,
             max_reply_bytes: 4096,
             max_nak_seqs: 64,
+            backed: false,
         },
     );
     outbox.set_members([(RECEIVER, 1)]);
@@ -105,7 +106,7 @@ fn run(
             inbox.handle_envelope(Arc::new(env), now);
         }
         // Heartbeats: the origin advertises its last seq, the receiver its ack.
-        if step % 25 == 0 {
+        if step.is_multiple_of(25) {
             inbox.handle_heartbeat(ORIGIN, INC, outbox.last_seq(), now);
             if !chance(&mut rng, faults.drop) {
                 for (o, inc, seq) in inbox.acks() {

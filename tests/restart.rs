@@ -115,7 +115,7 @@ fn parse(lines: &[String], origin: &str) -> Life {
         match f.as_slice() {
             ["got", o, _, seq, rest @ ..] if *o == origin => {
                 let seq: u64 = seq.parse().unwrap();
-                let marked = rest.first() == Some(&"redelivered");
+                let marked = rest.contains(&"redelivered");
                 assert!(
                     life.got.insert(seq, marked).is_none(),
                     "seq {seq} processed twice by one life"
@@ -269,4 +269,147 @@ fn a_service_killed_and_restarted_at_the_same_address_misses_nothing_silently() 
         totals.first_life += t.first_life;
     }
     println!("{runs} runs: 0 silent gaps, 0 false losses, 0 unmarked duplicates; {} marked redeliveries, {} reported lost in all", totals.marked_redeliveries, totals.lost);
+}
+
+/// Every "got" of `origin`: seq → value, and the seqs marked redelivered.
+fn values(lines: &[String], origin: &str) -> (BTreeMap<u64, u64>, usize) {
+    let (mut got, mut marked) = (BTreeMap::new(), 0);
+    for l in lines {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        if let ["got", o, _, seq, v, rest @ ..] = f.as_slice() {
+            if *o == origin {
+                let v = v.strip_prefix("v=").unwrap().parse().unwrap();
+                assert!(
+                    got.insert(seq.parse::<u64>().unwrap(), v).is_none(),
+                    "seq {seq} processed twice"
+                );
+                marked += usize::from(rest.contains(&"redelivered"));
+            }
+        }
+    }
+    (got, marked)
+}
+
+/// One run of the durable publisher's restart: `work` (with a data dir)
+/// is killed with SIGKILL once `invoicing` processed `kill_after` of its
+/// events, and started again with the same data dir on a new port. Returns
+/// the length of the stream `invoicing` processed.
+fn run_durable_publisher(kill_after: u64) -> u64 {
+    const SECOND_LIFE: u64 = 100;
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("work");
+    let data_dir = data_dir.to_str().unwrap();
+    let inv_url = format!("tcp://127.0.0.1:{}", free_port());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let common = ["--interval-ms", "100", "--miss-limit", "5"];
+    let mut inv_args = vec!["--name", "invoicing", "--listen", &inv_url];
+    inv_args.extend(common);
+    let inv = Proc::start(&inv_args);
+    let mut inv_lines = Vec::new();
+    inv.read_until(deadline, &mut inv_lines, |l| l.starts_with("ready "))
+        .expect("invoicing ready");
+
+    let work_url = format!("tcp://127.0.0.1:{}", free_port());
+    let mut work_args = vec!["--name", "work", "--listen", &work_url, "--seed", &inv_url];
+    work_args.extend(["--count", "100000", "--rate", "400", "--members", "1"]);
+    work_args.extend(["--data-dir", data_dir]);
+    work_args.extend(common);
+    let first = Proc::start(&work_args);
+    let mut work_lines = Vec::new();
+    let ready = first
+        .read_until(deadline, &mut work_lines, |l| l.starts_with("ready "))
+        .expect("work ready");
+    let work_id = ready.split_whitespace().nth(1).unwrap().to_owned();
+    let reached = format!("got {work_id} ");
+    inv.read_until(deadline, &mut inv_lines, |l| {
+        l.starts_with(&reached)
+            && l.split_whitespace().nth(3).and_then(|s| s.parse().ok()) >= Some(kill_after)
+    })
+    .expect("invoicing got the first life's share");
+    first.signal("-KILL");
+    drop(first);
+
+    let second_url = format!("tcp://127.0.0.1:{}", free_port());
+    let count = SECOND_LIFE.to_string();
+    let mut args = vec![
+        "--name",
+        "work",
+        "--listen",
+        &second_url,
+        "--seed",
+        &inv_url,
+    ];
+    args.extend(["--count", &count, "--rate", "400", "--members", "1"]);
+    args.extend(["--data-dir", data_dir]);
+    args.extend(common);
+    let second = Proc::start(&args);
+    let ready = second
+        .read_until(deadline, &mut work_lines, |l| l.starts_with("ready "))
+        .expect("work ready again");
+    assert_eq!(
+        ready.split_whitespace().nth(1),
+        Some(work_id.as_str()),
+        "same id"
+    );
+    second
+        .read_until(deadline, &mut work_lines, |l| l.starts_with("published"))
+        .expect("the second life published");
+    // Until invoicing processed the second life's last event and all before.
+    let last = SECOND_LIFE - 1;
+    let done = |lines: &[String]| {
+        let (got, _) = values(lines, &work_id);
+        got.iter()
+            .find(|(_, v)| **v == last)
+            .is_some_and(|(end, _)| got.len() as u64 == *end)
+    };
+    while !done(&inv_lines) && Instant::now() < deadline {
+        inv.read_until(
+            (Instant::now() + Duration::from_millis(200)).min(deadline),
+            &mut inv_lines,
+            |_| false,
+        );
+    }
+    second.signal("-TERM");
+    inv.signal("-TERM");
+    let (got, marked) = values(&inv_lines, &work_id);
+    let lost: Vec<&String> = inv_lines
+        .iter()
+        .filter(|l| l.starts_with("lost "))
+        .collect();
+    assert!(lost.is_empty(), "losses reported: {lost:?}");
+    let end = got.len() as u64;
+    assert!(
+        done(&inv_lines),
+        "invoicing has {end} events, not the whole stream; last: {:?}",
+        got.iter().next_back()
+    );
+    assert_eq!(
+        got.keys().copied().collect::<Vec<_>>(),
+        (1..=end).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        marked, 0,
+        "invoicing was up all along: nothing is a redelivery"
+    );
+    // The second life's events follow the first life's on the same stream.
+    let tail: Vec<u64> = got
+        .values()
+        .rev()
+        .take(SECOND_LIFE as usize)
+        .copied()
+        .collect();
+    assert_eq!(tail, (0..SECOND_LIFE).rev().collect::<Vec<_>>());
+    end
+}
+
+#[test]
+fn a_durable_publisher_killed_and_restarted_continues_its_stream() {
+    let runs: u64 = std::env::var("CHORUS_RESTART_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2);
+    for i in 0..runs {
+        let end = run_durable_publisher(30 + (i * 53) % 300);
+        println!("durable run {i}: a stream of {end} events, each processed once, none lost");
+    }
 }

@@ -58,6 +58,7 @@ fn info(w: &Who) -> Arc<PeerInfo> {
         },
         heartbeat_interval_ms: 0,
         tool: false,
+        stream: 0,
     })
 }
 

@@ -162,6 +162,7 @@ fuzz_target!(|ops: Vec<Op>| {
                         .map(|(a, b)| (u64::from(*a), u64::from(*b)))
                         .collect(),
                     member: PeerId(u64::from(member % 8)),
+                    resume_from: 0,
                 };
                 let answer = outbox.handle_nak(&nak);
                 assert!(answer.frames.len() <= CAPACITY);

@@ -10,10 +10,17 @@ use crate::driver::spawn::{BusSecret, Config};
 use crate::error::{Error, Result};
 use crate::proto::faults::LinkFaults;
 use crate::proto::membership::MembershipConfig;
+use crate::store::log::Retention;
+use crate::store::Fsync;
 use crate::wire::auth::MIN_BUS_KEY_LEN;
 use crate::wire::id::PeerId;
 use crate::wire::member::{MAX_HEARTBEAT_INTERVAL_MS, MAX_NAME_LEN};
 use crate::wire::url::validate_url;
+
+/// Default bound of a durable peer's log, in bytes.
+pub const DEFAULT_RETENTION_BYTES: u64 = 1 << 30;
+/// Default bound of a durable peer's log, in age.
+pub const DEFAULT_RETENTION_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// Largest queue NNG accepts for `send_buffer` / `recv_buffer`.
 pub const MAX_NNG_BUFFER: usize = 8192;
@@ -45,6 +52,9 @@ pub const MAX_NNG_BUFFER: usize = 8192;
 /// | `shutdown_linger` | 2 s | how long `shutdown` waits for members to acknowledge what was published |
 /// | `stall_limit` | 30 s | how long a full retransmit buffer waits for members that do not ack before cutting them off |
 /// | `bus_key` / `bus_keys` | none | shared secret(s): every message authenticated (see [`bus_key`](Self::bus_key)) |
+/// | `data_dir` | none | makes the peer durable: identity and the log of its stream live there |
+/// | `fsync` | `EveryBatch` | with a data dir: fsync every batch (`OsBuffered`: hand it to the OS) |
+/// | `retention` | 1 GiB, 7 days | with a data dir: how much of its stream the log keeps |
 /// | `link_faults` | none | injected drop/duplicate/reorder/delay on receive (tests, demos) |
 ///
 /// **Failure-detection bound.** A member that dies is reported Failed by
@@ -125,6 +135,12 @@ impl Default for PeerBuilder {
             dedup_keys: 65536,
             dedup_window: Duration::from_secs(120),
             batch_bytes: 64 * 1024,
+            data_dir: None,
+            fsync: Fsync::default(),
+            retention: Retention {
+                max_bytes: DEFAULT_RETENTION_BYTES,
+                max_age_us: DEFAULT_RETENTION_AGE.as_micros() as u64,
+            },
         };
         PeerBuilder {
             driver,
@@ -346,6 +362,42 @@ impl PeerBuilder {
 
     /// The checked settings: what the drivers start with, and what the
     /// public handle keeps.
+    /// Makes the peer durable: its identity (id) and the log of its own
+    /// stream live in `path`, so a peer restarted with the same data dir
+    /// continues the same stream — its sequence numbers go on where they
+    /// stopped, members that missed events while it was down get them from
+    /// the log, and repair reads from the log what the retransmit buffer no
+    /// longer holds. Every event is in the log before it is sent (as durable
+    /// as [`fsync`](Self::fsync) says); [`Peer::flush`](crate::Peer::flush)
+    /// returns once everything published before it is. One process at a
+    /// time: a data dir in use is refused with [`Error::Store`]; so is a
+    /// directory that holds anything else. See README "Durability".
+    pub fn data_dir(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.driver.data_dir = Some(path.into());
+        self
+    }
+
+    /// When the log reaches the disk (with [`data_dir`](Self::data_dir)):
+    /// [`Fsync::EveryBatch`] (default; survives power loss) or
+    /// [`Fsync::OsBuffered`] (survives a process crash).
+    pub fn fsync(mut self, policy: Fsync) -> Self {
+        self.driver.fsync = policy;
+        self
+    }
+
+    /// How much of its stream a durable peer keeps (default 1 GiB and 7
+    /// days): beyond either bound the oldest events are trimmed, in whole
+    /// segments of up to 65,536 events, whether or not every consumer had
+    /// them (a member that asks for a trimmed event reports it as a
+    /// [`Loss`](crate::Loss)).
+    pub fn retention(mut self, max_bytes: u64, max_age: Duration) -> Self {
+        self.driver.retention = Retention {
+            max_bytes,
+            max_age_us: u64::try_from(max_age.as_micros()).unwrap_or(u64::MAX),
+        };
+        self
+    }
+
     pub(crate) fn checked(self) -> Result<(Config, Limits)> {
         self.check()?;
         let limits = Limits {

@@ -305,11 +305,12 @@ impl Peer {
             return Err(Error::TooLarge { size, max });
         }
         let parts = &self.shared.drivers;
+        parts.store.check()?;
         // Encoded here, in the caller's task; the publisher only numbers it.
         let out = Draft::new(
             Fields {
                 origin: parts.info.id,
-                incarnation: parts.info.incarnation,
+                incarnation: parts.info.stream_epoch(),
                 seq: 0,
                 id: options.id.as_deref(),
                 topic,
@@ -375,6 +376,7 @@ impl Peer {
                 .await
                 .map_err(|_| Error::Shutdown)?;
             let through = sent.await.map_err(|_| Error::Shutdown)?;
+            parts.store.check()?; // what was sent is in the log
             acked.await.map_err(|_| Error::Shutdown)?;
             Ok::<u64, Error>(through)
         };

@@ -88,6 +88,13 @@ stats! {
     members_cut_off,
     /// Envelopes sent again in answer to NAKs.
     retransmits,
+    /// Of those, envelopes read back from the log (a durable peer's
+    /// retransmit buffer no longer held them).
+    log_reads,
+    /// Gauge: events in this peer's log (a durable peer).
+    log_events,
+    /// Batches appended to the log that the disk refused (see `Error::Store`).
+    log_append_failures,
     /// NAKs received on the repair endpoint.
     naks_received,
     /// NAKs and direct acks that did not decode.

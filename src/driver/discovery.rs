@@ -233,7 +233,7 @@ impl Discovery {
         if !member.is_some_and(|m| m.state.is_live() && m.info.incarnation == from.incarnation) {
             return;
         }
-        self.last_seqs.post(from.id, from.incarnation, last_seq);
+        self.last_seqs.post(from.id, from.stream_epoch(), last_seq);
         let me = self.core.me();
         let ack = match acks.iter().find(|a| a.origin == me.id) {
             Some(a) => PublisherCmd::Ack(from.id, a.incarnation, a.seq),
@@ -291,7 +291,7 @@ impl Discovery {
                         tracing::info!(event = ?e.kind, id = %m.id(), name = m.name(), incarnation = m.info.incarnation, "membership");
                     }
                     if e.kind == MemberEventKind::Left {
-                        let _ = self.receiver.send(ReceiverCmd::Left(m.id()));
+                        let _ = self.receiver.send(ReceiverCmd::Left(m.info.clone()));
                         left.push(m.id());
                     }
                     events.push(e);

@@ -13,6 +13,7 @@ pub(crate) mod clock;
 pub(crate) mod discovery;
 pub(crate) mod handler;
 pub(crate) mod inflight;
+pub(crate) mod journal;
 pub(crate) mod nak_sender;
 pub(crate) mod publisher;
 pub(crate) mod receiver;

@@ -26,6 +26,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::api::stats::Counters;
 use crate::driver::clock::{self, now_us};
+use crate::driver::journal::Journal;
 use crate::driver::repair_server::RepairJob;
 use crate::proto::linger::{Linger, LINGER};
 use crate::proto::outbox::Outbox;
@@ -94,7 +95,13 @@ pub(crate) struct Publisher {
     pub linger: Linger,
     /// Flushes waiting for acks: through which sequence number, and whom to tell.
     pub flushes: Vec<(u64, oneshot::Sender<()>)>,
+    /// The log of a durable peer (a data dir), written before each send.
+    pub journal: Option<Journal>,
 }
+
+/// How often a durable peer records watermarks, trims its log and retries
+/// a failed append.
+const UPKEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// Most envelopes in one batch.
 const MAX_BATCH_COUNT: u32 = 4096;
@@ -109,11 +116,18 @@ impl Publisher {
     ) {
         let mut ack = None;
         let mut linger_until = None;
+        let mut upkeep = tokio::time::interval(UPKEEP_EVERY);
+        upkeep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 biased;
                 c = ctl.recv() => match c {
-                    Some(PublisherCmd::Members(live)) => self.outbox.set_members(live),
+                    Some(PublisherCmd::Members(live)) => {
+                        self.outbox.set_members(live);
+                        if let Some(journal) = &mut self.journal {
+                            journal.record_watermarks(&self.outbox);
+                        }
+                    }
                     Some(PublisherCmd::Left(member)) => self.outbox.handle_left(member),
                     Some(PublisherCmd::Ack(member, incarnation, seq)) => {
                         self.outbox.handle_ack(member, incarnation, seq);
@@ -136,6 +150,11 @@ impl Publisher {
                 Some(job) = repairs.recv() => {
                     let repair = self.answer(job.request);
                     let _ = job.reply.send(repair);
+                }
+                _ = upkeep.tick(), if self.journal.is_some() => {
+                    if let Some(journal) = &mut self.journal {
+                        journal.upkeep(&self.outbox, now_us());
+                    }
                 }
                 _ = tokio::time::sleep_until(linger_until.unwrap_or_else(tokio::time::Instant::now)), if linger_until.is_some() => {
                     linger_until = None;
@@ -186,6 +205,9 @@ impl Publisher {
         }
         self.send_batch();
         self.socket.close();
+        if let Some(journal) = &mut self.journal {
+            journal.upkeep(&self.outbox, now_us());
+        }
         if let Some(done) = ack {
             let _ = done.send(());
         }
@@ -241,6 +263,9 @@ impl Publisher {
             }
         }
         self.batch.push(&frame);
+        if let Some(journal) = &mut self.journal {
+            journal.stage(frame.clone());
+        }
         if retain {
             self.outbox.push(frame);
         } else {
@@ -260,11 +285,17 @@ impl Publisher {
         self.batch_at_bound() || self.outbox.is_full()
     }
 
-    /// Sends what is staged as one NNG message.
+    /// Sends what is staged as one NNG message, after appending it to the
+    /// log of a durable peer. (If the append fails, the batch is sent all
+    /// the same: its events were accepted and numbered, and the retransmit
+    /// buffer holds them; `publish` fails until the log can be written.)
     fn send_batch(&mut self) {
         let n = self.batch.len();
         if n > 0 {
             self.linger.sent(n, clock::now());
+        }
+        if let Some(journal) = &mut self.journal {
+            journal.commit(now_us());
         }
         let (socket, gate) = (&self.socket, &self.gate);
         let sent = self
@@ -312,10 +343,16 @@ impl Publisher {
                     incarnation: a.incarnation,
                     ranges: Vec::new(),
                     member: a.member,
+                    resume_from: 0,
                 }
             }
         };
-        let repair = self.outbox.handle_nak(&nak);
+        let mut repair = self.outbox.handle_nak(&nak);
+        if let Some(journal) = &self.journal {
+            let cfg = self.outbox.config();
+            let read = journal.fill(&mut repair, cfg.max_reply_bytes, cfg.max_nak_seqs as usize);
+            Counters::add(&self.counters.log_reads, read as u64);
+        }
         Counters::add(&self.counters.retransmits, repair.frames.len() as u64);
         self.update_gauges(); // counted before the answer can be seen
         repair
@@ -330,5 +367,9 @@ impl Publisher {
         Counters::set(&c.naks_refused, refused.naks + refused.unpublished);
         self.outbox_full
             .store(self.outbox.is_full(), Ordering::Relaxed);
+        if let Some(journal) = &self.journal {
+            Counters::set(&c.log_events, journal.len());
+            Counters::set(&c.log_append_failures, journal.failures);
+        }
     }
 }

@@ -46,10 +46,12 @@ const DIRECT_ACK_EVERY: u64 = 256;
 pub(crate) enum ReceiverCmd {
     /// A member to receive from: dial its publisher, reach its repair endpoint.
     Connect(Arc<PeerInfo>),
-    /// Stop receiving from this member; what is missing from it is lost.
+    /// Stop receiving from this member; what is missing from it is lost
+    /// (unless its stream is durable: then it is asked for when it is back).
     Disconnect(Arc<PeerInfo>),
-    /// The member left: what is missing from it is lost, what is held is delivered.
-    Left(PeerId),
+    /// The member left: what is missing from it is lost, what is held is
+    /// delivered (unless its stream is durable, as above).
+    Left(Arc<PeerInfo>),
     /// Stop, close the socket and end every subscription.
     Shutdown(oneshot::Sender<()>),
 }
@@ -155,13 +157,11 @@ impl Receiver {
                                 }
                                 self.nak_senders.remove(&info.id);
                                 self.direct_acked.retain(|(o, _), _| *o != info.id);
-                                self.inbox.forget(info.id);
-                                self.drain().await
+                                self.forget(&info).await
                             }
-                            Some(ReceiverCmd::Left(id)) => {
-                                self.direct_acked.retain(|(o, _), _| *o != id);
-                                self.inbox.forget(id);
-                                self.drain().await
+                            Some(ReceiverCmd::Left(info)) => {
+                                self.direct_acked.retain(|(o, _), _| *o != info.id);
+                                self.forget(&info).await
                             }
                             Some(ReceiverCmd::Shutdown(done)) => {
                                 ack = Some(done);
@@ -228,6 +228,19 @@ impl Receiver {
     }
 
     /// Dials the member's publisher and (re)starts its repair client.
+    /// A member is gone. A durable member's stream stays tracked as it is:
+    /// what is missing of it is in its log, asked for when it is back (a
+    /// restarted durable peer continues the same stream). Any other
+    /// member's stream ends: what is missing is lost, what is held is
+    /// delivered. False if shutdown interrupted a wait.
+    async fn forget(&mut self, info: &PeerInfo) -> bool {
+        if info.is_durable() {
+            return true;
+        }
+        self.inbox.forget(info.id);
+        self.drain().await
+    }
+
     fn connect(&mut self, info: &PeerInfo, results: &mpsc::UnboundedSender<Repaired>) {
         let url = &info.endpoints.publish;
         if !self.dialers.contains_key(url) {

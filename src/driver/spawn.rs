@@ -19,6 +19,7 @@ use crate::api::stats::Counters;
 use crate::api::subscription::Registry;
 use crate::driver::clock::now_us;
 use crate::driver::discovery::{Discovery, DiscoveryCmd, View};
+use crate::driver::journal::{Journal, StoreHealth};
 use crate::driver::publisher::{Publisher, PublisherCmd, Queued};
 use crate::driver::receiver::{AckView, LastSeqBoard, Receiver, ReceiverCmd};
 use crate::driver::repair_server::RepairServer;
@@ -28,6 +29,10 @@ use crate::proto::faults::{FaultInjector, LinkFaults};
 use crate::proto::inbox::{Inbox, InboxConfig};
 use crate::proto::membership::{Membership, MembershipConfig};
 use crate::proto::outbox::{Outbox, OutboxConfig};
+use crate::store::data_dir::Identity;
+use crate::store::log::{Retention, StreamLog};
+use crate::store::watermarks::{Watermark, Watermarks};
+use crate::store::{DataDir, Fsync, StoreError};
 use crate::transport::bad_input::BadInputLog;
 use crate::transport::gate::Gate;
 use crate::transport::socket::{self, SocketConfig};
@@ -63,6 +68,9 @@ pub(crate) struct Config {
     pub dedup_keys: usize,
     pub dedup_window: Duration,
     pub batch_bytes: usize,
+    pub data_dir: Option<std::path::PathBuf>,
+    pub fsync: Fsync,
+    pub retention: Retention,
 }
 
 /// A bus secret; never printed.
@@ -95,6 +103,8 @@ pub(crate) struct Drivers {
     pub discovery: mpsc::Sender<DiscoveryCmd>,
     /// Set when the peer shuts down.
     pub stopping: watch::Sender<bool>,
+    /// Whether the log of a durable peer can be written.
+    pub store: Arc<StoreHealth>,
     pub tasks: Vec<JoinHandle<()>>,
 }
 
@@ -127,12 +137,20 @@ pub(crate) fn spawn(config: Config) -> Result<Drivers> {
     let repair_url = socket::listen(&rep_socket, &derive_url(&survey_url, "repair"))?;
     let respondent = socket::respondent_socket(&sockets)?;
 
-    let id = config
-        .id
-        .unwrap_or_else(|| stable_id(&config.name, &survey_url));
+    let incarnation = now_us();
+    let store = match &config.data_dir {
+        Some(path) => Some(open_store(&config, path, incarnation)?),
+        None => None,
+    };
+    let id = match &store {
+        Some(s) => PeerId(s.dir.identity().id),
+        None => config
+            .id
+            .unwrap_or_else(|| stable_id(&config.name, &survey_url)),
+    };
     let info = Arc::new(PeerInfo {
         id,
-        incarnation: now_us(),
+        incarnation,
         name: config.name.clone(),
         endpoints: Endpoints {
             survey: survey_url,
@@ -142,6 +160,7 @@ pub(crate) fn spawn(config: Config) -> Result<Drivers> {
         heartbeat_interval_ms: u32::try_from(config.heartbeat_interval.as_millis())
             .unwrap_or(u32::MAX),
         tool: config.tool,
+        stream: store.as_ref().map_or(0, |s| s.dir.identity().stream),
     });
     info.validate().map_err(Error::Config)?;
     let registry = Arc::new(Registry::default());
@@ -157,11 +176,31 @@ pub(crate) fn spawn(config: Config) -> Result<Drivers> {
         capacity: config.retransmit_buffer,
         max_bytes: config.retransmit_bytes,
         max_reply_bytes: config.max_message_size / 2,
+        backed: store.is_some(),
         ..OutboxConfig::default()
     };
+    let mut outbox = Outbox::new(id, info.stream_epoch(), outbox);
+    let store_health = Arc::new(StoreHealth::default());
+    let journal = store.map(|s| {
+        outbox.resume(
+            s.log.last_seq(),
+            s.earlier
+                .iter()
+                .map(|w| (PeerId(w.member), w.incarnation, w.seq)),
+        );
+        last_seq.store(s.log.last_seq(), std::sync::atomic::Ordering::Relaxed);
+        Journal::new(
+            s.dir,
+            s.log,
+            s.watermarks,
+            &s.earlier,
+            config.retention,
+            store_health.clone(),
+        )
+    });
     let publisher = Publisher {
         socket: pub_socket,
-        outbox: Outbox::new(id, info.incarnation, outbox),
+        outbox,
         origin: id,
         counters: counters.clone(),
         last_seq: last_seq.clone(),
@@ -172,6 +211,7 @@ pub(crate) fn spawn(config: Config) -> Result<Drivers> {
         stall_limit: config.stall_limit,
         linger: Default::default(),
         flushes: Vec::new(),
+        journal,
     };
     let repair_server = RepairServer {
         socket: rep_socket,
@@ -259,7 +299,48 @@ pub(crate) fn spawn(config: Config) -> Result<Drivers> {
         receiver: receiver_tx,
         discovery: discovery_tx,
         stopping,
+        store: store_health,
         tasks,
+    })
+}
+
+/// What a durable peer's data dir holds when it starts.
+struct OpenStore {
+    dir: DataDir,
+    log: StreamLog,
+    watermarks: Watermarks,
+    earlier: Vec<Watermark>,
+}
+
+/// Opens the data dir: a new one takes the configured id (or a random
+/// one) and a new stream epoch; an existing one keeps its own, and must
+/// not contradict a configured id.
+fn open_store(config: &Config, path: &std::path::Path, incarnation: u64) -> Result<OpenStore> {
+    let store_error = |e: StoreError| Error::Store(Arc::new(e));
+    let wanted = config.id;
+    let dir = DataDir::open(path, config.fsync, || Identity {
+        id: wanted.map_or_else(|| rand::random::<u64>().max(1), |id| id.0),
+        stream: incarnation,
+    })
+    .map_err(store_error)?;
+    if let Some(id) = wanted {
+        if id.0 != dir.identity().id {
+            return Err(Error::Config(format!(
+                "the data dir {} belongs to peer {}, not {id}: give each peer its own data dir, or drop PeerBuilder::id",
+                path.display(),
+                PeerId(dir.identity().id)
+            )));
+        }
+    }
+    let log = StreamLog::open(&dir).map_err(store_error)?;
+    let (watermarks, earlier) = Watermarks::open(&dir).map_err(store_error)?;
+    tracing::info!(dir = %path.display(), id = %PeerId(dir.identity().id), stream = dir.identity().stream,
+        first = log.first_seq(), last = log.last_seq(), "data dir opened");
+    Ok(OpenStore {
+        dir,
+        log,
+        watermarks,
+        earlier,
     })
 }
 

@@ -546,6 +546,7 @@ impl Inbox {
             incarnation: st.incarnation,
             ranges,
             member: cfg.me,
+            resume_from: 0,
         }));
     }
 }

@@ -526,6 +526,7 @@ mod tests {
             },
             heartbeat_interval_ms: 0,
             tool: false,
+            stream: 0,
         })
     }
 

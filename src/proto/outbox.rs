@@ -59,6 +59,10 @@ pub struct OutboxConfig {
     pub max_reply_bytes: usize,
     /// Most sequence numbers looked at for one NAK.
     pub max_nak_seqs: u64,
+    /// A log holds every envelope behind this buffer (a data dir): the
+    /// buffer is then a cache, never full; what it evicted is answered
+    /// `gone` here and read from the log by the driver.
+    pub backed: bool,
 }
 
 impl Default for OutboxConfig {
@@ -68,6 +72,7 @@ impl Default for OutboxConfig {
             max_bytes: 16 << 20,
             max_reply_bytes: 512 * 1024,
             max_nak_seqs: 4096,
+            backed: false,
         }
     }
 }
@@ -102,9 +107,10 @@ pub struct Outbox {
     /// The live members, with the incarnation each had when it became one.
     members: HashMap<PeerId, u64>,
     acks: HashMap<PeerId, u64>,
-    /// Watermarks of members that stopped being live without leaving,
-    /// oldest first, for when they come back (bounded by `MAX_DEPARTED`).
-    departed: VecDeque<(PeerId, u64)>,
+    /// Watermarks of members that stopped being live without leaving
+    /// (id, incarnation, watermark), oldest first, for when they come back
+    /// (bounded by `MAX_DEPARTED`).
+    departed: VecDeque<(PeerId, u64, u64)>,
     /// Per member that came back: the last sequence number published when
     /// it did; what it is sent up to there may have reached its earlier life.
     redeliver_through: HashMap<PeerId, u64>,
@@ -173,6 +179,11 @@ impl Outbox {
         laggards
     }
 
+    /// Its sizing.
+    pub fn config(&self) -> OutboxConfig {
+        self.cfg
+    }
+
     /// Last sequence number pushed (0 before the first).
     pub fn last_seq(&self) -> u64 {
         self.last_seq
@@ -201,7 +212,8 @@ impl Outbox {
     /// True when a new envelope cannot be retained without dropping one a
     /// live member has not acknowledged.
     pub fn is_full(&self) -> bool {
-        self.at_bound()
+        !self.cfg.backed
+            && self.at_bound()
             && self
                 .retained
                 .front()
@@ -247,31 +259,35 @@ impl Outbox {
     /// the watermark of its earlier life (see the module documentation).
     pub fn set_members(&mut self, live: impl IntoIterator<Item = (PeerId, u64)>) {
         let live: HashMap<PeerId, u64> = live.into_iter().collect();
-        for &gone in self.members.keys() {
-            if !live.contains_key(&gone) {
-                if let Some(&ack) = self.acks.get(&gone) {
-                    self.departed.retain(|(id, _)| *id != gone);
-                    if self.departed.len() >= MAX_DEPARTED {
-                        self.departed.pop_front();
-                    }
-                    self.departed.push_back((gone, ack));
-                }
-            }
+        let departing: Vec<(PeerId, u64, u64)> = self
+            .members
+            .iter()
+            .filter(|(id, _)| !live.contains_key(id))
+            .filter_map(|(id, inc)| self.acks.get(id).map(|ack| (*id, *inc, *ack)))
+            .collect();
+        for (gone, incarnation, ack) in departing {
+            self.remember_departed(gone, incarnation, ack);
         }
         for (&id, &incarnation) in &live {
             let known = self.members.get(&id).copied();
-            let earlier = match known {
+            // What its earlier life acknowledged, and whether this is that
+            // same life back (it kept what it received, so nothing it is
+            // sent again can reach its handlers twice).
+            let (earlier, same_life) = match known {
                 Some(k) if k >= incarnation => continue, // the same life
-                Some(_) => self.acks.get(&id).copied(),  // restarted
-                None => self
+                Some(_) => (self.acks.get(&id).copied(), false), // restarted
+                None => match self
                     .departed
                     .iter()
-                    .position(|(d, _)| *d == id)
+                    .position(|(d, _, _)| *d == id)
                     .and_then(|at| self.departed.remove(at))
-                    .map(|(_, ack)| ack),
+                {
+                    Some((_, inc, ack)) => (Some(ack), inc == incarnation),
+                    None => (None, false),
+                },
             };
             let from = earlier.unwrap_or(self.last_seq).min(self.last_seq);
-            if from < self.last_seq {
+            if from < self.last_seq && !same_life {
                 self.redeliver_through.insert(id, self.last_seq);
             } else {
                 self.redeliver_through.remove(&id);
@@ -294,7 +310,38 @@ impl Outbox {
 
     /// `member` left gracefully: if it comes back it starts afresh.
     pub fn handle_left(&mut self, member: PeerId) {
-        self.departed.retain(|(id, _)| *id != member);
+        self.departed.retain(|(id, _, _)| *id != member);
+    }
+
+    fn remember_departed(&mut self, member: PeerId, incarnation: u64, ack: u64) {
+        self.departed.retain(|(id, _, _)| *id != member);
+        if self.departed.len() >= MAX_DEPARTED {
+            self.departed.pop_front();
+        }
+        self.departed.push_back((member, incarnation, ack));
+    }
+
+    /// Continues a stream that a log kept across a restart: the next
+    /// envelope is `last_seq + 1`, and the members of the earlier run, with
+    /// their incarnation and watermark, are owed what follows their
+    /// watermark when they show up (as if they had failed and come back).
+    /// Called on a new outbox, before anything else.
+    pub fn resume(&mut self, last_seq: u64, earlier: impl IntoIterator<Item = (PeerId, u64, u64)>) {
+        self.last_seq = last_seq;
+        for (member, incarnation, ack) in earlier {
+            self.remember_departed(member, incarnation, ack.min(last_seq));
+        }
+    }
+
+    /// Every watermark known, of live and of departed members: `(member,
+    /// incarnation, acknowledged through)` (what a log keeps across a
+    /// restart, see [`resume`](Self::resume)).
+    pub fn watermarks(&self) -> impl Iterator<Item = (PeerId, u64, u64)> + '_ {
+        let live = self
+            .acks
+            .iter()
+            .map(|(id, ack)| (*id, self.members[id], *ack));
+        live.chain(self.departed.iter().copied())
     }
 
     /// `member` sent a heartbeat without an ack for this origin.
@@ -460,6 +507,7 @@ mod tests {
                 max_bytes: usize::MAX,
                 max_reply_bytes: 100,
                 max_nak_seqs: 50,
+                backed: false,
             },
         )
     }
@@ -474,6 +522,7 @@ mod tests {
             incarnation: 9,
             ranges: ranges.to_vec(),
             member: PeerId(2),
+            resume_from: 0,
         }
     }
 
@@ -488,6 +537,7 @@ mod tests {
                     max_bytes: 35, // three 10-byte frames are below, four are not
                     max_reply_bytes: 100,
                     max_nak_seqs: 50,
+                    backed: false,
                 },
             )
         };

@@ -130,7 +130,9 @@ impl DataDir {
                 let mut batch = dir.keyspace.batch();
                 batch.insert(&dir.meta, "id", identity.id.to_be_bytes());
                 batch.insert(&dir.meta, "stream", identity.stream.to_be_bytes());
-                batch.commit().map_err(|e| dir.error("write the identity", e))?;
+                batch
+                    .commit()
+                    .map_err(|e| dir.error("write the identity", e))?;
                 dir.keyspace
                     .persist(PersistMode::SyncAll)
                     .map_err(|e| dir.error("write the identity", e))?;
@@ -195,7 +197,10 @@ impl DataDir {
                 Ok(b) => Ok(Some(u64::from_be_bytes(b))),
                 Err(_) => Err(corrupt(&self.path, format!("meta key {key} is malformed"))),
             },
-            Err(e) => Err(corrupt(&self.path, format!("cannot read meta key {key}: {e}"))),
+            Err(e) => Err(corrupt(
+                &self.path,
+                format!("cannot read meta key {key}: {e}"),
+            )),
         }
     }
 }
@@ -277,7 +282,8 @@ mod tests {
         let first = DataDir::open(&dir, Fsync::OsBuffered, ident).unwrap();
         assert_eq!(first.identity(), ident());
         drop(first);
-        let again = DataDir::open(&dir, Fsync::OsBuffered, || Identity { id: 1, stream: 1 }).unwrap();
+        let again =
+            DataDir::open(&dir, Fsync::OsBuffered, || Identity { id: 1, stream: 1 }).unwrap();
         assert_eq!(again.identity(), ident());
         drop(again);
         fs::remove_dir_all(&dir).unwrap();
@@ -303,7 +309,10 @@ mod tests {
         let e = DataDir::open(&dir, Fsync::OsBuffered, ident).unwrap_err();
         assert!(matches!(e, StoreError::Foreign { .. }), "{e}");
         assert!(e.to_string().contains("thesis.tex"), "{e}");
-        assert_eq!(fs::read_to_string(dir.join("thesis.tex")).unwrap(), "precious");
+        assert_eq!(
+            fs::read_to_string(dir.join("thesis.tex")).unwrap(),
+            "precious"
+        );
 
         let other = tmp("foreign-version");
         fs::create_dir_all(&other).unwrap();
@@ -323,7 +332,10 @@ mod tests {
         fs::write(dir.join("db"), "not a directory").unwrap();
         let e = DataDir::open(&dir, Fsync::EveryBatch, ident).unwrap_err();
         assert!(matches!(e, StoreError::Corrupt { .. }), "{e}");
-        assert_eq!(fs::read_to_string(dir.join("db")).unwrap(), "not a directory");
+        assert_eq!(
+            fs::read_to_string(dir.join("db")).unwrap(),
+            "not a directory"
+        );
         // An engine emptied behind its back: its identity is missing.
         fs::remove_file(dir.join("db")).unwrap();
         let e = DataDir::open(&dir, Fsync::EveryBatch, ident).unwrap_err();
@@ -337,7 +349,8 @@ mod tests {
         drop(DataDir::open(&dir, Fsync::EveryBatch, ident).unwrap());
         // As if the process died before the marker got its name.
         fs::rename(dir.join(MARKER_FILE), dir.join(TMP_MARKER_FILE)).unwrap();
-        let again = DataDir::open(&dir, Fsync::EveryBatch, || Identity { id: 1, stream: 1 }).unwrap();
+        let again =
+            DataDir::open(&dir, Fsync::EveryBatch, || Identity { id: 1, stream: 1 }).unwrap();
         assert_eq!(again.identity(), ident());
         assert!(dir.join(MARKER_FILE).exists());
         drop(again);

@@ -351,9 +351,7 @@ impl StreamLog {
             batch.remove(dir.meta(), seg_key(*first));
         }
         batch.insert(dir.meta(), TRIMMED, through.to_be_bytes());
-        batch
-            .commit()
-            .map_err(|e| dir.error("trim the log", e))?;
+        batch.commit().map_err(|e| dir.error("trim the log", e))?;
         dir.persist("trim the log")?;
         self.trimmed_through = through;
         for first in firsts {
@@ -379,7 +377,7 @@ mod tests {
         dir
     }
 
-    fn open(path: &PathBuf) -> (DataDir, StreamLog) {
+    fn open(path: &std::path::Path) -> (DataDir, StreamLog) {
         let dir = DataDir::open(path, Fsync::OsBuffered, || Identity { id: 1, stream: 2 }).unwrap();
         let log = StreamLog::open(&dir).unwrap();
         (dir, log)
@@ -390,8 +388,11 @@ mod tests {
     }
 
     fn append(dir: &DataDir, log: &mut StreamLog, n: u64, now: u64) {
-        let frames: Vec<Vec<u8>> = (log.last_seq() + 1..=log.last_seq() + n).map(frame).collect();
-        log.append(dir, frames.iter().map(|f| f.as_slice()), now).unwrap();
+        let frames: Vec<Vec<u8>> = (log.last_seq() + 1..=log.last_seq() + n)
+            .map(frame)
+            .collect();
+        log.append(dir, frames.iter().map(|f| f.as_slice()), now)
+            .unwrap();
     }
 
     #[test]
@@ -425,7 +426,7 @@ mod tests {
         let (dir, mut log) = open(&path);
         // Three full segments and a bit, appended at times 1, 2, 3, 4 s.
         for t in 1..=3u64 {
-            let frames: Vec<Vec<u8>> = (0..SEGMENT_EVENTS).map(|i| frame(i)).collect();
+            let frames: Vec<Vec<u8>> = (0..SEGMENT_EVENTS).map(frame).collect();
             log.append(&dir, frames.iter().map(|f| f.as_slice()), t * 1_000_000)
                 .unwrap();
         }
@@ -433,19 +434,40 @@ mod tests {
         assert_eq!(log.segments.len(), 4);
         let last = log.last_seq();
         // Nothing is old enough or too big.
-        let keep = Retention { max_bytes: u64::MAX, max_age_us: 10_000_000 };
+        let keep = Retention {
+            max_bytes: u64::MAX,
+            max_age_us: 10_000_000,
+        };
         assert_eq!(log.enforce(&dir, keep, 5_000_000).unwrap(), 0);
         // By age: the segments last written more than 2.5 s ago.
-        let by_age = Retention { max_bytes: u64::MAX, max_age_us: 2_500_000 };
-        assert_eq!(log.enforce(&dir, by_age, 5_000_000).unwrap(), SEGMENT_EVENTS * 2);
+        let by_age = Retention {
+            max_bytes: u64::MAX,
+            max_age_us: 2_500_000,
+        };
+        assert_eq!(
+            log.enforce(&dir, by_age, 5_000_000).unwrap(),
+            SEGMENT_EVENTS * 2
+        );
         assert_eq!(log.first_seq(), SEGMENT_EVENTS * 2 + 1);
         // By size: everything but the newest segment.
-        let by_size = Retention { max_bytes: 1, max_age_us: u64::MAX };
-        assert_eq!(log.enforce(&dir, by_size, 5_000_000).unwrap(), SEGMENT_EVENTS * 3);
+        let by_size = Retention {
+            max_bytes: 1,
+            max_age_us: u64::MAX,
+        };
+        assert_eq!(
+            log.enforce(&dir, by_size, 5_000_000).unwrap(),
+            SEGMENT_EVENTS * 3
+        );
         drop((dir, log));
         let (dir, mut log) = open(&path);
-        assert_eq!((log.first_seq(), log.last_seq()), (SEGMENT_EVENTS * 3 + 1, last));
-        assert_eq!(log.read(&dir, 1, last, usize::MAX, 10).unwrap()[0].0, SEGMENT_EVENTS * 3 + 1);
+        assert_eq!(
+            (log.first_seq(), log.last_seq()),
+            (SEGMENT_EVENTS * 3 + 1, last)
+        );
+        assert_eq!(
+            log.read(&dir, 1, last, usize::MAX, 10).unwrap()[0].0,
+            SEGMENT_EVENTS * 3 + 1
+        );
         append(&dir, &mut log, 1, 6_000_000);
         assert_eq!(log.last_seq(), last + 1);
         drop((dir, log));
@@ -464,7 +486,8 @@ mod tests {
         v.extend_from_slice(&0u64.to_be_bytes());
         dir.meta().insert(seg_key(1), v).unwrap();
         drop((dir, log));
-        let dir = DataDir::open(&path, Fsync::OsBuffered, || Identity { id: 1, stream: 2 }).unwrap();
+        let dir =
+            DataDir::open(&path, Fsync::OsBuffered, || Identity { id: 1, stream: 2 }).unwrap();
         let e = StreamLog::open(&dir).unwrap_err();
         assert!(e.to_string().contains("index ends at 9"), "{e}");
         drop(dir);

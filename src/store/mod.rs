@@ -15,6 +15,7 @@
 
 pub mod data_dir;
 pub mod log;
+pub mod positions;
 pub mod watermarks;
 
 use std::path::PathBuf;

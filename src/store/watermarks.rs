@@ -4,11 +4,14 @@
 //!
 //! Owns: the `watermarks` partition: member id → (the member's incarnation
 //! when it acknowledged, the sequence number it acknowledged through).
-//! Written without an fsync (at most once per heartbeat round): what a power
-//! loss takes from it only makes the publisher send some events again,
-//! which the receivers deduplicate; it never makes one look not owed.
+//! Written as durably as the log (the data dir's fsync policy), when the
+//! members change and about once a second: a member missing here after a
+//! crash would be taken for a new one, and skip what it missed as
+//! "published before it joined". A watermark older than the member's last
+//! ack only makes the publisher send some events again, which the
+//! receivers deduplicate.
 
-use fjall::{PartitionCreateOptions, PartitionHandle, PersistMode};
+use fjall::{PartitionCreateOptions, PartitionHandle};
 
 use super::data_dir::{corrupt, DataDir};
 use super::StoreError;
@@ -81,9 +84,7 @@ impl Watermarks {
         batch
             .commit()
             .map_err(|e| dir.error("record watermarks", e))?;
-        dir.keyspace()
-            .persist(PersistMode::Buffer)
-            .map_err(|e| dir.error("record watermarks", e))
+        dir.persist("record watermarks")
     }
 }
 
@@ -101,14 +102,29 @@ mod tests {
             let dir = DataDir::open(&path, Fsync::OsBuffered, ident).unwrap();
             let (w, none) = Watermarks::open(&dir).unwrap();
             assert!(none.is_empty());
-            let a = Watermark { member: 5, incarnation: 6, seq: 7 };
-            let b = Watermark { member: 8, incarnation: 9, seq: 10 };
+            let a = Watermark {
+                member: 5,
+                incarnation: 6,
+                seq: 7,
+            };
+            let b = Watermark {
+                member: 8,
+                incarnation: 9,
+                seq: 10,
+            };
             w.write(&dir, &[a, b], &[]).unwrap();
             w.write(&dir, &[Watermark { seq: 11, ..a }], &[8]).unwrap();
         }
         let dir = DataDir::open(&path, Fsync::OsBuffered, ident).unwrap();
         let (_, got) = Watermarks::open(&dir).unwrap();
-        assert_eq!(got, vec![Watermark { member: 5, incarnation: 6, seq: 11 }]);
+        assert_eq!(
+            got,
+            vec![Watermark {
+                member: 5,
+                incarnation: 6,
+                seq: 11
+            }]
+        );
         drop(dir);
         std::fs::remove_dir_all(&path).unwrap();
     }

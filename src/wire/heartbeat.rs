@@ -163,6 +163,7 @@ mod tests {
             },
             heartbeat_interval_ms: 0,
             tool: false,
+            stream: 0,
         })
     }
 
@@ -218,6 +219,7 @@ mod tests {
             },
             heartbeat_interval_ms: 500,
             tool: false,
+            stream: 0,
         });
         let s = Survey {
             from,
@@ -249,6 +251,20 @@ mod tests {
         let old = Survey::decode(&short, 1 << 20).unwrap();
         assert_eq!((old.from.heartbeat_interval_ms, old.from.tool), (0, false));
         assert_eq!(old.from.name, "a");
+        // A durable peer writes its stream epoch as a seventh element.
+        let durable = Survey {
+            from: Arc::new(PeerInfo {
+                stream: 77,
+                ..(*s.from).clone()
+            }),
+            ..s.clone()
+        };
+        let bytes = durable.encode();
+        assert_eq!(bytes[4], 0x97);
+        assert_eq!(bytes[at + 4], 77);
+        let back = Survey::decode(&bytes, 1 << 20).unwrap();
+        assert_eq!((back.from.stream, back.from.stream_epoch()), (77, 77));
+        assert_eq!(s.from.stream_epoch(), 2);
     }
 
     #[test]

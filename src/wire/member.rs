@@ -51,9 +51,36 @@ pub struct PeerInfo {
     /// does not count it. Optional on the wire.
     #[serde(default)]
     pub tool: bool,
+    /// The epoch of the peer's stream, when it outlives the process: a peer
+    /// with a data dir keeps its stream (and its sequence numbers) across
+    /// restarts, so its events carry this epoch instead of the incarnation.
+    /// 0 (the default; optional on the wire): the stream is the
+    /// incarnation's own and ends with it, and the field is not written.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub stream: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl PeerInfo {
+    /// The epoch of the stream its events belong to (the `incarnation`
+    /// field of its envelopes, NAKs and acks).
+    pub fn stream_epoch(&self) -> u64 {
+        if self.stream == 0 {
+            self.incarnation
+        } else {
+            self.stream
+        }
+    }
+
+    /// Whether its stream outlives its process (it has a data dir): what is
+    /// missing of it when it fails is not lost, it is in its log.
+    pub fn is_durable(&self) -> bool {
+        self.stream != 0
+    }
+
     /// Checks the fields a remote peer could get wrong: non-zero id and
     /// incarnation, name and URL lengths, URL schemes, the heartbeat
     /// interval's bound.

@@ -29,6 +29,17 @@ pub struct Nak {
     pub ranges: Vec<(u64, u64)>,
     /// The member asking.
     pub member: PeerId,
+    /// A durable consumer coming back: by its own record (its committed
+    /// position) it is owed this origin's events from this sequence number
+    /// on, so the origin sends what is asked for from here even if it was
+    /// published before the origin counted the asker as a member. 0 (the
+    /// default, not written): no such record. Optional on the wire.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub resume_from: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// The origin's answer to a [`Nak`].
@@ -175,6 +186,7 @@ mod tests {
             incarnation: 3,
             ranges: vec![(1, 4), (9, 9)],
             member: PeerId(2),
+            resume_from: 0,
         };
         assert_eq!(Nak::decode(&n.encode(), 1 << 20).unwrap(), n);
         let r = Repair {
@@ -212,6 +224,7 @@ mod tests {
             incarnation: 3,
             ranges: vec![(1, 2)],
             member: PeerId(2),
+            resume_from: 0,
         };
         assert_eq!(
             RepairRequest::decode(&n.encode(), 1 << 20).unwrap(),

@@ -146,6 +146,7 @@ impl FakeMember {
             },
             heartbeat_interval_ms: 0,
             tool: false,
+            stream: 0,
         });
         let respondent = nng::Socket::new(nng::Protocol::Respondent0).unwrap();
         respondent

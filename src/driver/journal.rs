@@ -1,0 +1,225 @@
+//! The publisher's log: what the publish driver writes to and reads from
+//! the data dir of a durable peer.
+//!
+//! Owns: the open [`DataDir`] and [`StreamLog`], the frames numbered since
+//! the last append (a batch is appended as one write before it is sent:
+//! group commit), the repair answers' reach into the log for what the
+//! retransmit buffer no longer holds, the upkeep done about once a second
+//! (members' watermarks, retention, retrying a failed append), and
+//! [`StoreHealth`], through which `publish` and `flush` report a log that
+//! cannot be written.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+
+use crate::error::{Error, Result};
+use crate::proto::outbox::Outbox;
+use crate::store::log::{Retention, StreamLog};
+use crate::store::watermarks::{Watermark, Watermarks};
+use crate::store::{DataDir, StoreError};
+use crate::wire::id::PeerId;
+use crate::wire::repair::Repair;
+
+/// Whether the log can be written; read by `publish` and `flush`.
+#[derive(Debug, Default)]
+pub(crate) struct StoreHealth {
+    failed: AtomicBool,
+    error: Mutex<Option<Arc<StoreError>>>,
+}
+
+impl StoreHealth {
+    /// `Err(Error::Store)` while the last write to the log failed.
+    pub(crate) fn check(&self) -> Result<()> {
+        if !self.failed.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        match self.error.lock().clone() {
+            Some(e) => Err(Error::Store(e)),
+            None => Ok(()),
+        }
+    }
+
+    fn set(&self, e: StoreError) {
+        *self.error.lock() = Some(Arc::new(e));
+        self.failed.store(true, Ordering::Relaxed);
+    }
+
+    fn clear(&self) {
+        if self.failed.swap(false, Ordering::Relaxed) {
+            *self.error.lock() = None;
+        }
+    }
+}
+
+/// See the module documentation.
+pub(crate) struct Journal {
+    pub dir: DataDir,
+    pub log: StreamLog,
+    pub watermarks: Watermarks,
+    pub retention: Retention,
+    pub health: Arc<StoreHealth>,
+    /// Numbered, not appended yet (all of them after a failed append).
+    pending: Vec<Bytes>,
+    /// The watermarks as last written.
+    written: HashMap<PeerId, (u64, u64)>,
+    /// Appends that failed.
+    pub failures: u64,
+}
+
+impl Journal {
+    pub(crate) fn new(
+        dir: DataDir,
+        log: StreamLog,
+        watermarks: Watermarks,
+        earlier: &[Watermark],
+        retention: Retention,
+        health: Arc<StoreHealth>,
+    ) -> Self {
+        let written = earlier
+            .iter()
+            .map(|w| (PeerId(w.member), (w.incarnation, w.seq)))
+            .collect();
+        Journal {
+            dir,
+            log,
+            watermarks,
+            retention,
+            health,
+            pending: Vec::new(),
+            written,
+            failures: 0,
+        }
+    }
+
+    /// A numbered frame, appended with the next batch.
+    pub(crate) fn stage(&mut self, frame: Bytes) {
+        self.pending.push(frame);
+    }
+
+    /// Appends what was staged as one write. A failure is kept in
+    /// [`StoreHealth`] (so `publish` fails) and the frames are kept to be
+    /// appended again: the log stays contiguous.
+    pub(crate) fn commit(&mut self, now_us: u64) -> bool {
+        if self.pending.is_empty() {
+            return true;
+        }
+        match self
+            .log
+            .append(&self.dir, self.pending.iter().map(|f| &f[..]), now_us)
+        {
+            Ok(()) => {
+                self.pending.clear();
+                self.health.clear();
+                true
+            }
+            Err(e) => {
+                tracing::error!(error = %e, pending = self.pending.len(),
+                    "cannot append to the log; publish fails until it can");
+                self.health.set(e);
+                self.failures += 1;
+                false
+            }
+        }
+    }
+
+    /// Moves into `repair` what it lists as `gone` but the log still holds
+    /// (older than what the retransmit buffer holds), within `max_bytes`
+    /// of frames and `max_count` frames in all. Returns how many it read.
+    pub(crate) fn fill(&self, repair: &mut Repair, max_bytes: usize, max_count: usize) -> usize {
+        if repair.gone.is_empty() {
+            return 0;
+        }
+        let first_kept = self.log.first_seq();
+        let (mut frames, mut gone, mut bytes) = (Vec::new(), Vec::new(), 0usize);
+        let mut full = false;
+        for &(first, last) in &repair.gone {
+            if first < first_kept {
+                gone.push((first, last.min(first_kept - 1)));
+            }
+            let from = first.max(first_kept);
+            if full || from > last {
+                continue;
+            }
+            let room = max_bytes.saturating_sub(bytes);
+            let count = max_count.saturating_sub(frames.len());
+            match self.log.read(&self.dir, from, last, room, count) {
+                Ok(read) => {
+                    let got = read.len() as u64;
+                    for (_, frame) in read {
+                        bytes += frame.len();
+                        frames.push(frame);
+                    }
+                    // What did not fit is still missing: asked for again.
+                    full = got < last - from + 1;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, from, last, "cannot read the log for a repair");
+                    full = true;
+                }
+            }
+        }
+        let read = frames.len();
+        // Log frames are all older than the buffer's; the total stays
+        // within the bound by dropping the newest.
+        for frame in std::mem::take(&mut repair.frames) {
+            if bytes + frame.len() > max_bytes || frames.len() >= max_count {
+                break;
+            }
+            bytes += frame.len();
+            frames.push(frame);
+        }
+        repair.frames = frames;
+        repair.gone = gone;
+        read
+    }
+
+    /// Events in the log.
+    pub(crate) fn len(&self) -> u64 {
+        (self.log.last_seq() + 1).saturating_sub(self.log.first_seq())
+    }
+
+    /// About once a second: retries a failed append, records the members'
+    /// watermarks that changed, trims the log past retention.
+    pub(crate) fn upkeep(&mut self, outbox: &Outbox, now_us: u64) {
+        self.commit(now_us);
+        self.record_watermarks(outbox);
+        match self.log.enforce(&self.dir, self.retention, now_us) {
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot trim the log"),
+        }
+    }
+
+    /// Records the members' watermarks that changed. Called at once when
+    /// the members change, so that a member the peer knew is never taken
+    /// for a new one after a crash (what a new member is not owed, it
+    /// would skip as "published before it joined").
+    pub(crate) fn record_watermarks(&mut self, outbox: &Outbox) {
+        let now: HashMap<PeerId, (u64, u64)> = outbox
+            .watermarks()
+            .map(|(id, inc, ack)| (id, (inc, ack)))
+            .collect();
+        let changed: Vec<Watermark> = now
+            .iter()
+            .filter(|(id, w)| self.written.get(id) != Some(w))
+            .map(|(id, (inc, ack))| Watermark {
+                member: id.0,
+                incarnation: *inc,
+                seq: *ack,
+            })
+            .collect();
+        let removed: Vec<u64> = self
+            .written
+            .keys()
+            .filter(|id| !now.contains_key(id))
+            .map(|id| id.0)
+            .collect();
+        match self.watermarks.write(&self.dir, &changed, &removed) {
+            Ok(()) => self.written = now,
+            Err(e) => tracing::warn!(error = %e, "cannot record the members' watermarks"),
+        }
+    }
+}

@@ -1,0 +1,182 @@
+//! Durable consumers' positions: for each durable name, where it started
+//! and, per origin stream, the sequence number through which its handler
+//! has processed everything.
+//!
+//! Owns: the `consumers` partition (name → when the consumer was first
+//! created and the earliest publish time it wants from streams it has no
+//! position in) and the `positions` partition ((name, origin, stream
+//! epoch) → processed through). Committed as durably as the log (the data
+//! dir's fsync policy).
+
+use fjall::{PartitionCreateOptions, PartitionHandle};
+
+use super::data_dir::{corrupt, DataDir};
+use super::StoreError;
+
+/// Longest durable name, in bytes.
+pub const MAX_DURABLE_NAME: usize = 200;
+
+/// What is kept about one durable consumer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Consumer {
+    /// When it was first created, µs since the Unix epoch.
+    pub created_us: u64,
+    /// From a stream it has no position in, it wants the events published
+    /// at or after this time (µs since the epoch; 0: all that is kept).
+    pub not_before_us: u64,
+    /// `(origin, stream epoch, processed through)`.
+    pub positions: Vec<(u64, u64, u64)>,
+}
+
+/// See the module documentation.
+pub struct Positions {
+    consumers: PartitionHandle,
+    positions: PartitionHandle,
+}
+
+impl std::fmt::Debug for Positions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Positions")
+    }
+}
+
+fn name_key(name: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(name.len() + 1);
+    k.push(name.len() as u8);
+    k.extend_from_slice(name.as_bytes());
+    k
+}
+
+fn u64_at(v: &[u8], at: usize) -> Option<u64> {
+    v.get(at..at + 8)
+        .map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")))
+}
+
+impl Positions {
+    /// Opens the positions of `dir`.
+    pub fn open(dir: &DataDir) -> Result<Positions, StoreError> {
+        let open = |name: &str| {
+            dir.keyspace()
+                .open_partition(name, PartitionCreateOptions::default())
+                .map_err(|e| corrupt(dir.path(), format!("cannot open the {name}: {e}")))
+        };
+        Ok(Positions {
+            consumers: open("consumers")?,
+            positions: open("positions")?,
+        })
+    }
+
+    /// The durable consumer `name`, created (with `created_us` and
+    /// `not_before_us`) if it does not exist yet. The flag says whether it
+    /// was created now.
+    pub fn load_or_create(
+        &self,
+        dir: &DataDir,
+        name: &str,
+        created_us: u64,
+        not_before_us: u64,
+    ) -> Result<(Consumer, bool), StoreError> {
+        assert!(name.len() <= MAX_DURABLE_NAME, "checked by the caller");
+        let damaged =
+            |what: &str| corrupt(dir.path(), format!("durable consumer {name:?}: {what}"));
+        let key = name_key(name);
+        let record = self
+            .consumers
+            .get(&key)
+            .map_err(|e| damaged(&format!("cannot read it: {e}")))?;
+        let (created_us, not_before_us, fresh) = match record {
+            Some(v) => match (u64_at(&v, 0), u64_at(&v, 8)) {
+                (Some(c), Some(n)) => (c, n, false),
+                _ => return Err(damaged("its record is malformed")),
+            },
+            None => {
+                let mut v = [0u8; 16];
+                v[..8].copy_from_slice(&created_us.to_be_bytes());
+                v[8..].copy_from_slice(&not_before_us.to_be_bytes());
+                self.consumers
+                    .insert(&key, v)
+                    .map_err(|e| dir.error("create a durable consumer", e))?;
+                dir.persist("create a durable consumer")?;
+                (created_us, not_before_us, true)
+            }
+        };
+        let mut positions = Vec::new();
+        for entry in self.positions.prefix(&key) {
+            let (k, v) = entry.map_err(|e| damaged(&format!("cannot read a position: {e}")))?;
+            match (
+                u64_at(&k, key.len()),
+                u64_at(&k, key.len() + 8),
+                u64_at(&v, 0),
+            ) {
+                (Some(origin), Some(epoch), Some(seq)) if k.len() == key.len() + 16 => {
+                    positions.push((origin, epoch, seq))
+                }
+                _ => return Err(damaged("a position is malformed")),
+            }
+        }
+        Ok((
+            Consumer {
+                created_us,
+                not_before_us,
+                positions,
+            },
+            fresh,
+        ))
+    }
+
+    /// Records `(origin, stream epoch, processed through)` for `name`, in
+    /// one write.
+    pub fn commit(
+        &self,
+        dir: &DataDir,
+        name: &str,
+        positions: &[(u64, u64, u64)],
+    ) -> Result<(), StoreError> {
+        if positions.is_empty() {
+            return Ok(());
+        }
+        let prefix = name_key(name);
+        let mut batch = dir.keyspace().batch();
+        for (origin, epoch, seq) in positions {
+            let mut k = prefix.clone();
+            k.extend_from_slice(&origin.to_be_bytes());
+            k.extend_from_slice(&epoch.to_be_bytes());
+            batch.insert(&self.positions, k, seq.to_be_bytes());
+        }
+        batch
+            .commit()
+            .map_err(|e| dir.error("commit a consumer position", e))?;
+        dir.persist("commit a consumer position")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::data_dir::{Fsync, Identity};
+
+    #[test]
+    fn positions_survive_a_reopen_per_name() {
+        let path = tempfile::tempdir().unwrap();
+        let ident = || Identity { id: 1, stream: 2 };
+        {
+            let dir = DataDir::open(path.path(), Fsync::OsBuffered, ident).unwrap();
+            let p = Positions::open(&dir).unwrap();
+            let (c, fresh) = p.load_or_create(&dir, "invoicing", 100, 0).unwrap();
+            assert!(fresh && c.positions.is_empty());
+            p.commit(&dir, "invoicing", &[(5, 6, 7), (8, 9, 10)])
+                .unwrap();
+            p.commit(&dir, "invoicing", &[(5, 6, 12)]).unwrap();
+            p.load_or_create(&dir, "invoicing-eu", 200, 150).unwrap();
+            p.commit(&dir, "invoicing-eu", &[(5, 6, 1)]).unwrap();
+        }
+        let dir = DataDir::open(path.path(), Fsync::OsBuffered, ident).unwrap();
+        let p = Positions::open(&dir).unwrap();
+        let (c, fresh) = p.load_or_create(&dir, "invoicing", 999, 999).unwrap();
+        assert!(!fresh);
+        assert_eq!((c.created_us, c.not_before_us), (100, 0));
+        assert_eq!(c.positions, vec![(5, 6, 12), (8, 9, 10)]);
+        let (eu, _) = p.load_or_create(&dir, "invoicing-eu", 0, 0).unwrap();
+        assert_eq!((eu.not_before_us, eu.positions), (150, vec![(5, 6, 1)]));
+    }
+}

@@ -1,0 +1,161 @@
+//! Durable streams: a peer with a data dir is the log of its own stream.
+//! Restarts continue the stream, repair reads what the retransmit buffer
+//! evicted from the log, and a data dir is one process's at a time.
+
+mod common;
+
+use futures::{FutureExt, StreamExt};
+
+use chorus::faults::LinkFaults;
+use chorus::{Error, Peer, PeerId};
+use common::*;
+
+fn data_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("chorus-durable-")
+        .tempdir()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_durable_publisher_continues_its_stream() {
+    let dir = data_dir();
+    let path = dir.path().join("a");
+    let b = peer("b", &unique_url("inproc", "b")).await.unwrap();
+    let mut sub = b.subscribe::<u32>("t").unwrap();
+    let mut losses = b.losses();
+
+    let a = fast("a", &unique_url("inproc", "a"))
+        .data_dir(&path)
+        .seed(b.local_url())
+        .start()
+        .await
+        .unwrap();
+    wait_mesh(&[&a, &b]).await;
+    let (id, epoch) = (a.id(), a.incarnation());
+    for i in 1..=50u32 {
+        a.publish("t", &i).await.unwrap();
+    }
+    a.flush(DEADLINE).await.unwrap();
+    a.shutdown().await;
+
+    // Same data dir, new address: the same peer and the same stream.
+    let a = fast("a", &unique_url("inproc", "a2"))
+        .data_dir(&path)
+        .seed(b.local_url())
+        .start()
+        .await
+        .unwrap();
+    assert_eq!(a.id(), id);
+    wait_for("b to see a again", || {
+        b.members()
+            .iter()
+            .any(|m| m.id() == id && m.state.is_live() && m.info.incarnation != epoch)
+    })
+    .await;
+    a.wait_for_members(1, DEADLINE).await.unwrap();
+    for i in 51..=100u32 {
+        a.publish("t", &i).await.unwrap();
+    }
+    a.flush(DEADLINE).await.unwrap();
+    for i in 1..=100u32 {
+        let d = next("event", &mut sub).await;
+        assert_eq!((d.value, d.seq(), d.origin()), (i, u64::from(i), id));
+        assert!(!d.redelivered(), "event {i} marked redelivered");
+    }
+    assert!(
+        losses.next().now_or_never().is_none(),
+        "a loss was reported"
+    );
+    assert_eq!(b.stats().lost, 0);
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_published_while_a_member_was_cut_off_come_from_the_log() {
+    // A buffer of 16 envelopes, a receiver that drops 40 % of frames: most
+    // repairs ask for what the buffer evicted long ago.
+    let dir = data_dir();
+    let a = fast("a", &unique_url("inproc", "ra"))
+        .data_dir(dir.path().join("a"))
+        .retransmit_buffer(16)
+        .batch_bytes(0)
+        .start()
+        .await
+        .unwrap();
+    let b = fast("b", &unique_url("inproc", "rb"))
+        .seed(a.local_url())
+        .link_faults(LinkFaults {
+            drop: 0.4,
+            ..Default::default()
+        })
+        .start()
+        .await
+        .unwrap();
+    wait_mesh(&[&a, &b]).await;
+    let mut sub = b.subscribe::<u32>("t").unwrap();
+    for i in 1..=2000u32 {
+        a.publish("t", &i).await.unwrap();
+    }
+    for i in 1..=2000u32 {
+        assert_eq!(next("event", &mut sub).await.value, i);
+    }
+    assert_eq!(b.stats().lost, 0);
+    assert!(a.stats().log_reads > 100, "{:?}", a.stats());
+    assert_eq!(a.stats().log_events, 2000);
+    assert!(a.stats().retransmit_buffer <= 16);
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_data_dir_is_one_peers_at_a_time() {
+    let dir = data_dir();
+    let a = fast("a", &unique_url("inproc", "la"))
+        .data_dir(dir.path())
+        .start()
+        .await
+        .unwrap();
+    let e = fast("b", &unique_url("inproc", "lb"))
+        .data_dir(dir.path())
+        .start()
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::Store(_)), "{e}");
+    assert!(e.to_string().contains("in use by another process"), "{e}");
+    let id = a.id();
+    a.shutdown().await;
+    // Free again once the first is gone; a contradicting id is refused.
+    let e = fast("a", &unique_url("inproc", "lc"))
+        .data_dir(dir.path())
+        .id(PeerId(id.0 ^ 1))
+        .start()
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("belongs to peer"), "{e}");
+    let again = fast("a", &unique_url("inproc", "ld"))
+        .data_dir(dir.path())
+        .start()
+        .await
+        .unwrap();
+    assert_eq!(again.id(), id);
+    again.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_directory_with_other_files_is_refused_and_left_alone() {
+    let dir = data_dir();
+    std::fs::write(dir.path().join("notes.txt"), "keep me").unwrap();
+    let e = Peer::builder()
+        .listen(unique_url("inproc", "fa"))
+        .data_dir(dir.path())
+        .start()
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("not a chorus data dir"), "{e}");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("notes.txt")).unwrap(),
+        "keep me"
+    );
+}
