@@ -122,6 +122,12 @@ struct Stream {
     /// What the origin sends up to here may have reached an earlier life
     /// of this peer (0: nothing).
     redelivered_through: u64,
+    /// A durable consumer here is owed this stream from this number on, by
+    /// its own record (0: none); said in every NAK.
+    resume_from: u64,
+    /// Deliveries up to here are a replay for durable consumers only: the
+    /// other subscriptions had them already, or were never owed them.
+    replay_through: u64,
 }
 
 /// Heartbeat claims remembered per origin while their grace runs.
@@ -138,6 +144,8 @@ impl Stream {
             nak_unanswered: false,
             claims: VecDeque::new(),
             redelivered_through: 0,
+            resume_from: 0,
+            replay_through: 0,
         }
     }
 
@@ -175,6 +183,11 @@ impl Stream {
         }
     }
 
+    /// The highest sequence number held back (0: none).
+    fn held_max(&self) -> u64 {
+        self.held.keys().next_back().copied().unwrap_or(0)
+    }
+
     /// Everything the origin has said it published.
     fn claimed(&self) -> u64 {
         self.claims
@@ -206,6 +219,12 @@ pub struct Inbox {
     /// Some origin marked redeliveries (the per-delivery check is skipped
     /// while none did).
     redelivering: bool,
+    /// Where durable consumers want streams not tracked yet to start:
+    /// origin → (stream epoch, first sequence number wanted).
+    resumes: HashMap<PeerId, (u64, u64)>,
+    /// Some stream is being replayed (the per-delivery check is skipped
+    /// while none is).
+    replaying: bool,
 }
 
 impl Inbox {
@@ -341,7 +360,18 @@ impl Inbox {
         }
         let st = self.streams.get_mut(&origin).expect("checked");
         st.nak_unanswered = false;
-        // Published before the origin counted us as a member: not owed.
+        // Published before the origin counted us as a member: not owed —
+        // unless a durable consumer here is owed it by its own record (then
+        // it is a replay for that consumer only).
+        let owed_from = if st.resume_from > 0 {
+            if owed_from > 1 {
+                st.replay_through = st.replay_through.max(owed_from - 1);
+                self.replaying = true;
+            }
+            owed_from.min(st.resume_from)
+        } else {
+            owed_from
+        };
         if owed_from > st.window.contiguous() + 1 {
             let skipped = st.window.missing(owed_from - 1, usize::MAX);
             self.counters.before_join += skipped.iter().map(|(a, b)| b - a + 1).sum::<u64>();
@@ -386,6 +416,52 @@ impl Inbox {
             && self.streams.get(&env.origin).is_some_and(|s| {
                 s.incarnation == env.incarnation && env.seq <= s.redelivered_through
             })
+    }
+
+    /// A durable consumer here is owed `origin`'s stream `incarnation` from
+    /// `from` on (its committed position + 1). A stream not tracked yet
+    /// starts there when it opens; a tracked one that is past it is wound
+    /// back to it: what it delivers again up to where it was is a replay,
+    /// for durable consumers only ([`is_replay`](Self::is_replay)). Every
+    /// NAK for the stream says `resume_from`, so the origin sends it even
+    /// what it published before it counted this peer as a member.
+    pub fn resume(&mut self, origin: PeerId, incarnation: u64, from: u64, now: Instant) {
+        let from = from.max(1);
+        let Some(st) = self.streams.get_mut(&origin) else {
+            let entry = self.resumes.entry(origin).or_insert((incarnation, from));
+            if entry.0 < incarnation || (entry.0 == incarnation && from < entry.1) {
+                *entry = (incarnation, from);
+            }
+            return;
+        };
+        if st.incarnation != incarnation {
+            return; // that stream is over; the new one is not this position's
+        }
+        st.resume_from = if st.resume_from == 0 {
+            from
+        } else {
+            st.resume_from.min(from)
+        };
+        let contiguous = st.window.contiguous();
+        if contiguous + 1 > from {
+            st.replay_through = st.replay_through.max(contiguous).max(st.held_max());
+            self.replaying = true;
+            st.window = SeqWindow::new(from - 1);
+            st.held.clear();
+            st.last_nak = None;
+            st.nak_unanswered = false;
+            self.nak(origin, now);
+        }
+    }
+
+    /// Whether delivering `env` is a replay for durable consumers only
+    /// (see [`resume`](Self::resume)).
+    pub fn is_replay(&self, env: &Envelope) -> bool {
+        self.replaying
+            && self
+                .streams
+                .get(&env.origin)
+                .is_some_and(|s| s.incarnation == env.incarnation && env.seq <= s.replay_through)
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) next has a NAK to repeat: `None` while
@@ -481,7 +557,14 @@ impl Inbox {
                 }
                 _ => {
                     self.forgotten.remove(&origin);
-                    self.streams.insert(origin, Stream::new(incarnation, base));
+                    let mut st = Stream::new(incarnation, base);
+                    if let Some((epoch, from)) = self.resumes.remove(&origin) {
+                        if epoch == incarnation {
+                            st = Stream::new(incarnation, base.min(from - 1));
+                            st.resume_from = from;
+                        }
+                    }
+                    self.streams.insert(origin, st);
                     true
                 }
             },
@@ -546,7 +629,7 @@ impl Inbox {
             incarnation: st.incarnation,
             ranges,
             member: cfg.me,
-            resume_from: 0,
+            resume_from: st.resume_from,
         }));
     }
 }
@@ -594,6 +677,52 @@ mod tests {
         i.handle_repair(PeerId(1), 1, vec![env(1, 1, 6)], &[], 1, t);
         assert_eq!(drain(&mut i), ["d6", "d7", "d8"]);
         assert_eq!(i.acks().collect::<Vec<_>>(), [(PeerId(1), 1, 8)]);
+    }
+
+    #[test]
+    fn a_durable_position_starts_a_new_stream_and_is_owed_before_the_join() {
+        let t = Instant::now();
+        let mut i = Inbox::new(InboxConfig::default());
+        i.resume(PeerId(1), 5, 4, t); // processed through 3 in an earlier life
+        i.resume(PeerId(1), 4, 2, t); // an older stream of it: ignored
+        i.handle_heartbeat(PeerId(1), 5, 10, t); // it has published 10
+        let t = t + InboxConfig::default().tail_grace;
+        i.handle_timeout(t);
+        let naks: Vec<InboxEvent> = std::iter::from_fn(|| i.poll()).collect();
+        match naks.as_slice() {
+            [InboxEvent::Nak(n)] => {
+                assert_eq!((n.ranges.clone(), n.resume_from), (vec![(4, 10)], 4))
+            }
+            other => panic!("{other:?}"),
+        }
+        // It counted this peer as a member from 9 on: 4..8 is a replay.
+        let envs: Vec<_> = (4..=10).map(|s| env(1, 5, s)).collect();
+        i.handle_repair(PeerId(1), 5, envs, &[], 9, t);
+        assert_eq!(drain(&mut i), ["d4", "d5", "d6", "d7", "d8", "d9", "d10"]);
+        let replay: Vec<u64> = (4..=10).filter(|s| i.is_replay(&env(1, 5, *s))).collect();
+        assert_eq!(replay, [4, 5, 6, 7, 8]);
+        assert_eq!(i.counters().before_join, 0);
+    }
+
+    #[test]
+    fn a_tracked_stream_is_wound_back_for_a_late_durable_consumer() {
+        let t = Instant::now();
+        let mut i = Inbox::new(InboxConfig::default());
+        i.handle_heartbeat(PeerId(1), 1, 0, t);
+        for s in 1..=6 {
+            i.handle_envelope(env(1, 1, s), t);
+        }
+        i.handle_envelope(env(1, 1, 8), t); // held behind 7
+        drain(&mut i);
+        i.resume(PeerId(1), 1, 3, t + Duration::from_secs(1));
+        assert_eq!(drain(&mut i), ["nak[(3, 8)]"]);
+        assert_eq!(i.acks().collect::<Vec<_>>(), [(PeerId(1), 1, 2)]);
+        let envs: Vec<_> = (3..=9).map(|s| env(1, 1, s)).collect();
+        i.handle_repair(PeerId(1), 1, envs, &[], 1, t + Duration::from_secs(1));
+        assert_eq!(drain(&mut i), ["d3", "d4", "d5", "d6", "d7", "d8", "d9"]);
+        // What the others had (through 8, the held one included) is a replay.
+        let replay: Vec<u64> = (3..=9).filter(|s| i.is_replay(&env(1, 1, *s))).collect();
+        assert_eq!(replay, [3, 4, 5, 6, 7, 8]);
     }
 
     #[test]

@@ -448,6 +448,13 @@ impl Outbox {
         if let Some(&through) = self.redeliver_through.get(&nak.member) {
             repair.redelivered_through = through;
         }
+        // A durable consumer is owed from its own record, even what was
+        // published before it joined (the answer still says where its
+        // membership began).
+        let owed = match nak.resume_from {
+            0 => repair.owed_from,
+            from => repair.owed_from.min(from),
+        };
         // Everything below this was freed (or never retained).
         let oldest = self.retained.front().map_or(self.last_seq + 1, |(s, _)| *s);
         let (mut budget, mut bytes) = (self.cfg.max_nak_seqs, 0usize);
@@ -455,7 +462,7 @@ impl Outbox {
             if budget == 0 || bytes >= self.cfg.max_reply_bytes {
                 break;
             }
-            let first = first.max(repair.owed_from);
+            let first = first.max(owed);
             if last > self.last_seq {
                 self.refused.unpublished += 1;
             }
