@@ -36,6 +36,9 @@ struct Args {
     /// Messages to publish.
     #[arg(long, default_value_t = 0)]
     count: u64,
+    /// The first value published (then one more per message).
+    #[arg(long, default_value_t = 0)]
+    first_value: u64,
     /// Messages per second.
     #[arg(long, default_value_t = 100.0)]
     rate: f64,
@@ -59,6 +62,10 @@ struct Args {
     /// Data dir: the peer's stream is durable (continues across restarts).
     #[arg(long)]
     data_dir: Option<std::path::PathBuf>,
+    /// The handler is a durable consumer of this name (needs --data-dir):
+    /// it goes on where it stopped when the peer restarts.
+    #[arg(long)]
+    durable: Option<String>,
 }
 
 /// Writes one line to stdout at once (the checker reads as we go).
@@ -94,21 +101,27 @@ async fn main() -> chorus::Result<()> {
     let mut losses = peer.losses();
     // A handler: a delivery is acknowledged only once it was processed
     // (printed), so a kill -9 loses nothing the origin still counts as owed.
-    let _handler = peer.subscribe_with("soak.>", |d: chorus::Delivery<u64>| async move {
-        line(format!(
-            "got {} {} {} v={}{}",
-            d.origin(),
-            d.incarnation(),
-            d.seq(),
-            d.value,
-            if d.redelivered() { " redelivered" } else { "" }
-        ));
-        Ok::<(), std::convert::Infallible>(())
-    })?;
+    let mut opts = chorus::HandlerOptions::new();
+    if let Some(name) = &args.durable {
+        opts = opts.durable(name);
+    }
+    let _handler =
+        peer.subscribe_with_options("soak.>", opts, |d: chorus::Delivery<u64>| async move {
+            line(format!(
+                "got {} {} {} v={}{}",
+                d.origin(),
+                d.incarnation(),
+                d.seq(),
+                d.value,
+                if d.redelivered() { " redelivered" } else { "" }
+            ));
+            Ok::<(), std::convert::Infallible>(())
+        })?;
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
 
     let publisher = peer.clone();
     let (count, rate, delay, members) = (args.count, args.rate, args.delay, args.members);
+    let first_value = args.first_value;
     let topic = format!("soak.{}", args.name);
     tokio::spawn(async move {
         // Publishes anyway after the wait; the checker reports what is missing.
@@ -119,7 +132,7 @@ async fn main() -> chorus::Result<()> {
         let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate.max(0.001)));
         for n in 0..count {
             tick.tick().await;
-            if publisher.publish(&topic, &n).await.is_err() {
+            if publisher.publish(&topic, &(first_value + n)).await.is_err() {
                 return;
             }
         }

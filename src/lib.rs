@@ -76,14 +76,15 @@ pub mod wire;
 pub use api::builder::{
     Backpressure, PeerBuilder, DEFAULT_RETENTION_AGE, DEFAULT_RETENTION_BYTES, MAX_NNG_BUFFER,
 };
-pub use api::delivery::{Delivery, Loss, Undecodable};
+pub use api::delivery::{Delivery, DeliveryKey, Loss, Undecodable};
 pub use api::events::{Events, MembershipEvents};
 pub use api::observer::{KeyFn, Observer, ObserverBuilder, DEFAULT_MAX_PENDING};
 pub use api::peer::Peer;
 pub use api::publish_options::PublishOptions;
 pub use api::stats::Stats;
 pub use api::subscription::Subscription;
-pub use driver::handler::{DeadLetter, DeadLetterHook, Handler, HandlerOptions};
+pub use driver::durable::TAIL as DURABLE_TAIL;
+pub use driver::handler::{DeadLetter, DeadLetterHook, Handler, HandlerOptions, StartAt};
 pub use error::{Error, Result, TransportError};
 pub use store::{Fsync, StoreError};
 

@@ -159,3 +159,155 @@ async fn a_directory_with_other_files_is_refused_and_left_alone() {
         "keep me"
     );
 }
+
+/// What a handler processed: (value, redelivered).
+type Seen = std::sync::Arc<parking_lot::Mutex<Vec<(u32, bool)>>>;
+
+fn durable_handler(
+    peer: &Peer,
+    name: &str,
+    start: chorus::StartAt,
+) -> chorus::Result<(chorus::Handler, Seen)> {
+    let seen: Seen = Default::default();
+    let log = seen.clone();
+    let opts = chorus::HandlerOptions::new().durable(name).start_at(start);
+    let h = peer.subscribe_with_options("t", opts, move |d: chorus::Delivery<u32>| {
+        let log = log.clone();
+        async move {
+            log.lock().push((d.value, d.redelivered()));
+            Ok::<(), std::convert::Infallible>(())
+        }
+    })?;
+    Ok((h, seen))
+}
+
+fn values(seen: &Seen) -> Vec<u32> {
+    seen.lock().iter().map(|(v, _)| *v).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_durable_consumer_gets_what_was_published_while_it_was_down() {
+    let dir = data_dir();
+    let a = fast("a", &unique_url("inproc", "da"))
+        .data_dir(dir.path().join("a"))
+        .start()
+        .await
+        .unwrap();
+    let c_dir = dir.path().join("c");
+    let c = fast("c", &unique_url("inproc", "dc"))
+        .data_dir(&c_dir)
+        .seed(a.local_url())
+        .start()
+        .await
+        .unwrap();
+    let (_h, seen) = durable_handler(&c, "invoicing", chorus::StartAt::New).unwrap();
+    wait_mesh(&[&a, &c]).await;
+    for i in 1..=50u32 {
+        a.publish("t", &i).await.unwrap();
+    }
+    wait_for("c handled 50", || seen.lock().len() == 50).await;
+    c.shutdown().await;
+
+    // Published while the consumer is down.
+    for i in 51..=120u32 {
+        a.publish("t", &i).await.unwrap();
+    }
+    let c = fast("c", &unique_url("inproc", "dc2"))
+        .data_dir(&c_dir)
+        .seed(a.local_url())
+        .start()
+        .await
+        .unwrap();
+    let (_h, again) = durable_handler(&c, "invoicing", chorus::StartAt::New).unwrap();
+    let mut plain = c.subscribe::<u32>("t").unwrap();
+    wait_for("c handled what it missed", || again.lock().len() >= 70).await;
+    assert_eq!(values(&again), (51..=120).collect::<Vec<_>>());
+    assert!(
+        again.lock().iter().all(|(_, r)| !r),
+        "a graceful stop leaves no tail"
+    );
+    // Live traffic follows, to both; the plain subscription never saw the replay.
+    c.wait_for_members(1, DEADLINE).await.unwrap();
+    a.wait_for_members(1, DEADLINE).await.unwrap();
+    for i in 121..=125u32 {
+        a.publish("t", &i).await.unwrap();
+    }
+    wait_for("live events", || again.lock().len() == 75).await;
+    assert_eq!(values(&again), (51..=125).collect::<Vec<_>>());
+    let first_plain = next("plain delivery", &mut plain).await.value;
+    assert!(
+        first_plain > 120,
+        "the plain subscription got replayed event {first_plain}"
+    );
+    assert!(c.stats().replayed >= 70, "{:?}", c.stats());
+    assert_eq!(c.stats().lost, 0);
+    c.shutdown().await;
+    a.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_durable_consumer_can_start_at_the_beginning_or_at_a_time() {
+    let dir = data_dir();
+    let a = fast("a", &unique_url("inproc", "ba"))
+        .data_dir(dir.path().join("a"))
+        .start()
+        .await
+        .unwrap();
+    for i in 1..=30u32 {
+        a.publish("t", &i).await.unwrap();
+    }
+    a.flush(DEADLINE).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await; // distinct timestamps
+    let middle = std::time::SystemTime::now();
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    for i in 31..=40u32 {
+        a.publish("t", &i).await.unwrap();
+    }
+    a.flush(DEADLINE).await.unwrap();
+    let c = fast("c", &unique_url("inproc", "bc"))
+        .data_dir(dir.path().join("c"))
+        .seed(a.local_url())
+        .start()
+        .await
+        .unwrap();
+    let (_b, all) = durable_handler(&c, "audit", chorus::StartAt::Beginning).unwrap();
+    let (_t, recent) = durable_handler(&c, "recent", chorus::StartAt::Time(middle)).unwrap();
+    let (_n, new) = durable_handler(&c, "new", chorus::StartAt::New).unwrap();
+    wait_for("the whole stream", || all.lock().len() == 40).await;
+    wait_for("the recent part", || recent.lock().len() == 10).await;
+    assert_eq!(values(&all), (1..=40).collect::<Vec<_>>());
+    assert_eq!(values(&recent), (31..=40).collect::<Vec<_>>());
+    c.wait_for_members(1, DEADLINE).await.unwrap();
+    a.wait_for_members(1, DEADLINE).await.unwrap();
+    a.publish("t", &41u32).await.unwrap();
+    wait_for("the live event", || {
+        new.lock().len() == 1 && all.lock().len() == 41
+    })
+    .await;
+    assert_eq!(values(&new), [41]);
+    c.shutdown().await;
+    a.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_durable_consumer_needs_a_data_dir_and_a_unique_name() {
+    let p = fast("p", &unique_url("inproc", "na"))
+        .start()
+        .await
+        .unwrap();
+    let e = durable_handler(&p, "x", chorus::StartAt::New).unwrap_err();
+    assert!(e.to_string().contains("needs a data dir"), "{e}");
+    p.shutdown().await;
+    let dir = data_dir();
+    let p = fast("p", &unique_url("inproc", "nb"))
+        .data_dir(dir.path())
+        .start()
+        .await
+        .unwrap();
+    let _h = durable_handler(&p, "x", chorus::StartAt::New).unwrap();
+    let e = durable_handler(&p, "x", chorus::StartAt::New).unwrap_err();
+    assert!(e.to_string().contains("already subscribed"), "{e}");
+    let e = durable_handler(&p, "", chorus::StartAt::New).unwrap_err();
+    assert!(e.to_string().contains("1 to 200 bytes"), "{e}");
+    p.shutdown().await;
+}

@@ -413,3 +413,198 @@ fn a_durable_publisher_killed_and_restarted_continues_its_stream() {
         println!("durable run {i}: a stream of {end} events, each processed once, none lost");
     }
 }
+
+/// What one life of a durable consumer processed of `origin`: seq →
+/// (value, marked redelivered).
+fn life(lines: &[String], origin: &str) -> BTreeMap<u64, (u64, bool)> {
+    let mut got = BTreeMap::new();
+    for l in lines {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        if let ["got", o, _, seq, v, rest @ ..] = f.as_slice() {
+            if *o == origin {
+                let v = v.strip_prefix("v=").unwrap().parse().unwrap();
+                let marked = rest.contains(&"redelivered");
+                assert!(
+                    got.insert(seq.parse::<u64>().unwrap(), (v, marked))
+                        .is_none(),
+                    "seq {seq} processed twice by one life"
+                );
+            }
+        }
+    }
+    got
+}
+
+/// How a durable consumer is stopped mid-stream.
+#[derive(Debug, Clone, Copy)]
+enum Stop {
+    /// SIGTERM: a graceful stop, with a final commit.
+    Term,
+    /// SIGKILL of the consumer.
+    Kill,
+    /// SIGKILL of the consumer and of the (durable) publisher at once.
+    KillBoth,
+}
+
+/// What the checker counted over both lives of the consumer.
+#[derive(Default)]
+struct DurableTally {
+    stream: u64,
+    first_life: usize,
+    twice_flagged: usize,
+}
+
+/// One run: `work` (a data dir) publishes; `invoicing` (a data dir, a
+/// durable handler) is stopped with `stop` once it processed `kill_after`,
+/// and started again on another port while `work` goes on (or, with
+/// `KillBoth`, both are started again). Demands: every event of the stream
+/// processed, none reported lost, an event processed by both lives only if
+/// the second flagged it redelivered.
+fn run_durable_consumer(stop: Stop, kill_after: u64) -> DurableTally {
+    const FIRST: u64 = 900;
+    const SECOND: u64 = 100;
+    let dir = tempfile::tempdir().unwrap();
+    let work_dir = dir.path().join("work");
+    let inv_dir = dir.path().join("inv");
+    let (work_dir, inv_dir) = (work_dir.to_str().unwrap(), inv_dir.to_str().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let common = ["--interval-ms", "100", "--miss-limit", "5"];
+    let url = || format!("tcp://127.0.0.1:{}", free_port());
+    let (w1, w2, i1, i2) = (url(), url(), url(), url());
+    let kill_both = matches!(stop, Stop::KillBoth);
+    let work_count = if kill_both { 100_000 } else { FIRST };
+    let work_count = work_count.to_string();
+    let start_work = |listen: &str, count: &str, first_value: &str| {
+        let mut a = vec!["--name", "work", "--listen", listen, "--count", count];
+        a.extend(["--first-value", first_value]);
+        a.extend(["--rate", "300", "--members", "1", "--data-dir", work_dir]);
+        a.extend(common);
+        Proc::start(&a)
+    };
+    let start_inv = |listen: &str, seed: &str| {
+        let mut a = vec!["--name", "invoicing", "--listen", listen, "--seed", seed];
+        a.extend(["--data-dir", inv_dir, "--durable", "invoicing"]);
+        a.extend(common);
+        Proc::start(&a)
+    };
+    let work = start_work(&w1, &work_count, "0");
+    let mut work_lines = Vec::new();
+    let ready = work
+        .read_until(deadline, &mut work_lines, |l| l.starts_with("ready "))
+        .expect("work ready");
+    let work_id = ready.split_whitespace().nth(1).unwrap().to_owned();
+    let first = start_inv(&i1, &w1);
+    let mut first_lines = Vec::new();
+    let reached = format!("got {work_id} ");
+    first
+        .read_until(deadline, &mut first_lines, |l| {
+            l.starts_with(&reached)
+                && l.split_whitespace().nth(3).and_then(|s| s.parse().ok()) >= Some(kill_after)
+        })
+        .expect("the first life got its share");
+    let mut first = first;
+    match stop {
+        Stop::Term => first.signal("-TERM"),
+        Stop::Kill | Stop::KillBoth => first.signal("-KILL"),
+    }
+    let _ = first.child.wait();
+    first.drain(&mut first_lines);
+    let mut work = Some(work);
+    if kill_both {
+        let w = work.take().unwrap();
+        w.signal("-KILL");
+        drop(w);
+    }
+    // Down for a while: the stream goes on without it.
+    std::thread::sleep(Duration::from_millis(500));
+    let second_count = SECOND.to_string();
+    let (work, seed) = match work {
+        Some(w) => (w, w1.clone()),
+        None => (start_work(&w2, &second_count, "1000000"), w2.clone()),
+    };
+    let second = start_inv(&i2, &seed);
+    let mut second_lines = Vec::new();
+    // The stream ends with the last value of the last life of `work`.
+    let last_value = if kill_both {
+        1_000_000 + SECOND - 1
+    } else {
+        FIRST - 1
+    };
+    let covered = |second_lines: &[String]| {
+        let (a, b) = (life(&first_lines, &work_id), life(second_lines, &work_id));
+        let end = b
+            .iter()
+            .find(|(_, (v, _))| *v == last_value)
+            .map(|(s, _)| *s);
+        end.filter(|end| (1..=*end).all(|s| a.contains_key(&s) || b.contains_key(&s)))
+    };
+    while covered(&second_lines).is_none() && Instant::now() < deadline {
+        second.read_until(
+            (Instant::now() + Duration::from_millis(200)).min(deadline),
+            &mut second_lines,
+            |_| false,
+        );
+    }
+    second.signal("-TERM");
+    work.signal("-TERM");
+    let lost: Vec<&String> = first_lines
+        .iter()
+        .chain(&second_lines)
+        .filter(|l| l.starts_with("lost "))
+        .collect();
+    assert!(lost.is_empty(), "{stop:?}: losses reported: {lost:?}");
+    let (a, b) = (life(&first_lines, &work_id), life(&second_lines, &work_id));
+    let end = covered(&second_lines).unwrap_or_else(|| {
+        panic!(
+            "{stop:?}: not every event was processed; first life {} events (last {:?}), second {} (first {:?}, last {:?})",
+            a.len(),
+            a.iter().next_back(),
+            b.len(),
+            b.iter().next(),
+            b.iter().next_back()
+        )
+    });
+    let mut t = DurableTally {
+        stream: end,
+        first_life: a.len(),
+        ..Default::default()
+    };
+    for (seq, (_, marked)) in &b {
+        if a.contains_key(seq) {
+            assert!(
+                marked,
+                "{stop:?}: seq {seq} processed by both lives, not flagged redelivered"
+            );
+            t.twice_flagged += 1;
+        }
+    }
+    if matches!(stop, Stop::Term) {
+        assert_eq!(
+            t.twice_flagged, 0,
+            "a graceful stop commits everything it handled"
+        );
+    }
+    assert!(
+        t.twice_flagged as u64 <= chorus::DURABLE_TAIL,
+        "{stop:?}: {} handled twice, more than the tail bound",
+        t.twice_flagged
+    );
+    t
+}
+
+#[test]
+fn a_durable_consumer_stopped_or_killed_mid_stream_processes_everything() {
+    let runs: u64 = std::env::var("CHORUS_RESTART_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    for i in 0..runs {
+        for stop in [Stop::Term, Stop::Kill, Stop::KillBoth] {
+            let t = run_durable_consumer(stop, 100 + (i * 61) % 400);
+            println!(
+                "{stop:?} run {i}: a stream of {} events, {} processed by the first life, {} by both (flagged redelivered)",
+                t.stream, t.first_life, t.twice_flagged
+            );
+        }
+    }
+}

@@ -410,6 +410,11 @@ impl PeerBuilder {
     }
 
     fn check(&self) -> Result<()> {
+        if self.driver.data_dir.is_some() && !self.driver.ordered {
+            return Err(Error::Config(
+                "a data dir needs ordered delivery: durable consumers keep their position in each stream in order (drop ordered_delivery(false))".into(),
+            ));
+        }
         let range = |what: &str, v: usize, lo: usize, hi: usize| {
             if (lo..=hi).contains(&v) {
                 Ok(())

@@ -57,12 +57,28 @@ impl<T> Delivery<T> {
         self.redelivered
     }
 
+    /// A stable key of this event: its origin, the epoch of the origin's
+    /// stream and its sequence number. The same event always has the same
+    /// key, across redeliveries and restarts of either side (a durable
+    /// origin keeps its epoch), and no two events of the bus share one: a
+    /// handler dedups on it in its own store, in the transaction of its
+    /// side effect, to turn "redelivered" into "handled once".
+    pub fn key(&self) -> DeliveryKey {
+        DeliveryKey {
+            origin: self.envelope.origin,
+            stream: self.envelope.incarnation,
+            seq: self.envelope.seq,
+        }
+    }
+
     /// The publishing peer.
     pub fn origin(&self) -> PeerId {
         self.envelope.origin
     }
 
-    /// The publishing peer's incarnation (changes when it restarts).
+    /// The epoch of the publishing peer's stream: its incarnation (which
+    /// changes when it restarts), or, for a durable publisher (a data dir),
+    /// the epoch its stream keeps across restarts.
     pub fn incarnation(&self) -> u64 {
         self.envelope.incarnation
     }
@@ -120,6 +136,24 @@ impl<T> Delivery<T> {
     /// The value, dropping the metadata.
     pub fn into_value(self) -> T {
         self.value
+    }
+}
+
+/// The stable key of an event ([`Delivery::key`]). Displayed as
+/// `origin/stream/seq`, e.g. `00000000000000ab/1733150000000000/42`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DeliveryKey {
+    /// The publishing peer.
+    pub origin: PeerId,
+    /// The epoch of its stream.
+    pub stream: u64,
+    /// The event's sequence number in that stream.
+    pub seq: u64,
+}
+
+impl std::fmt::Display for DeliveryKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}/{}", self.origin, self.stream, self.seq)
     }
 }
 

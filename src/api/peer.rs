@@ -4,8 +4,10 @@
 //! argument validation, payload serialization, size checks, and shutdown.
 //! It talks to the driver tasks only through their channels.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -21,8 +23,9 @@ use crate::api::delivery::{Delivery, Loss, Undecodable};
 use crate::api::events::{Events, MembershipEvents};
 use crate::api::publish_options::PublishOptions;
 use crate::api::stats::{Counters, Stats};
-use crate::api::subscription::{decode_msgpack, decode_raw, Subscription};
+use crate::api::subscription::{decode_msgpack, decode_raw, Reader, Subscription};
 use crate::driver::discovery::DiscoveryCmd;
+use crate::driver::durable;
 use crate::driver::handler::{self, Handler, HandlerOptions};
 use crate::driver::publisher::{FlushRequest, PublisherCmd, Queued, Unacked};
 use crate::driver::receiver::ReceiverCmd;
@@ -39,6 +42,9 @@ struct Shared {
     limits: Limits,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     shut_down: AtomicBool,
+    /// Durable consumers subscribed: their names, and a signal each sends
+    /// once it has committed its final position.
+    durables: Mutex<(HashSet<String>, Vec<oneshot::Receiver<()>>)>,
 }
 
 impl PeerBuilder {
@@ -56,6 +62,7 @@ impl PeerBuilder {
                 limits,
                 tasks: Mutex::new(tasks),
                 shut_down: AtomicBool::new(false),
+                durables: Mutex::default(),
             }),
         })
     }
@@ -473,11 +480,85 @@ impl Peer {
         Fut: Future<Output = std::result::Result<(), E>> + Send + 'static,
         E: std::fmt::Display + Send + 'static,
     {
-        let sub = self.register_tracked(pattern, decode_msgpack::<T>, true)?;
+        self.handle(pattern, decode_msgpack::<T>, options, handler)
+    }
+
+    /// [`subscribe_with_options`](Self::subscribe_with_options) for raw
+    /// payload bytes (any encoding: nothing is decoded).
+    pub fn subscribe_bytes_with_options<F, Fut, E>(
+        &self,
+        pattern: &str,
+        options: HandlerOptions,
+        handler: F,
+    ) -> Result<Handler>
+    where
+        F: Fn(Delivery<Bytes>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = std::result::Result<(), E>> + Send + 'static,
+        E: std::fmt::Display + Send + 'static,
+    {
+        self.handle(pattern, decode_raw, options, handler)
+    }
+
+    fn handle<T, F, Fut, E>(
+        &self,
+        pattern: &str,
+        decode: fn(&Bytes) -> std::result::Result<T, String>,
+        options: HandlerOptions,
+        handler: F,
+    ) -> Result<Handler>
+    where
+        T: Clone + Send + 'static,
+        F: Fn(Delivery<T>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = std::result::Result<(), E>> + Send + 'static,
+        E: std::fmt::Display + Send + 'static,
+    {
+        let Some(name) = options.durable.clone() else {
+            let sub = self.register_as(pattern, decode, Reader::Handler)?;
+            let counters = self.shared.drivers.counters.clone();
+            return Ok(handler::spawn(sub, options, counters, None, None, handler));
+        };
+        let parts = &self.shared.drivers;
+        let Some((dir, positions)) = parts.durable_store.lock().clone() else {
+            return Err(Error::Config(format!(
+                "durable consumer {name:?} needs a data dir (PeerBuilder::data_dir) to keep its position in"
+            )));
+        };
+        if !self.shared.durables.lock().0.insert(name.clone()) {
+            return Err(Error::Config(format!(
+                "durable consumer {name:?} is already subscribed on this peer"
+            )));
+        }
+        let opened = durable::open(
+            &name,
+            options.start_at,
+            dir,
+            positions,
+            parts.received.clone(),
+            parts.registry.clone(),
+        );
+        let opened = match opened {
+            Ok(o) => o,
+            Err(e) => {
+                self.shared.durables.lock().0.remove(&name);
+                return Err(e);
+            }
+        };
+        let sub = self.register_as(pattern, decode, Reader::Durable(opened.filter))?;
+        let mut committer = opened.committer;
+        committer.sub = sub.id();
+        let _ = parts.receiver.send(ReceiverCmd::Durable {
+            positions: opened.positions,
+            history: opened.history,
+        });
+        let (finished, done) = oneshot::channel();
+        self.shared.durables.lock().1.push(done);
+        let counters = parts.counters.clone();
         Ok(handler::spawn(
             sub,
             options,
-            self.shared.drivers.counters.clone(),
+            counters,
+            Some(committer),
+            Some(finished),
             handler,
         ))
     }
@@ -492,14 +573,14 @@ impl Peer {
         pattern: &str,
         decode: fn(&Bytes) -> std::result::Result<T, String>,
     ) -> Result<Subscription<T>> {
-        self.register_tracked(pattern, decode, false)
+        self.register_as(pattern, decode, Reader::Stream)
     }
 
-    fn register_tracked<T>(
+    fn register_as<T>(
         &self,
         pattern: &str,
         decode: fn(&Bytes) -> std::result::Result<T, String>,
-        tracked: bool,
+        reader: Reader,
     ) -> Result<Subscription<T>> {
         let pattern = Pattern::parse(pattern)?;
         let parts = &self.shared.drivers;
@@ -510,7 +591,7 @@ impl Peer {
             pattern,
             self.shared.limits.subscription_buffer,
             decode,
-            tracked,
+            reader,
         )
         .ok_or(Error::Shutdown)
     }
@@ -556,6 +637,17 @@ impl Peer {
         if parts.receiver.send(ReceiverCmd::Shutdown(sub_done)).is_ok() {
             let _ = sub_wait.await;
         }
+        // Durable handlers finish what they were handed and commit.
+        let durables = std::mem::take(&mut self.shared.durables.lock().1);
+        for done in durables {
+            if tokio::time::timeout(linger.max(Duration::from_secs(1)), done)
+                .await
+                .is_err()
+            {
+                tracing::warn!("a durable handler did not finish in time; its uncommitted tail will be handled again (flagged redelivered)");
+            }
+        }
+        parts.durable_store.lock().take(); // the data dir is free once the tasks are done
         let tasks = std::mem::take(&mut *self.shared.tasks.lock());
         for task in tasks {
             let _ = task.await;

@@ -121,6 +121,11 @@ stats! {
     duplicates,
     /// Envelopes dropped because their idempotency key was seen within the duplicate window.
     duplicate_keys,
+    /// Deliveries replayed for durable subscriptions only (events the
+    /// others here had already, or were never owed).
+    replayed,
+    /// Durable positions the data dir refused to commit (retried).
+    commit_failures,
     /// Messages declared lost (see `Peer::losses`).
     lost,
     /// Sequence numbers skipped because their origin published them before

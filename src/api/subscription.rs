@@ -21,6 +21,7 @@ use tokio::sync::{broadcast, mpsc};
 
 use crate::api::delivery::{Delivery, Undecodable};
 use crate::api::stats::Counters;
+use crate::driver::durable::DurableFilter;
 use crate::driver::inflight::InFlight;
 use crate::wire::envelope::Envelope;
 use crate::wire::topic::Pattern;
@@ -31,6 +32,8 @@ pub(crate) struct Routed {
     pub envelope: Arc<Envelope>,
     /// It may already have reached an earlier life of this peer.
     pub redelivered: bool,
+    /// Only for durable subscriptions (see `Inbox::is_replay`).
+    pub replay: bool,
 }
 
 struct Entry {
@@ -39,6 +42,20 @@ struct Entry {
     tx: mpsc::Sender<Routed>,
     /// A handler subscription: what it is given is in flight until it is done.
     tracked: bool,
+    /// A durable subscription: what it is handed (see `driver::durable`).
+    durable: Option<Arc<DurableFilter>>,
+}
+
+/// Who reads a subscription, which decides what it is handed and whether
+/// its deliveries are tracked until done.
+#[derive(Debug, Clone)]
+pub(crate) enum Reader {
+    /// A stream the application reads: acknowledged once queued.
+    Stream,
+    /// A handler: in flight until it is done with a delivery.
+    Handler,
+    /// A durable handler: also filtered by its position.
+    Durable(Arc<DurableFilter>),
 }
 
 /// The set of live subscriptions of one peer.
@@ -57,7 +74,7 @@ pub(crate) enum Dispatched {
     /// Every matching subscription had room.
     Done,
     /// These matching subscriptions were full: the caller awaits them.
-    Full(Vec<mpsc::Sender<Routed>>),
+    Full(Vec<(mpsc::Sender<Routed>, Routed)>),
 }
 
 impl Registry {
@@ -65,7 +82,7 @@ impl Registry {
         &self,
         pattern: Pattern,
         capacity: usize,
-        tracked: bool,
+        reader: &Reader,
     ) -> Option<(u64, mpsc::Receiver<Routed>)> {
         let mut entries = self.entries.write();
         if self.closed.load(Ordering::Acquire) {
@@ -77,7 +94,11 @@ impl Registry {
             id,
             pattern,
             tx,
-            tracked,
+            tracked: !matches!(reader, Reader::Stream),
+            durable: match reader {
+                Reader::Durable(d) => Some(d.clone()),
+                _ => None,
+            },
         });
         Some((id, rx))
     }
@@ -92,7 +113,12 @@ impl Registry {
         let mut entries = self.entries.write();
         self.closed.store(true, Ordering::Release);
         for e in entries.drain(..) {
-            self.inflight.drop_sub(e.id);
+            // A durable subscription's unfinished deliveries keep holding
+            // its position until it is dropped (it handles what it has
+            // queued, then commits).
+            if e.durable.is_none() {
+                self.inflight.drop_sub(e.id);
+            }
         }
     }
 
@@ -105,13 +131,29 @@ impl Registry {
         let mut matched = false;
         let mut full = Vec::new();
         for e in entries.iter().filter(|e| e.pattern.matches(&env.topic)) {
+            // A replay is for durable subscriptions only; each of those
+            // skips what it committed and flags its uncommitted tail.
+            let mut routed = None;
+            match &e.durable {
+                None if received.replay => continue,
+                None => {}
+                Some(d) if !d.admits(env, received.replay) => continue,
+                Some(d) if d.redelivered(env) && !received.redelivered => {
+                    routed = Some(Routed {
+                        redelivered: true,
+                        ..received.clone()
+                    });
+                }
+                Some(_) => {}
+            }
             matched = true;
             if e.tracked {
                 self.inflight
                     .add(e.id, env.origin, env.incarnation, env.seq);
             }
-            if let Err(mpsc::error::TrySendError::Full(_)) = e.tx.try_send(received.clone()) {
-                full.push(e.tx.clone());
+            let routed = routed.unwrap_or_else(|| received.clone());
+            if let Err(mpsc::error::TrySendError::Full(r)) = e.tx.try_send(routed) {
+                full.push((e.tx.clone(), r));
             }
         }
         match (matched, full.is_empty()) {
@@ -161,9 +203,10 @@ impl<T> Subscription<T> {
         pattern: Pattern,
         capacity: usize,
         decode: Decode<T>,
-        tracked: bool,
+        reader: Reader,
     ) -> Option<Self> {
-        let (id, rx) = registry.add(pattern.clone(), capacity, tracked)?;
+        let (id, rx) = registry.add(pattern.clone(), capacity, &reader)?;
+        let tracked = !matches!(reader, Reader::Stream);
         Some(Subscription {
             rx,
             decode,
@@ -179,6 +222,11 @@ impl<T> Subscription<T> {
     }
 
     /// Marks a delivery of a handler subscription as processed.
+    /// Its id in the registry.
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+
     pub(crate) fn done(&self, env: &Envelope) {
         if self.tracked {
             self.registry
@@ -203,6 +251,7 @@ impl<T> Subscription<T> {
         let Routed {
             envelope: env,
             redelivered,
+            ..
         } = match self.rx.poll_recv(cx) {
             Poll::Ready(Some(r)) => r,
             Poll::Ready(None) => return Poll::Ready(None),

@@ -17,13 +17,14 @@
 use std::fmt::Display;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::task::JoinHandle;
 
 use crate::api::delivery::Delivery;
 use crate::api::stats::Counters;
 use crate::api::subscription::Subscription;
+use crate::driver::durable::Committer;
 use crate::wire::envelope::Envelope;
 
 tokio::task_local! {
@@ -54,7 +55,7 @@ pub type DeadLetterHook = Arc<dyn Fn(DeadLetter) + Send + Sync>;
 /// Retry policy and dead-letter hook of a handler subscription.
 ///
 /// ```
-/// use std::time::Duration;
+/// use std::time::{Duration, SystemTime};
 /// let opts = chorus::HandlerOptions::new()
 ///     .max_attempts(3)
 ///     .backoff(Duration::from_millis(10), Duration::from_secs(1))
@@ -66,6 +67,26 @@ pub struct HandlerOptions {
     initial_backoff: Duration,
     max_backoff: Duration,
     dead_letter: Option<DeadLetterHook>,
+    pub(crate) durable: Option<String>,
+    pub(crate) start_at: StartAt,
+}
+
+/// Where a new durable consumer starts in a stream it has no position in
+/// ([`HandlerOptions::start_at`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StartAt {
+    /// Everything each origin still keeps in its log (or its retransmit
+    /// buffer, for an origin without a data dir).
+    Beginning,
+    /// The events published at or after this time (by the publisher's
+    /// clock). Found by replaying what the origin keeps and skipping the
+    /// older events.
+    Time(SystemTime),
+    /// What is published after the consumer first subscribed (default): on
+    /// its first run, the live streams from now; later, streams it has no
+    /// position in from the time it was created.
+    #[default]
+    New,
 }
 
 impl Default for HandlerOptions {
@@ -76,6 +97,8 @@ impl Default for HandlerOptions {
             initial_backoff: Duration::from_millis(10),
             max_backoff: Duration::from_secs(1),
             dead_letter: None,
+            durable: None,
+            start_at: StartAt::New,
         }
     }
 }
@@ -87,6 +110,8 @@ impl std::fmt::Debug for HandlerOptions {
             .field("initial_backoff", &self.initial_backoff)
             .field("max_backoff", &self.max_backoff)
             .field("dead_letter", &self.dead_letter.is_some())
+            .field("durable", &self.durable)
+            .field("start_at", &self.start_at)
             .finish()
     }
 }
@@ -113,6 +138,28 @@ impl HandlerOptions {
     /// Called with each delivery given up on (default: logged at `error`).
     pub fn dead_letter(mut self, hook: impl Fn(DeadLetter) + Send + Sync + 'static) -> Self {
         self.dead_letter = Some(Arc::new(hook));
+        self
+    }
+
+    /// Makes this a durable consumer named `name` (1 to 200 bytes; needs
+    /// [`PeerBuilder::data_dir`](crate::PeerBuilder::data_dir)). Its
+    /// position in every origin's stream is committed in the data dir after
+    /// the handler returned (at most 256 events per stream behind it), so a
+    /// restarted service (the same data dir, at any address) goes on where
+    /// it stopped: each origin sends what it still has after that position,
+    /// in order, before what follows. After a crash, the uncommitted tail
+    /// is handled again, flagged [`Delivery::redelivered`]; a handler whose
+    /// side effect is not in one transaction with chorus's commit dedups it
+    /// by [`Delivery::key`]. What an origin no longer keeps when the
+    /// consumer comes back is reported as a [`Loss`](crate::Loss).
+    pub fn durable(mut self, name: impl Into<String>) -> Self {
+        self.durable = Some(name.into());
+        self
+    }
+
+    /// Where a new durable consumer starts (default [`StartAt::New`]).
+    pub fn start_at(mut self, start: StartAt) -> Self {
+        self.start_at = start;
         self
     }
 }
@@ -148,10 +195,30 @@ fn dead_letter(opts: &HandlerOptions, dl: DeadLetter) {
     }
 }
 
+/// How often a durable handler commits its position while idle.
+const COMMIT_EVERY: Duration = Duration::from_millis(200);
+
+/// Commits a durable handler's position, retrying until the data dir takes
+/// it: the handler does not run ahead of what can be committed.
+async fn commit(committer: &mut Committer, counters: &Counters) {
+    loop {
+        match committer.commit() {
+            Ok(()) => return,
+            Err(e) => {
+                Counters::add(&counters.commit_failures, 1);
+                tracing::error!(error = %e, durable = %committer.name, "cannot commit a durable position; retrying in 1 s");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
 pub(crate) fn spawn<T, F, Fut, E>(
     mut sub: Subscription<T>,
     opts: HandlerOptions,
     counters: Arc<Counters>,
+    mut committer: Option<Committer>,
+    finished: Option<tokio::sync::oneshot::Sender<()>>,
     handler: F,
 ) -> Handler
 where
@@ -161,7 +228,30 @@ where
     E: Display + Send + 'static,
 {
     let task = tokio::spawn(async move {
-        while let Some(next) = futures::future::poll_fn(|cx| sub.poll_decoded(cx)).await {
+        let mut tick = tokio::time::interval(COMMIT_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let next = futures::future::poll_fn(|cx| sub.poll_decoded(cx));
+            let next = match &mut committer {
+                Some(c) => tokio::select! {
+                    n = next => n,
+                    _ = tick.tick() => {
+                        commit(c, &counters).await;
+                        continue;
+                    }
+                },
+                None => next.await,
+            };
+            let Some(next) = next else { break };
+            let env = match &next {
+                Ok(d) => d.envelope_arc(),
+                Err(bad) => bad.envelope.clone(),
+            };
+            if let Some(c) = &mut committer {
+                if c.must_commit_before(&env) {
+                    commit(c, &counters).await;
+                }
+            }
             let delivery = match next {
                 Ok(delivery) => delivery,
                 Err(bad) => {
@@ -212,6 +302,16 @@ where
                 }
             }
             sub.done(delivery.envelope());
+        }
+        // Everything it was handed is handled: the position goes to the end.
+        if let Some(c) = &mut committer {
+            if let Err(e) = c.close() {
+                tracing::error!(error = %e, durable = %c.name, "cannot commit a durable position at the end");
+            }
+        }
+        drop(sub);
+        if let Some(done) = finished {
+            let _ = done.send(());
         }
     });
     Handler { task }

@@ -48,6 +48,16 @@ impl InFlight {
             .map_or(received, |oldest| received.min(oldest - 1))
     }
 
+    /// The oldest sequence number of this origin incarnation that
+    /// subscription `sub` has not finished.
+    pub(crate) fn oldest_of(&self, sub: u64, origin: PeerId, incarnation: u64) -> Option<u64> {
+        self.subs.lock().get(&sub).and_then(|set| {
+            set.range((origin, incarnation, 0)..=(origin, incarnation, u64::MAX))
+                .next()
+                .map(|k| k.2)
+        })
+    }
+
     /// The oldest unfinished sequence number of this origin incarnation.
     fn oldest(&self, origin: PeerId, incarnation: u64) -> Option<u64> {
         let subs = self.subs.lock();

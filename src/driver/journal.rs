@@ -57,7 +57,7 @@ impl StoreHealth {
 
 /// See the module documentation.
 pub(crate) struct Journal {
-    pub dir: DataDir,
+    pub dir: Arc<DataDir>,
     pub log: StreamLog,
     pub watermarks: Watermarks,
     pub retention: Retention,
@@ -72,7 +72,7 @@ pub(crate) struct Journal {
 
 impl Journal {
     pub(crate) fn new(
-        dir: DataDir,
+        dir: Arc<DataDir>,
         log: StreamLog,
         watermarks: Watermarks,
         earlier: &[Watermark],

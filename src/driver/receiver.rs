@@ -52,6 +52,13 @@ pub(crate) enum ReceiverCmd {
     /// The member left: what is missing from it is lost, what is held is
     /// delivered (unless its stream is durable, as above).
     Left(Arc<PeerInfo>),
+    /// A durable subscription resumes these streams `(origin, epoch,
+    /// processed through)`; with `history`, streams it has no position in
+    /// are replayed from their start (it filters them by time).
+    Durable {
+        positions: Vec<(PeerId, u64, u64)>,
+        history: bool,
+    },
     /// Stop, close the socket and end every subscription.
     Shutdown(oneshot::Sender<()>),
 }
@@ -125,6 +132,11 @@ pub(crate) struct Receiver {
     pub scratch: Vec<Envelope>,
     /// Received topics, validated once and shared.
     pub topics: Interner,
+    /// The members connected, by id.
+    pub members: HashMap<PeerId, Arc<PeerInfo>>,
+    /// Per durable subscription that replays streams it has no position
+    /// in: the streams it has one in.
+    pub history: Vec<std::collections::HashSet<(PeerId, u64)>>,
 }
 
 impl Receiver {
@@ -149,13 +161,31 @@ impl Receiver {
                             Some(ReceiverCmd::Connect(info)) => {
                                 self.inbox.announce(info.id);
                                 self.connect(&info, &repaired_tx);
-                                true
+                                self.replay_history(&info);
+                                self.members.insert(info.id, info);
+                                self.drain().await
+                            }
+                            Some(ReceiverCmd::Durable { positions, history }) => {
+                                let now = clock::now();
+                                for &(origin, epoch, through) in &positions {
+                                    self.inbox.resume(origin, epoch, through + 1, now);
+                                }
+                                if history {
+                                    let known = positions.iter().map(|&(o, e, _)| (o, e)).collect();
+                                    self.history.push(known);
+                                    let members: Vec<Arc<PeerInfo>> = self.members.values().cloned().collect();
+                                    for info in members {
+                                        self.replay_history(&info);
+                                    }
+                                }
+                                self.drain().await
                             }
                             Some(ReceiverCmd::Disconnect(info)) => {
                                 if let Some(d) = self.dialers.remove(&info.endpoints.publish) {
                                     d.close();
                                 }
                                 self.nak_senders.remove(&info.id);
+                                self.members.remove(&info.id);
                                 self.direct_acked.retain(|(o, _), _| *o != info.id);
                                 self.forget(&info).await
                             }
@@ -228,6 +258,15 @@ impl Receiver {
     }
 
     /// Dials the member's publisher and (re)starts its repair client.
+    /// Durable subscriptions that replay the streams they have no position
+    /// in: `member`'s, from its start, if some has none for it.
+    fn replay_history(&mut self, member: &PeerInfo) {
+        let stream = (member.id, member.stream_epoch());
+        if self.history.iter().any(|known| !known.contains(&stream)) {
+            self.inbox.resume(stream.0, stream.1, 1, clock::now());
+        }
+    }
+
     /// A member is gone. A durable member's stream stays tracked as it is:
     /// what is missing of it is in its log, asked for when it is back (a
     /// restarted durable peer continues the same stream). Any other
@@ -418,7 +457,11 @@ impl Receiver {
     /// Drops a repeated idempotency key, else hands the envelope to every
     /// matching subscription; false if shutdown interrupted a wait.
     async fn deliver(&mut self, env: Arc<Envelope>) -> bool {
-        if let Some(key) = &env.id {
+        // A replay is for durable subscriptions, which skip by position:
+        // its key was seen when it was first delivered here, or belongs to
+        // a stretch the others were never owed.
+        let keyed = env.id.as_ref().filter(|_| !self.inbox.is_replay(&env));
+        if let Some(key) = keyed {
             let now = clock::now();
             if self.keys.contains(&env.topic, key, now) {
                 Counters::add(&self.counters.duplicate_keys, 1);
@@ -435,18 +478,23 @@ impl Receiver {
         if redelivered {
             Counters::add(&self.counters.redelivered, 1);
         }
+        let replay = self.inbox.is_replay(&env);
+        if replay {
+            Counters::add(&self.counters.replayed, 1);
+        }
         let received = Routed {
             envelope: env,
             redelivered,
+            replay,
         };
         match self.registry.dispatch(&received) {
             Dispatched::Unmatched => Counters::add(&self.counters.unmatched, 1),
             Dispatched::Done => {}
             Dispatched::Full(waiting) => {
-                for tx in waiting {
+                for (tx, routed) in waiting {
                     // A send error means the subscription was dropped meanwhile.
                     tokio::select! {
-                        _ = tx.send(received.clone()) => {}
+                        _ = tx.send(routed) => {}
                         _ = self.stopping.wait_for(|stop| *stop) => return false,
                     }
                 }

@@ -31,6 +31,7 @@ use crate::proto::membership::{Membership, MembershipConfig};
 use crate::proto::outbox::{Outbox, OutboxConfig};
 use crate::store::data_dir::Identity;
 use crate::store::log::{Retention, StreamLog};
+use crate::store::positions::Positions;
 use crate::store::watermarks::{Watermark, Watermarks};
 use crate::store::{DataDir, Fsync, StoreError};
 use crate::transport::bad_input::BadInputLog;
@@ -105,6 +106,11 @@ pub(crate) struct Drivers {
     pub stopping: watch::Sender<bool>,
     /// Whether the log of a durable peer can be written.
     pub store: Arc<StoreHealth>,
+    /// The data dir and its consumer positions (a durable peer).
+    /// Taken at shutdown, so that the data dir is free once it is done.
+    pub durable_store: parking_lot::Mutex<Option<(Arc<DataDir>, Arc<Positions>)>>,
+    /// What the receiver has received of each stream.
+    pub received: AckView,
     pub tasks: Vec<JoinHandle<()>>,
 }
 
@@ -181,6 +187,7 @@ pub(crate) fn spawn(config: Config) -> Result<Drivers> {
     };
     let mut outbox = Outbox::new(id, info.stream_epoch(), outbox);
     let store_health = Arc::new(StoreHealth::default());
+    let durable_store = store.as_ref().map(|s| (s.dir.clone(), s.positions.clone()));
     let journal = store.map(|s| {
         outbox.resume(
             s.log.last_seq(),
@@ -221,6 +228,7 @@ pub(crate) fn spawn(config: Config) -> Result<Drivers> {
         jobs: repair_tx,
     };
     let acks: AckView = Default::default();
+    let received = acks.clone();
     let last_seqs = Arc::new(LastSeqBoard::default());
     let (losses, _) = broadcast::channel(EVENT_BUFFER);
     let (undecodable, _) = broadcast::channel(EVENT_BUFFER);
@@ -254,6 +262,8 @@ pub(crate) fn spawn(config: Config) -> Result<Drivers> {
         topics: Default::default(),
         me: id,
         direct_acked: HashMap::new(),
+        members: HashMap::new(),
+        history: Vec::new(),
     };
     let (discovery_tx, discovery_rx) = mpsc::channel(4);
     let discovery = Discovery {
@@ -300,13 +310,16 @@ pub(crate) fn spawn(config: Config) -> Result<Drivers> {
         discovery: discovery_tx,
         stopping,
         store: store_health,
+        durable_store: parking_lot::Mutex::new(durable_store),
+        received,
         tasks,
     })
 }
 
 /// What a durable peer's data dir holds when it starts.
 struct OpenStore {
-    dir: DataDir,
+    dir: Arc<DataDir>,
+    positions: Arc<Positions>,
     log: StreamLog,
     watermarks: Watermarks,
     earlier: Vec<Watermark>,
@@ -334,10 +347,12 @@ fn open_store(config: &Config, path: &std::path::Path, incarnation: u64) -> Resu
     }
     let log = StreamLog::open(&dir).map_err(store_error)?;
     let (watermarks, earlier) = Watermarks::open(&dir).map_err(store_error)?;
+    let positions = Arc::new(Positions::open(&dir).map_err(store_error)?);
     tracing::info!(dir = %path.display(), id = %PeerId(dir.identity().id), stream = dir.identity().stream,
         first = log.first_seq(), last = log.last_seq(), "data dir opened");
     Ok(OpenStore {
-        dir,
+        dir: Arc::new(dir),
+        positions,
         log,
         watermarks,
         earlier,

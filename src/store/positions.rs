@@ -26,6 +26,9 @@ pub struct Consumer {
     pub not_before_us: u64,
     /// `(origin, stream epoch, processed through)`.
     pub positions: Vec<(u64, u64, u64)>,
+    /// Its last life ended with a final commit ([`Positions::close`]):
+    /// nothing it handled is uncommitted.
+    pub clean: bool,
 }
 
 /// See the module documentation.
@@ -68,7 +71,7 @@ impl Positions {
 
     /// The durable consumer `name`, created (with `created_us` and
     /// `not_before_us`) if it does not exist yet. The flag says whether it
-    /// was created now.
+    /// was created now. It is marked as running (not clean) from now on.
     pub fn load_or_create(
         &self,
         dir: &DataDir,
@@ -84,22 +87,14 @@ impl Positions {
             .consumers
             .get(&key)
             .map_err(|e| damaged(&format!("cannot read it: {e}")))?;
-        let (created_us, not_before_us, fresh) = match record {
-            Some(v) => match (u64_at(&v, 0), u64_at(&v, 8)) {
-                (Some(c), Some(n)) => (c, n, false),
+        let (created_us, not_before_us, clean, fresh) = match record {
+            Some(v) => match (u64_at(&v, 0), u64_at(&v, 8), v.get(16)) {
+                (Some(c), Some(n), Some(&clean)) if v.len() == 17 => (c, n, clean == 1, false),
                 _ => return Err(damaged("its record is malformed")),
             },
-            None => {
-                let mut v = [0u8; 16];
-                v[..8].copy_from_slice(&created_us.to_be_bytes());
-                v[8..].copy_from_slice(&not_before_us.to_be_bytes());
-                self.consumers
-                    .insert(&key, v)
-                    .map_err(|e| dir.error("create a durable consumer", e))?;
-                dir.persist("create a durable consumer")?;
-                (created_us, not_before_us, true)
-            }
+            None => (created_us, not_before_us, true, true),
         };
+        self.write_record(dir, name, created_us, not_before_us, false)?;
         let mut positions = Vec::new();
         for entry in self.positions.prefix(&key) {
             let (k, v) = entry.map_err(|e| damaged(&format!("cannot read a position: {e}")))?;
@@ -119,9 +114,41 @@ impl Positions {
                 created_us,
                 not_before_us,
                 positions,
+                clean,
             },
             fresh,
         ))
+    }
+
+    fn write_record(
+        &self,
+        dir: &DataDir,
+        name: &str,
+        created_us: u64,
+        not_before_us: u64,
+        clean: bool,
+    ) -> Result<(), StoreError> {
+        let mut v = [0u8; 17];
+        v[..8].copy_from_slice(&created_us.to_be_bytes());
+        v[8..16].copy_from_slice(&not_before_us.to_be_bytes());
+        v[16] = u8::from(clean);
+        self.consumers
+            .insert(name_key(name), v)
+            .map_err(|e| dir.error("record a durable consumer", e))?;
+        dir.persist("record a durable consumer")
+    }
+
+    /// Marks `name` as stopped cleanly: its last commit covers all it handled.
+    pub fn close(&self, dir: &DataDir, name: &str) -> Result<(), StoreError> {
+        let key = name_key(name);
+        let record = self
+            .consumers
+            .get(&key)
+            .map_err(|e| dir.error("read a durable consumer", e))?;
+        match record.as_deref().map(|v| (u64_at(v, 0), u64_at(v, 8))) {
+            Some((Some(c), Some(n))) => self.write_record(dir, name, c, n, true),
+            _ => Ok(()),
+        }
     }
 
     /// Records `(origin, stream epoch, processed through)` for `name`, in
@@ -173,7 +200,12 @@ mod tests {
         let dir = DataDir::open(path.path(), Fsync::OsBuffered, ident).unwrap();
         let p = Positions::open(&dir).unwrap();
         let (c, fresh) = p.load_or_create(&dir, "invoicing", 999, 999).unwrap();
-        assert!(!fresh);
+        assert!(!fresh && !c.clean, "it never closed");
+        p.close(&dir, "invoicing").unwrap();
+        let (c, _) = p.load_or_create(&dir, "invoicing", 999, 999).unwrap();
+        assert!(c.clean);
+        let (c, _) = p.load_or_create(&dir, "invoicing", 999, 999).unwrap();
+        assert!(!c.clean, "running again");
         assert_eq!((c.created_us, c.not_before_us), (100, 0));
         assert_eq!(c.positions, vec![(5, 6, 12), (8, 9, 10)]);
         let (eu, _) = p.load_or_create(&dir, "invoicing-eu", 0, 0).unwrap();

@@ -60,6 +60,10 @@ pub struct JoinArgs {
     /// Seconds to wait for the seed to answer.
     #[arg(long, value_name = "SECS", default_value_t = 5.0)]
     pub timeout: f64,
+    /// Data dir: this peer's identity and stream (and a durable
+    /// subscription's position) live there, across runs.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<std::path::PathBuf>,
     #[command(flatten)]
     pub bus: BusArgs,
 }
@@ -71,6 +75,9 @@ impl JoinArgs {
         let mut builder = Peer::builder().name(name).tool(true).listen(&self.listen);
         for s in &self.seed {
             builder = builder.seed(s);
+        }
+        if let Some(dir) = &self.data_dir {
+            builder = builder.data_dir(dir);
         }
         let builder = self.bus.apply(builder)?;
         builder.start().await.context("cannot start a peer")

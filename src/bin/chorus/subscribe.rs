@@ -5,7 +5,7 @@ use anyhow::Result;
 use bytes::Bytes;
 use std::collections::HashMap;
 
-use chorus::{Delivery, Pattern, Peer, PeerId};
+use chorus::{Delivery, HandlerOptions, Pattern, Peer, PeerId, StartAt};
 use futures::StreamExt;
 use serde_json::json;
 
@@ -25,6 +25,27 @@ pub struct Args {
     /// Exit after this many deliveries.
     #[arg(long, value_name = "N")]
     count: Option<u64>,
+    /// A durable subscription of this name (needs --data-dir): a later
+    /// `chorus sub` with the same name and data dir goes on where this one
+    /// stopped, getting what was published meanwhile.
+    #[arg(long, value_name = "NAME", requires = "data_dir")]
+    durable: Option<String>,
+    /// Where a new durable subscription starts: `new` (what is published
+    /// from now on) or `beginning` (everything the origins keep).
+    #[arg(
+        long,
+        value_name = "WHERE",
+        default_value = "new",
+        requires = "durable"
+    )]
+    start_at: StartFrom,
+}
+
+/// `--start-at` values.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum StartFrom {
+    New,
+    Beginning,
 }
 
 pub async fn run(args: Args) -> Result<()> {
@@ -36,7 +57,10 @@ pub async fn run(args: Args) -> Result<()> {
 }
 
 async fn print(args: &Args, peer: &Peer) -> Result<()> {
-    let mut deliveries = peer.subscribe_bytes(&args.pattern)?;
+    let mut deliveries = match &args.durable {
+        None => peer.subscribe_bytes(&args.pattern)?.boxed(),
+        Some(name) => durable(peer, &args.pattern, name, args.start_at)?,
+    };
     args.join.settle(peer).await?;
     eprintln!(
         "chorus: subscribed to {} as {}",
@@ -60,6 +84,43 @@ async fn print(args: &Args, peer: &Peer) -> Result<()> {
     Ok(())
 }
 
+/// A durable subscription as a stream: a handler that hands each delivery
+/// over and returns once it is printed (so its position is committed only
+/// past what was printed).
+fn durable(
+    peer: &Peer,
+    pattern: &str,
+    name: &str,
+    start: StartFrom,
+) -> Result<futures::stream::BoxStream<'static, Delivery<Bytes>>> {
+    let (tx, rx) =
+        tokio::sync::mpsc::channel::<(Delivery<Bytes>, tokio::sync::oneshot::Sender<()>)>(1);
+    let start = match start {
+        StartFrom::New => StartAt::New,
+        StartFrom::Beginning => StartAt::Beginning,
+    };
+    let opts = HandlerOptions::new().durable(name).start_at(start);
+    peer.subscribe_bytes_with_options(pattern, opts, move |d: Delivery<Bytes>| {
+        let tx = tx.clone();
+        async move {
+            let (printed, wait) = tokio::sync::oneshot::channel();
+            tx.send((d, printed)).await.map_err(|_| "stopped")?;
+            wait.await.map_err(|_| "stopped")
+        }
+    })?;
+    // A delivery is done once the caller asks for the next one: it has
+    // printed this one.
+    let none: Option<tokio::sync::oneshot::Sender<()>> = None;
+    let stream = futures::stream::unfold((rx, none), |(mut rx, printed)| async move {
+        if let Some(printed) = printed {
+            let _ = printed.send(());
+        }
+        let (d, printed) = rx.recv().await?;
+        Some((d, (rx, Some(printed))))
+    });
+    Ok(stream.boxed())
+}
+
 /// Origin names by id, refreshed from the member table only when an
 /// origin is not known yet (not once per delivery).
 fn origin_name(names: &mut HashMap<PeerId, String>, peer: &Peer, id: PeerId) -> String {
@@ -80,12 +141,17 @@ fn line(
     let rendered = payload::render(&d.value, content_type);
     if !json {
         return format!(
-            "{} {}({}) #{} {}",
+            "{} {}({}) #{} {}{}",
             d.topic(),
             origin,
             d.origin(),
             d.seq(),
-            rendered
+            rendered,
+            if d.redelivered() {
+                " (redelivered)"
+            } else {
+                ""
+            }
         );
     }
     json!({
@@ -94,6 +160,7 @@ fn line(
         "origin_name": origin,
         "incarnation": d.incarnation(),
         "seq": d.seq(),
+        "redelivered": d.redelivered(),
         "id": d.id(),
         "correlation_id": d.correlation_id(),
         "timestamp_us": d.envelope().timestamp_us,
