@@ -83,9 +83,9 @@ pub use api::peer::Peer;
 pub use api::publish_options::PublishOptions;
 pub use api::stats::Stats;
 pub use api::subscription::Subscription;
-pub use driver::durable::TAIL as DURABLE_TAIL;
-pub use driver::handler::{DeadLetter, DeadLetterHook, Handler, HandlerOptions, StartAt};
+pub use driver::handler::{DeadLetter, DeadLetterHook, Handler, HandlerOptions};
 pub use error::{Error, Result, TransportError};
+pub use proto::cursor::{StartAt, TAIL as DURABLE_TAIL};
 pub use store::{Fsync, StoreError};
 
 // The wire format.
@@ -102,7 +102,7 @@ pub use wire::{auth, heartbeat, repair};
 
 // The protocol cores, at the paths they had before the layered tree.
 pub use proto::correlator::{Correlator, CorrelatorStats, Expectation, Observation};
-pub use proto::{correlator, dedup, faults, inbox, membership, outbox};
+pub use proto::{correlator, cursor, dedup, faults, inbox, membership, outbox};
 
 /// README's code blocks are compiled as doc tests so the README stays true.
 #[cfg(doctest)]

@@ -543,7 +543,7 @@ impl Peer {
                 return Err(e);
             }
         };
-        let sub = self.register_as(pattern, decode, Reader::Durable(opened.filter))?;
+        let sub = self.register_as(pattern, decode, Reader::Durable(opened.cursor))?;
         let mut committer = opened.committer;
         committer.sub = sub.id();
         let _ = parts.receiver.send(ReceiverCmd::Durable {

@@ -15,14 +15,14 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use futures::Stream;
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use serde::de::DeserializeOwned;
 use tokio::sync::{broadcast, mpsc};
 
 use crate::api::delivery::{Delivery, Undecodable};
 use crate::api::stats::Counters;
-use crate::driver::durable::DurableFilter;
 use crate::driver::inflight::InFlight;
+use crate::proto::cursor::Cursor;
 use crate::wire::envelope::Envelope;
 use crate::wire::topic::Pattern;
 
@@ -42,20 +42,20 @@ struct Entry {
     tx: mpsc::Sender<Routed>,
     /// A handler subscription: what it is given is in flight until it is done.
     tracked: bool,
-    /// A durable subscription: what it is handed (see `driver::durable`).
-    durable: Option<Arc<DurableFilter>>,
+    /// A durable subscription: what it is handed.
+    durable: Option<Mutex<Cursor>>,
 }
 
 /// Who reads a subscription, which decides what it is handed and whether
 /// its deliveries are tracked until done.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(crate) enum Reader {
     /// A stream the application reads: acknowledged once queued.
     Stream,
     /// A handler: in flight until it is done with a delivery.
     Handler,
-    /// A durable handler: also filtered by its position.
-    Durable(Arc<DurableFilter>),
+    /// A durable handler: handed what its cursor admits.
+    Durable(Cursor),
 }
 
 /// The set of live subscriptions of one peer.
@@ -82,7 +82,7 @@ impl Registry {
         &self,
         pattern: Pattern,
         capacity: usize,
-        reader: &Reader,
+        reader: Reader,
     ) -> Option<(u64, mpsc::Receiver<Routed>)> {
         let mut entries = self.entries.write();
         if self.closed.load(Ordering::Acquire) {
@@ -96,7 +96,7 @@ impl Registry {
             tx,
             tracked: !matches!(reader, Reader::Stream),
             durable: match reader {
-                Reader::Durable(d) => Some(d.clone()),
+                Reader::Durable(c) => Some(Mutex::new(c)),
                 _ => None,
             },
         });
@@ -137,14 +137,18 @@ impl Registry {
             match &e.durable {
                 None if received.replay => continue,
                 None => {}
-                Some(d) if !d.admits(env, received.replay) => continue,
-                Some(d) if d.redelivered(env) && !received.redelivered => {
-                    routed = Some(Routed {
-                        redelivered: true,
-                        ..received.clone()
-                    });
+                Some(cursor) => {
+                    let mut cursor = cursor.lock();
+                    if !cursor.admit(env, received.replay) {
+                        continue;
+                    }
+                    if cursor.redelivered(env) && !received.redelivered {
+                        routed = Some(Routed {
+                            redelivered: true,
+                            ..received.clone()
+                        });
+                    }
                 }
-                Some(_) => {}
             }
             matched = true;
             if e.tracked {
@@ -205,8 +209,8 @@ impl<T> Subscription<T> {
         decode: Decode<T>,
         reader: Reader,
     ) -> Option<Self> {
-        let (id, rx) = registry.add(pattern.clone(), capacity, &reader)?;
         let tracked = !matches!(reader, Reader::Stream);
+        let (id, rx) = registry.add(pattern.clone(), capacity, reader)?;
         Some(Subscription {
             rx,
             decode,

@@ -2,10 +2,10 @@
 //! every origin's stream is kept in the data dir, so that a restarted
 //! service goes on where it stopped.
 //!
-//! Owns: [`DurableFilter`] (what the registry hands a durable subscription:
-//! nothing its earlier lives committed, and the uncommitted tail flagged
-//! redelivered) and [`Committer`] (the position of each stream, committed
-//! after the handler returned, at most [`TAIL`] events behind it). A
+//! Owns: opening a durable consumer from the data dir (its [`Cursor`]: what
+//! the registry hands it) and [`Committer`] (the position of each stream,
+//! committed after the handler returned, at most [`TAIL`] events behind
+//! it). A
 //! position is "processed through N": everything of the stream through N
 //! was received here and every delivery of it to this subscription was
 //! handled (events that did not match its pattern count as processed).
@@ -13,68 +13,17 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use parking_lot::Mutex;
-
 use crate::api::subscription::Registry;
 use crate::driver::clock::now_us;
-use crate::driver::handler::StartAt;
 use crate::driver::receiver::AckView;
 use crate::error::{Error, Result};
+use crate::proto::cursor::{Cursor, StartAt, StreamKey};
 use crate::store::positions::{Positions, MAX_DURABLE_NAME};
 use crate::store::DataDir;
 use crate::wire::envelope::Envelope;
 use crate::wire::id::PeerId;
 
-/// Most events of one stream a durable handler runs ahead of its committed
-/// position: after a crash, at most this many are handled again (each
-/// flagged [`Delivery::redelivered`](crate::Delivery::redelivered)).
-pub const TAIL: u64 = 256;
-
-/// A stream: its origin and epoch.
-pub(crate) type StreamKey = (PeerId, u64);
-
-/// What a durable subscription is handed. See the module documentation.
-#[derive(Debug, Default)]
-pub(crate) struct DurableFilter {
-    /// Per stream, the last event handed (or committed by an earlier life):
-    /// nothing up to there is handed again. Streams arrive in order, so
-    /// this is all the filter needs to hand each event once.
-    pub handed_through: Mutex<HashMap<StreamKey, u64>>,
-    /// May have been handled by the earlier life (its uncommitted tail).
-    pub tail_through: HashMap<StreamKey, u64>,
-    /// For a stream without a position: only events published at or after
-    /// this time (µs since the epoch); `None`: what the live stream gives.
-    pub not_before_us: Option<u64>,
-}
-
-impl DurableFilter {
-    /// Whether `env` (a `replay` for durable subscriptions only, or not)
-    /// goes to this subscription; if so, it counts as handed.
-    pub(crate) fn admits(&self, env: &Envelope, replay: bool) -> bool {
-        let mut handed = self.handed_through.lock();
-        let key = (env.origin, env.incarnation);
-        let take = match handed.get(&key) {
-            Some(&through) => env.seq > through,
-            // A stream it has no position in: from its start time, or, for
-            // a consumer that takes the live streams, only what is live.
-            None => match self.not_before_us {
-                Some(t) => env.timestamp_us >= t,
-                None => !replay,
-            },
-        };
-        if take {
-            handed.insert(key, env.seq);
-        }
-        take
-    }
-
-    /// Whether an earlier life may have handled `env`.
-    pub(crate) fn redelivered(&self, env: &Envelope) -> bool {
-        self.tail_through
-            .get(&(env.origin, env.incarnation))
-            .is_some_and(|&t| env.seq <= t)
-    }
-}
+pub use crate::proto::cursor::TAIL;
 
 /// Computes and commits a durable subscription's positions.
 pub(crate) struct Committer {
@@ -150,7 +99,7 @@ impl Committer {
 /// A durable consumer as loaded from the data dir, ready to subscribe.
 pub(crate) struct Opened {
     /// What its subscription is handed.
-    pub filter: Arc<DurableFilter>,
+    pub cursor: Cursor,
     /// Its committer (`sub` set once subscribed).
     pub committer: Committer,
     /// `(origin, epoch, processed through)` to resume from.
@@ -193,16 +142,11 @@ pub(crate) fn open(
         .iter()
         .map(|&(o, e, s)| (PeerId(o), e, s))
         .collect();
-    let filter = DurableFilter {
-        handed_through: Mutex::new(loaded.iter().map(|&(o, e, s)| ((o, e), s)).collect()),
-        // After a crash, what follows each position may have been handled.
-        tail_through: if consumer.clean {
-            HashMap::new()
-        } else {
-            loaded.iter().map(|&(o, e, s)| ((o, e), s + TAIL)).collect()
-        },
-        not_before_us: history.then_some(consumer.not_before_us),
-    };
+    let cursor = Cursor::new(
+        loaded.iter().map(|&(o, e, s)| ((o, e), s)),
+        !consumer.clean,
+        history.then_some(consumer.not_before_us),
+    );
     tracing::info!(
         durable = name,
         streams = loaded.len(),
@@ -210,7 +154,7 @@ pub(crate) fn open(
         "durable consumer opened"
     );
     Ok(Opened {
-        filter: Arc::new(filter),
+        cursor,
         committer: Committer {
             name: name.to_owned(),
             sub: u64::MAX,

@@ -17,7 +17,7 @@
 use std::fmt::Display;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tokio::task::JoinHandle;
 
@@ -25,6 +25,7 @@ use crate::api::delivery::Delivery;
 use crate::api::stats::Counters;
 use crate::api::subscription::Subscription;
 use crate::driver::durable::Committer;
+use crate::proto::cursor::StartAt;
 use crate::wire::envelope::Envelope;
 
 tokio::task_local! {
@@ -55,7 +56,7 @@ pub type DeadLetterHook = Arc<dyn Fn(DeadLetter) + Send + Sync>;
 /// Retry policy and dead-letter hook of a handler subscription.
 ///
 /// ```
-/// use std::time::{Duration, SystemTime};
+/// use std::time::Duration;
 /// let opts = chorus::HandlerOptions::new()
 ///     .max_attempts(3)
 ///     .backoff(Duration::from_millis(10), Duration::from_secs(1))
@@ -69,24 +70,6 @@ pub struct HandlerOptions {
     dead_letter: Option<DeadLetterHook>,
     pub(crate) durable: Option<String>,
     pub(crate) start_at: StartAt,
-}
-
-/// Where a new durable consumer starts in a stream it has no position in
-/// ([`HandlerOptions::start_at`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum StartAt {
-    /// Everything each origin still keeps in its log (or its retransmit
-    /// buffer, for an origin without a data dir).
-    Beginning,
-    /// The events published at or after this time (by the publisher's
-    /// clock). Found by replaying what the origin keeps and skipping the
-    /// older events.
-    Time(SystemTime),
-    /// What is published after the consumer first subscribed (default): on
-    /// its first run, the live streams from now; later, streams it has no
-    /// position in from the time it was created.
-    #[default]
-    New,
 }
 
 impl Default for HandlerOptions {

@@ -17,6 +17,7 @@
 //! `tests/layers.rs` checks this rule on every test run.
 
 pub mod correlator;
+pub mod cursor;
 pub mod dedup;
 pub mod faults;
 pub mod inbox;
