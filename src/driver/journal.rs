@@ -43,8 +43,13 @@ impl StoreHealth {
         }
     }
 
+    /// Records a failed write; while failing, the first error is kept (it
+    /// says why: a later one may only say the engine gave up).
     fn set(&self, e: StoreError) {
-        *self.error.lock() = Some(Arc::new(e));
+        let mut error = self.error.lock();
+        if error.is_none() {
+            *error = Some(Arc::new(e));
+        }
         self.failed.store(true, Ordering::Relaxed);
     }
 

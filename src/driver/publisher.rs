@@ -103,6 +103,16 @@ pub(crate) struct Publisher {
 /// a failed append.
 const UPKEEP_EVERY: Duration = Duration::from_secs(1);
 
+/// Runs `f`, which blocks on the disk, without holding up the other tasks
+/// of this worker thread (on a multi-threaded runtime).
+fn blocking<R>(f: impl FnOnce() -> R) -> R {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
 /// Most envelopes in one batch.
 const MAX_BATCH_COUNT: u32 = 4096;
 
@@ -295,7 +305,10 @@ impl Publisher {
             self.linger.sent(n, clock::now());
         }
         if let Some(journal) = &mut self.journal {
-            journal.commit(now_us());
+            // The write (and fsync) blocks this task: events published
+            // meanwhile queue up and go out as the next batch (group
+            // commit). Other tasks move to another worker meanwhile.
+            blocking(|| journal.commit(now_us()));
         }
         let (socket, gate) = (&self.socket, &self.gate);
         let sent = self

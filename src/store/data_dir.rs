@@ -22,6 +22,10 @@ const MARKER_FILE: &str = "CHORUS";
 const TMP_MARKER_FILE: &str = "CHORUS.tmp";
 const LOCK_FILE: &str = "LOCK";
 
+/// Free space a data dir's file system must keep: a write is refused
+/// below it (the storage engine needs room to flush and compact).
+pub const RESERVE_BYTES: u64 = 64 << 20;
+
 /// When a write reaches the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Fsync {
@@ -168,6 +172,28 @@ impl DataDir {
 
     pub(super) fn meta(&self) -> &PartitionHandle {
         &self.meta
+    }
+
+    /// Fails with a "No space left on device" error while the file system
+    /// of the data dir has less than [`RESERVE_BYTES`] free: the engine is
+    /// never made to run out of space mid-write (it would refuse every
+    /// write after that until reopened), so a full disk only holds writes
+    /// back until there is room again.
+    pub fn check_space(&self) -> Result<(), StoreError> {
+        let Ok(st) = rustix::fs::statvfs(&self.path) else {
+            return Ok(()); // cannot tell: let the write say
+        };
+        let free = st.f_bavail.saturating_mul(st.f_frsize);
+        if free < RESERVE_BYTES {
+            return Err(StoreError::Io {
+                path: self.path.clone(),
+                action: "append to the log",
+                cause: format!(
+                    "No space left on device: {free} bytes free, chorus keeps {RESERVE_BYTES} in reserve for the storage engine"
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// Makes what was committed as durable as the policy says.

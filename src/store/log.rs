@@ -200,6 +200,7 @@ impl StreamLog {
         frames: impl IntoIterator<Item = &'a [u8]>,
         now_us: u64,
     ) -> Result<(), StoreError> {
+        dir.check_space()?;
         let mut batch = dir.keyspace().batch();
         // The segments this batch writes to, as they will be once it is
         // committed; `self` is only updated then.
