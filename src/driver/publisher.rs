@@ -97,7 +97,13 @@ pub(crate) struct Publisher {
     pub flushes: Vec<(u64, oneshot::Sender<()>)>,
     /// The log of a durable peer (a data dir), written before each send.
     pub journal: Option<Journal>,
+    /// Messages of a durable peer waiting for their log write: while more
+    /// events are queued, several messages share one write (group commit).
+    pub unlogged: Vec<(nng::Message, u32)>,
 }
+
+/// Bytes of messages a durable peer gathers for one log write at most.
+const LOG_GROUP_BYTES: usize = 1 << 20;
 
 /// How often a durable peer records watermarks, trims its log and retries
 /// a failed append.
@@ -196,6 +202,13 @@ impl Publisher {
                     None => break,
                 },
             }
+            // A durable peer writes its log once the queue is drained (or a
+            // group's worth is waiting), then sends what was written.
+            if !self.unlogged.is_empty()
+                && (events.is_empty() || self.unlogged_bytes() >= LOG_GROUP_BYTES)
+            {
+                self.log_and_send();
+            }
             self.update_gauges();
             self.answer_flushes();
         }
@@ -214,6 +227,7 @@ impl Publisher {
             }
         }
         self.send_batch();
+        self.log_and_send();
         self.socket.close();
         if let Some(journal) = &mut self.journal {
             journal.upkeep(&self.outbox, now_us());
@@ -233,6 +247,7 @@ impl Publisher {
             }
             Queued::Flush(request) => {
                 self.send_batch();
+                self.log_and_send();
                 let through = self.outbox.last_seq();
                 let _ = request.sent.send(through);
                 self.flushes.push((through, request.acked));
@@ -295,29 +310,48 @@ impl Publisher {
         self.batch_at_bound() || self.outbox.is_full()
     }
 
-    /// Sends what is staged as one NNG message, after appending it to the
-    /// log of a durable peer. (If the append fails, the batch is sent all
-    /// the same: its events were accepted and numbered, and the retransmit
-    /// buffer holds them; `publish` fails until the log can be written.)
+    /// Sends what is staged as one NNG message; a durable peer first keeps
+    /// it for the next log write ([`log_and_send`](Self::log_and_send)). If
+    /// that write fails the message is sent all the same: its events were
+    /// accepted and numbered, and the retransmit buffer holds them;
+    /// `publish` fails until the log can be written.
     fn send_batch(&mut self) {
         let n = self.batch.len();
         if n > 0 {
             self.linger.sent(n, clock::now());
         }
+        let gate = &self.gate;
+        let Some(msg) = self.batch.finish(|parts| gate.message_of(parts)) else {
+            return;
+        };
+        if self.journal.is_some() {
+            self.unlogged.push((msg, n));
+        } else {
+            self.send(msg, n);
+        }
+    }
+
+    fn unlogged_bytes(&self) -> usize {
+        self.unlogged.iter().map(|(m, _)| m.len()).sum()
+    }
+
+    /// Appends what was numbered to the log (one write), then sends the
+    /// messages waiting for it.
+    fn log_and_send(&mut self) {
         if let Some(journal) = &mut self.journal {
             // The write (and fsync) blocks this task: events published
-            // meanwhile queue up and go out as the next batch (group
+            // meanwhile queue up and go out with the next write (group
             // commit). Other tasks move to another worker meanwhile.
             blocking(|| journal.commit(now_us()));
         }
-        let (socket, gate) = (&self.socket, &self.gate);
-        let sent = self
-            .batch
-            .finish(|parts| socket.try_send(gate.message_of(parts)));
-        let Some(sent) = sent else {
-            return;
-        };
-        match sent {
+        for (msg, n) in std::mem::take(&mut self.unlogged) {
+            self.send(msg, n);
+        }
+    }
+
+    /// Hands one message of `n` events to pub0.
+    fn send(&mut self, msg: nng::Message, n: u32) {
+        match self.socket.try_send(msg) {
             Ok(()) => {
                 Counters::add(&self.counters.published, u64::from(n));
                 if n > 1 {

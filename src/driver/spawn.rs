@@ -219,6 +219,7 @@ pub(crate) fn spawn(config: Config) -> Result<Drivers> {
         linger: Default::default(),
         flushes: Vec::new(),
         journal,
+        unlogged: Vec::new(),
     };
     let repair_server = RepairServer {
         socket: rep_socket,

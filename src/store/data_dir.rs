@@ -112,8 +112,6 @@ impl DataDir {
         }
         let keyspace = fjall::Config::new(path.join("db"))
             .cache_size(4 << 20)
-            .max_write_buffer_size(16 << 20)
-            .max_journaling_size(64 << 20)
             .open()
             .map_err(|e| corrupt(path, format!("the storage engine cannot open it: {e}")))?;
         let meta = keyspace

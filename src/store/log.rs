@@ -2,9 +2,10 @@
 //! number, until retention trims it.
 //!
 //! Owns: the segments the log is cut into (one storage partition each, of
-//! up to [`SEGMENT_EVENTS`] events or [`SEGMENT_BYTES`] bytes), their index
+//! about [`SEGMENT_EVENTS`] events or [`SEGMENT_BYTES`] bytes), their index
 //! in the meta partition, appending a batch as one atomic write (group
-//! commit: one write and at most one fsync per batch, whatever its size),
+//! commit: one entry — its frames, length-prefixed, keyed by its first
+//! sequence number — and at most one fsync per batch, whatever its size),
 //! reading a range back, and trimming whole segments. The index and the
 //! events of a batch are committed together, so after a crash the log is a
 //! prefix of what was appended, never a torn batch; an index that does not
@@ -72,6 +73,39 @@ fn seg_key(first: u64) -> Vec<u8> {
     [SEG_PREFIX, &first.to_be_bytes()].concat()
 }
 
+/// One log entry: the frames of a batch, each as `[len: u32 BE][bytes]`.
+/// Returns the entry, the number of frames and their bytes.
+fn encode_entry<'a>(frames: impl IntoIterator<Item = &'a [u8]>) -> (Vec<u8>, u64, u64) {
+    let (mut out, mut n, mut bytes) = (Vec::new(), 0u64, 0u64);
+    for f in frames {
+        out.extend_from_slice(&(f.len() as u32).to_be_bytes());
+        out.extend_from_slice(f);
+        n += 1;
+        bytes += f.len() as u64;
+    }
+    (out, n, bytes)
+}
+
+/// The frames of an entry; `None` if it does not decode whole.
+fn decode_entry(v: &[u8]) -> Option<impl Iterator<Item = &[u8]>> {
+    let mut rest = v;
+    let mut frames = Vec::new();
+    while !rest.is_empty() {
+        let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+        let frame = rest.get(4..4 + len)?;
+        frames.push(frame);
+        rest = &rest[4 + len..];
+    }
+    (!frames.is_empty()).then(|| frames.into_iter())
+}
+
+/// How a segment is stored: its entries (whole batches, kilobytes to
+/// megabytes) go to blob files, written once, so compaction never copies
+/// them again.
+fn segment_options() -> PartitionCreateOptions {
+    PartitionCreateOptions::default().with_kv_separation(fjall::KvSeparationOptions::default())
+}
+
 fn partition_name(first: u64) -> String {
     format!("log_{first:020}")
 }
@@ -107,7 +141,7 @@ impl StreamLog {
             }
             let partition = dir
                 .keyspace()
-                .open_partition(&name, PartitionCreateOptions::default())
+                .open_partition(&name, segment_options())
                 .map_err(|e| damaged(format!("cannot open log segment {first}: {e}")))?;
             segments.insert(
                 first,
@@ -140,7 +174,10 @@ impl StreamLog {
                 .partition
                 .last_key_value()
                 .map_err(|e| damaged(format!("cannot read the log's end: {e}")))?
-                .and_then(|(k, _)| u64_at(&k, 0));
+                .and_then(|(k, v)| {
+                    let n = decode_entry(&v)?.count() as u64;
+                    Some(u64_at(&k, 0)? + n - 1)
+                });
             if last != Some(seg.last) {
                 return Err(damaged(format!(
                     "the log's index ends at {} but its events at {last:?}",
@@ -201,6 +238,14 @@ impl StreamLog {
         now_us: u64,
     ) -> Result<(), StoreError> {
         dir.check_space()?;
+        // The whole batch is one entry, keyed by its first sequence number:
+        // one insert however many events it holds.
+        let (value, count, bytes) = encode_entry(frames);
+        if count == 0 {
+            return Ok(());
+        }
+        let first_seq = self.last_seq + 1;
+        let seq = self.last_seq + count;
         let mut batch = dir.keyspace().batch();
         // The segments this batch writes to, as they will be once it is
         // committed; `self` is only updated then.
@@ -210,41 +255,29 @@ impl StreamLog {
             .iter()
             .next_back()
             .map(|(f, s)| (*f, s.clone()));
-        let mut seq = self.last_seq;
-        for frame in frames {
-            seq += 1;
-            let full = current.as_ref().is_none_or(|(first, s)| {
-                s.last + 1 - first >= SEGMENT_EVENTS || s.bytes >= SEGMENT_BYTES
-            });
-            if full {
-                let partition = match dir
-                    .keyspace()
-                    .open_partition(&partition_name(seq), PartitionCreateOptions::default())
-                {
-                    Ok(p) => p,
-                    Err(e) => {
-                        self.abandon(dir, staged);
-                        return Err(dir.error("create a log segment", e));
-                    }
-                };
-                staged.extend(current.take());
-                let seg = Segment {
-                    last: seq - 1,
+        let full = current.as_ref().is_none_or(|(first, s)| {
+            s.last + 1 - first >= SEGMENT_EVENTS || s.bytes >= SEGMENT_BYTES
+        });
+        if full {
+            let partition = dir
+                .keyspace()
+                .open_partition(&partition_name(first_seq), segment_options())
+                .map_err(|e| dir.error("create a log segment", e))?;
+            current = Some((
+                first_seq,
+                Segment {
+                    last: first_seq - 1,
                     bytes: 0,
                     last_time_us: now_us,
                     partition,
-                };
-                current = Some((seq, seg));
-            }
-            let (_, seg) = current.as_mut().expect("a segment is open");
-            batch.insert(&seg.partition, seq_key(seq), frame);
-            seg.last = seq;
-            seg.bytes += frame.len() as u64;
-            seg.last_time_us = now_us;
+                },
+            ));
         }
-        if seq == self.last_seq {
-            return Ok(());
-        }
+        let (_, seg) = current.as_mut().expect("a segment is open");
+        batch.insert(&seg.partition, seq_key(first_seq), value);
+        seg.last = seq;
+        seg.bytes += bytes;
+        seg.last_time_us = now_us;
         staged.extend(current);
         for (first, s) in &staged {
             let mut v = Vec::with_capacity(24);
@@ -298,16 +331,36 @@ impl StreamLog {
             .map_or(first, |(f, _)| *f);
         let mut bytes = 0usize;
         for seg in self.segments.range(start..).map(|(_, s)| s) {
-            for entry in seg.partition.range(seq_key(first)..=seq_key(last)) {
-                let (k, v) = entry.map_err(|e| dir.error("read the log", e))?;
-                let Some(seq) = u64_at(&k, 0) else { continue };
-                if !out.is_empty() && bytes + v.len() > max_bytes {
-                    return Ok(out);
+            // The entry holding `first` is the last one keyed at or below it.
+            let from = match seg.partition.range(..=seq_key(first)).next_back() {
+                Some(entry) => {
+                    let (k, _) = entry.map_err(|e| dir.error("read the log", e))?;
+                    u64_at(&k, 0).unwrap_or(first)
                 }
-                bytes += v.len();
-                out.push((seq, Bytes::copy_from_slice(&v)));
-                if out.len() >= max_count {
-                    return Ok(out);
+                None => first,
+            };
+            for entry in seg.partition.range(seq_key(from)..=seq_key(last)) {
+                let (k, v) = entry.map_err(|e| dir.error("read the log", e))?;
+                let Some(mut seq) = u64_at(&k, 0) else {
+                    continue;
+                };
+                let frames = decode_entry(&v)
+                    .ok_or_else(|| corrupt(dir.path(), format!("log entry {seq} is malformed")))?;
+                for frame in frames {
+                    if seq > last {
+                        return Ok(out);
+                    }
+                    if seq >= first {
+                        if !out.is_empty() && bytes + frame.len() > max_bytes {
+                            return Ok(out);
+                        }
+                        bytes += frame.len();
+                        out.push((seq, Bytes::copy_from_slice(frame)));
+                        if out.len() >= max_count {
+                            return Ok(out);
+                        }
+                    }
+                    seq += 1;
                 }
             }
             if seg.last >= last {
