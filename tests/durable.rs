@@ -311,3 +311,67 @@ async fn a_durable_consumer_needs_a_data_dir_and_a_unique_name() {
     assert!(e.to_string().contains("1 to 200 bytes"), "{e}");
     p.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_retention_trimmed_before_a_durable_consumer_came_back_is_a_loss() {
+    // A log that keeps one segment (a 1-byte bound trims all older ones).
+    let dir = data_dir();
+    let a = fast("a", &unique_url("inproc", "ta"))
+        .data_dir(dir.path().join("a"))
+        .fsync(chorus::Fsync::OsBuffered)
+        .retention(1, std::time::Duration::from_secs(3600))
+        .start()
+        .await
+        .unwrap();
+    let c_dir = dir.path().join("c");
+    let c = fast("c", &unique_url("inproc", "tc"))
+        .data_dir(&c_dir)
+        .seed(a.local_url())
+        .start()
+        .await
+        .unwrap();
+    let (_h, seen) = durable_handler(&c, "audit", chorus::StartAt::New).unwrap();
+    wait_mesh(&[&a, &c]).await;
+    for i in 1..=10u32 {
+        a.publish("t", &i).await.unwrap();
+    }
+    wait_for("the first ten", || seen.lock().len() == 10).await;
+    c.shutdown().await;
+    // Two segments' worth while it is down: the first one is trimmed.
+    let total = 140_000u32;
+    for i in 11..=total {
+        a.publish("t", &i).await.unwrap();
+    }
+    a.flush(DEADLINE).await.unwrap();
+    wait_for("retention to trim", || {
+        a.stats().log_events < u64::from(total)
+    })
+    .await;
+    let kept_from = u64::from(total) - a.stats().log_events + 1;
+
+    let c = fast("c", &unique_url("inproc", "tc2"))
+        .data_dir(&c_dir)
+        .seed(a.local_url())
+        .start()
+        .await
+        .unwrap();
+    let mut losses = c.losses();
+    let (_h, again) = durable_handler(&c, "audit", chorus::StartAt::New).unwrap();
+    // Reported as it is reached (a window at a time), in order, all of it.
+    let mut lost_through = 10;
+    while lost_through < kept_from - 1 {
+        let loss = next("the loss", &mut losses).await;
+        assert_eq!((loss.origin, loss.first), (a.id(), lost_through + 1));
+        lost_through = loss.last;
+    }
+    assert_eq!(lost_through, kept_from - 1);
+    wait_for("the rest of the stream", || {
+        again.lock().last().is_some_and(|(v, _)| *v == total)
+    })
+    .await;
+    let got = values(&again);
+    assert_eq!(got, (kept_from as u32..=total).collect::<Vec<_>>());
+    assert_eq!(c.stats().lost, kept_from - 11);
+    c.shutdown().await;
+    a.shutdown().await;
+}

@@ -578,6 +578,40 @@ mod tests {
     /// Regression (found by `cargo fuzz run reliability`): overlapping
     /// ranges in one NAK made the origin send the same envelope repeatedly.
     #[test]
+    fn a_durable_consumer_is_owed_from_its_own_record_and_no_further() {
+        let mut o = outbox(16);
+        for s in 1..=4 {
+            o.push(frame(s));
+        }
+        o.set_members([(PeerId(2), 1)]); // joined after 4
+        for s in 5..=6 {
+            o.push(frame(s));
+        }
+        // Without a record, what came before the join is not owed.
+        let r = o.handle_nak(&nak(&[(2, 6)]));
+        assert_eq!((r.owed_from, r.frames.len()), (5, 2));
+        // With one, from there on; past what was published nothing, counted.
+        let mut asked = nak(&[(2, 100)]);
+        asked.resume_from = 2;
+        let r = o.handle_nak(&asked);
+        // 1..=4 were freed when the member joined (it had them all, as far
+        // as the outbox knew): owed by the record, so "gone", not skipped.
+        assert_eq!(r.gone, [(2, 4)]);
+        assert_eq!(r.frames, (5..=6).map(frame).collect::<Vec<_>>());
+        assert_eq!(
+            r.owed_from, 5,
+            "the answer still says where membership began"
+        );
+        assert_eq!(o.refused().unpublished, 1);
+        // A record below what the buffer holds: gone (the log, where there
+        // is one, fills it in).
+        let mut asked = nak(&[(1, 6)]);
+        asked.resume_from = 1;
+        let r = o.handle_nak(&asked);
+        assert_eq!((r.gone.clone(), r.frames.len()), (vec![(1, 4)], 2));
+    }
+
+    #[test]
     fn overlapping_nak_ranges_never_repeat_an_envelope() {
         let mut o = outbox(8);
         o.set_members([(PeerId(2), 1)]);
