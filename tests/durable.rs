@@ -375,3 +375,57 @@ async fn what_retention_trimmed_before_a_durable_consumer_came_back_is_a_loss() 
     c.shutdown().await;
     a.shutdown().await;
 }
+
+/// A replay can only be asked for with the bus key: a NAK that says
+/// `resume_from` without the tag gets no answer and is counted; with the
+/// tag, it is answered from the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_without_the_bus_key_is_refused() {
+    use chorus::repair::{Nak, Repair};
+    use nng::options::Options;
+    const KEY: &[u8] = b"a bus key of more than sixteen bytes";
+    let dir = data_dir();
+    let a = fast("a", "tcp://127.0.0.1:0")
+        .data_dir(dir.path().join("a"))
+        .bus_key(KEY)
+        .start()
+        .await
+        .unwrap();
+    for i in 1..=10u32 {
+        a.publish("t", &i).await.unwrap();
+    }
+    a.flush(DEADLINE).await.unwrap();
+    let req = nng::Socket::new(nng::Protocol::Req0).unwrap();
+    req.set_opt::<nng::options::RecvTimeout>(Some(std::time::Duration::from_millis(500)))
+        .unwrap();
+    req.dial(&a.info().endpoints.repair).unwrap();
+    let nak = Nak {
+        origin: a.id(),
+        incarnation: a.info().stream_epoch(),
+        ranges: vec![(1, 10)],
+        member: PeerId(999),
+        resume_from: 1,
+    }
+    .encode();
+    let ask = |bytes: &[u8]| -> Option<Vec<u8>> {
+        req.send(nng::Message::from(bytes)).unwrap();
+        req.recv().ok().map(|m| m.as_slice().to_vec())
+    };
+    tokio::task::block_in_place(|| {
+        assert!(
+            ask(&nak).is_none(),
+            "an unauthenticated replay got an answer"
+        );
+        let answer = ask(&chorus::auth::seal_frame(KEY, &nak)).expect("an answer");
+        let frame = chorus::auth::open_frame(KEY, &answer).expect("a sealed answer");
+        let r = Repair::decode(frame, 1 << 20).unwrap();
+        assert_eq!(
+            r.frames.len(),
+            10,
+            "the keyed replay is answered from the log"
+        );
+    });
+    assert!(a.stats().auth_failed >= 1);
+    req.close();
+    a.shutdown().await;
+}

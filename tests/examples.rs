@@ -63,3 +63,13 @@ fn choreography_observer_reports_exactly_the_injected_missing_work_order() {
         );
     }
 }
+
+#[test]
+fn durable_restart_invoices_every_bid_once_across_restarts() {
+    let out = Command::new(built_example("durable_restart"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "durable_restart failed:\n{stdout}");
+    assert!(stdout.contains("result: OK — 12 invoices"), "{stdout}");
+}

@@ -292,6 +292,9 @@ where
                 tracing::error!(error = %e, durable = %c.name, "cannot commit a durable position at the end");
             }
         }
+        // Before saying it is done: the committer holds the data dir, which
+        // must be free once the peer's shutdown returns.
+        drop(committer);
         drop(sub);
         if let Some(done) = finished {
             let _ = done.send(());
