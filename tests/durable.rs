@@ -429,3 +429,75 @@ async fn a_replay_without_the_bus_key_is_refused() {
     req.close();
     a.shutdown().await;
 }
+
+/// Six durable consumers replay a 20,000-event log at once while live
+/// events flow: every consumer gets everything in order, the live
+/// subscriber every live event, and the origin reads each event from its
+/// log about once per consumer (bounded work per request, no amplification).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_storm_is_served_without_amplification_and_live_traffic_flows() {
+    const LOGGED: u32 = 20_000;
+    const LIVE: u32 = 200;
+    const CONSUMERS: usize = 6;
+    let dir = data_dir();
+    let a = fast("a", &unique_url("inproc", "sa"))
+        .data_dir(dir.path().join("a"))
+        .fsync(chorus::Fsync::OsBuffered)
+        .start()
+        .await
+        .unwrap();
+    for i in 1..=LOGGED {
+        a.publish("t", &i).await.unwrap();
+    }
+    a.flush(DEADLINE).await.unwrap();
+    let live = fast("live", &unique_url("inproc", "sl"))
+        .seed(a.local_url())
+        .start()
+        .await
+        .unwrap();
+    let mut live_sub = live.subscribe::<u32>("t").unwrap();
+    let mut consumers = Vec::new();
+    for n in 0..CONSUMERS {
+        let c = fast(&format!("c{n}"), &unique_url("inproc", "sc"))
+            .data_dir(dir.path().join(format!("c{n}")))
+            .seed(a.local_url())
+            .start()
+            .await
+            .unwrap();
+        let (h, seen) = durable_handler(&c, "storm", chorus::StartAt::Beginning).unwrap();
+        consumers.push((c, h, seen));
+    }
+    a.wait_for_members(1 + CONSUMERS as u64, DEADLINE)
+        .await
+        .unwrap();
+    for i in LOGGED + 1..=LOGGED + LIVE {
+        a.publish("t", &i).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    for i in LOGGED + 1..=LOGGED + LIVE {
+        assert_eq!(next("a live event", &mut live_sub).await.value, i);
+    }
+    let total = (LOGGED + LIVE) as usize;
+    for (c, _, seen) in &consumers {
+        wait_for("a consumer's replay", || seen.lock().len() >= total).await;
+        assert_eq!(values(seen), (1..=LOGGED + LIVE).collect::<Vec<_>>());
+        assert_eq!(c.stats().lost, 0);
+    }
+    let s = a.stats();
+    let per_consumer = u64::from(LOGGED + LIVE);
+    assert!(
+        s.retransmits <= CONSUMERS as u64 * per_consumer * 11 / 10,
+        "{} retransmits for {CONSUMERS} replays of {per_consumer}",
+        s.retransmits
+    );
+    println!(
+        "replay storm: {CONSUMERS} × {per_consumer} events, {} retransmits ({} read from the log), {} NAKs",
+        s.retransmits, s.log_reads, s.naks_received
+    );
+    for (c, h, _) in consumers {
+        c.shutdown().await;
+        h.finished().await;
+    }
+    live.shutdown().await;
+    a.shutdown().await;
+}
