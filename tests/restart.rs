@@ -339,8 +339,9 @@ fn run_durable_publisher(kill_after: u64) -> u64 {
         "--seed",
         &inv_url,
     ];
+    // Values the first life never published, so its end is found by value.
     args.extend(["--count", &count, "--rate", "400", "--members", "1"]);
-    args.extend(["--data-dir", data_dir]);
+    args.extend(["--first-value", "1000000", "--data-dir", data_dir]);
     args.extend(common);
     let second = Proc::start(&args);
     let ready = second
@@ -355,7 +356,7 @@ fn run_durable_publisher(kill_after: u64) -> u64 {
         .read_until(deadline, &mut work_lines, |l| l.starts_with("published"))
         .expect("the second life published");
     // Until invoicing processed the second life's last event and all before.
-    let last = SECOND_LIFE - 1;
+    let last = 1_000_000 + SECOND_LIFE - 1;
     let done = |lines: &[String]| {
         let (got, _) = values(lines, &work_id);
         got.iter()
@@ -398,7 +399,12 @@ fn run_durable_publisher(kill_after: u64) -> u64 {
         .take(SECOND_LIFE as usize)
         .copied()
         .collect();
-    assert_eq!(tail, (0..SECOND_LIFE).rev().collect::<Vec<_>>());
+    assert_eq!(
+        tail,
+        (1_000_000..1_000_000 + SECOND_LIFE)
+            .rev()
+            .collect::<Vec<_>>()
+    );
     end
 }
 
