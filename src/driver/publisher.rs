@@ -100,6 +100,8 @@ pub(crate) struct Publisher {
     /// Messages of a durable peer waiting for their log write: while more
     /// events are queued, several messages share one write (group commit).
     pub unlogged: Vec<(nng::Message, u32)>,
+    /// Bytes of those messages.
+    pub unlogged_bytes: usize,
 }
 
 /// Bytes of messages a durable peer gathers for one log write at most.
@@ -205,7 +207,7 @@ impl Publisher {
             // A durable peer writes its log once the queue is drained (or a
             // group's worth is waiting), then sends what was written.
             if !self.unlogged.is_empty()
-                && (events.is_empty() || self.unlogged_bytes() >= LOG_GROUP_BYTES)
+                && (events.is_empty() || self.unlogged_bytes >= LOG_GROUP_BYTES)
             {
                 self.log_and_send();
             }
@@ -325,14 +327,11 @@ impl Publisher {
             return;
         };
         if self.journal.is_some() {
+            self.unlogged_bytes += msg.len();
             self.unlogged.push((msg, n));
         } else {
             self.send(msg, n);
         }
-    }
-
-    fn unlogged_bytes(&self) -> usize {
-        self.unlogged.iter().map(|(m, _)| m.len()).sum()
     }
 
     /// Appends what was numbered to the log (one write), then sends the
@@ -344,6 +343,7 @@ impl Publisher {
             // commit). Other tasks move to another worker meanwhile.
             blocking(|| journal.commit(now_us()));
         }
+        self.unlogged_bytes = 0;
         for (msg, n) in std::mem::take(&mut self.unlogged) {
             self.send(msg, n);
         }

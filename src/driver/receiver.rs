@@ -460,7 +460,8 @@ impl Receiver {
         // A replay is for durable subscriptions, which skip by position:
         // its key was seen when it was first delivered here, or belongs to
         // a stretch the others were never owed.
-        let keyed = env.id.as_ref().filter(|_| !self.inbox.is_replay(&env));
+        let replay = self.inbox.is_replay(&env);
+        let keyed = env.id.as_ref().filter(|_| !replay);
         if let Some(key) = keyed {
             let now = clock::now();
             if self.keys.contains(&env.topic, key, now) {
@@ -478,7 +479,6 @@ impl Receiver {
         if redelivered {
             Counters::add(&self.counters.redelivered, 1);
         }
-        let replay = self.inbox.is_replay(&env);
         if replay {
             Counters::add(&self.counters.replayed, 1);
         }

@@ -220,6 +220,7 @@ pub(crate) fn spawn(config: Config) -> Result<Drivers> {
         flushes: Vec::new(),
         journal,
         unlogged: Vec::new(),
+        unlogged_bytes: 0,
     };
     let repair_server = RepairServer {
         socket: rep_socket,
