@@ -89,6 +89,7 @@ async fn a_member_that_never_acknowledges_is_cut_off_and_publishing_goes_on() {
                 last_seq: 0,
                 gossip: vec![],
                 acks,
+                durable: vec![],
             };
             Some(r.encode())
         })
@@ -173,6 +174,7 @@ async fn ten_thousand_announced_members_stay_within_the_table_bound() {
                 last_seq: 0,
                 gossip,
                 acks: vec![],
+                durable: vec![],
             };
             Some(r.encode())
         })

@@ -114,6 +114,7 @@ async fn forged_heartbeats_are_counted_and_their_link_closed_then_quarantined() 
                     heartbeat,
                     last_seq: 999,
                     acks: vec![],
+                    durable: vec![],
                     gossip: vec![],
                 }
                 .encode(),

@@ -220,6 +220,7 @@ async fn an_impostor_answering_with_a_members_id_changes_nothing() {
                     heartbeat: 1 << 40,
                     last_seq: 0,
                     acks: vec![],
+                    durable: vec![],
                     gossip: vec![],
                 }
                 .encode(),

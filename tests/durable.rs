@@ -336,6 +336,10 @@ async fn what_retention_trimmed_before_a_durable_consumer_came_back_is_a_loss() 
         a.publish("t", &i).await.unwrap();
     }
     wait_for("the first ten", || seen.lock().len() == 10).await;
+    wait_for("a to know the durable consumer", || {
+        a.stats().durable_readers == 1
+    })
+    .await;
     c.shutdown().await;
     // Two segments' worth while it is down: the first one is trimmed.
     let total = 140_000u32;
@@ -372,7 +376,111 @@ async fn what_retention_trimmed_before_a_durable_consumer_came_back_is_a_loss() 
     let got = values(&again);
     assert_eq!(got, (kept_from as u32..=total).collect::<Vec<_>>());
     assert_eq!(c.stats().lost, kept_from - 11);
+    // The origin counted the same events, as trimmed before they were processed.
+    assert_eq!(a.stats().trimmed_unprocessed, kept_from - 11);
     c.shutdown().await;
+    a.shutdown().await;
+}
+
+/// The age bound waits for the durable consumers the origin remembers
+/// (heard of within the age, kept across the origin's restart); the size
+/// bound does not (above).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagging_durable_consumer_holds_back_the_age_bound_across_the_origins_restart() {
+    let dir = data_dir();
+    let age = std::time::Duration::from_secs(1);
+    let origin = |name: &'static str, url: &str| {
+        fast(name, url)
+            .data_dir(dir.path().join(name))
+            .fsync(chorus::Fsync::OsBuffered)
+            .retention(u64::MAX, age)
+    };
+    let a_url = unique_url("inproc", "ra");
+    let a = origin("a", &a_url).start().await.unwrap();
+    let c = fast("c", &unique_url("inproc", "rc"))
+        .data_dir(dir.path().join("c"))
+        .seed(a.local_url())
+        .start()
+        .await
+        .unwrap();
+    // A consumer that stops after the first ten until it is let go on.
+    let seen: Seen = Default::default();
+    let go = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+    let (log, gate) = (seen.clone(), go.clone());
+    let opts = chorus::HandlerOptions::new().durable("audit");
+    let _h = c
+        .subscribe_with_options("t", opts, move |d: chorus::Delivery<u32>| {
+            let (log, gate) = (log.clone(), gate.clone());
+            async move {
+                if d.value > 10 {
+                    gate.acquire().await.unwrap().forget();
+                    gate.add_permits(1);
+                }
+                log.lock().push((d.value, d.redelivered()));
+                Ok::<(), std::convert::Infallible>(())
+            }
+        })
+        .unwrap();
+    wait_mesh(&[&a, &c]).await;
+    for i in 1..=10u32 {
+        a.publish("t", &i).await.unwrap();
+    }
+    wait_for("the first ten", || seen.lock().len() == 10).await;
+    wait_for("a to know the durable consumer", || {
+        a.stats().durable_readers == 1
+    })
+    .await;
+    // Two segments it does not get to, and a restart of the origin.
+    let total = 70_000u32;
+    let publish_all = |p: Peer| async move {
+        for i in 11..=total {
+            p.publish("t", &i).await.unwrap();
+        }
+        p // in the log: publish returned
+    };
+    let a = publish_all(a).await;
+    a.shutdown().await;
+    let a = origin("a", &a_url)
+        .seed(c.local_url())
+        .start()
+        .await
+        .unwrap();
+    // A control origin with no durable consumer, written after a: once its
+    // log is trimmed by age, a's would have been too.
+    let b = publish_all(
+        origin("b", &unique_url("inproc", "rb"))
+            .start()
+            .await
+            .unwrap(),
+    )
+    .await;
+    wait_for("the control log to be trimmed by age", || {
+        b.stats().log_events < u64::from(total - 10)
+    })
+    .await;
+    b.shutdown().await;
+    wait_for("a's upkeep", || a.stats().durable_readers == 1).await;
+    assert_eq!(a.stats().log_events, u64::from(total), "{:?}", a.stats());
+
+    // Let go on, it gets all of it.
+    go.add_permits(1);
+    wait_for("everything", || {
+        seen.lock().last().is_some_and(|(v, _)| *v == total)
+    })
+    .await;
+    assert_eq!(values(&seen), (1..=total).collect::<Vec<_>>());
+    assert_eq!((c.stats().lost, a.stats().trimmed_unprocessed), (0, 0));
+    // Once it has processed them, the age bound applies.
+    wait_for("a's log to be trimmed by age", || {
+        a.stats().log_events < u64::from(total)
+    })
+    .await;
+    // Not heard of for longer than the age, it is forgotten.
+    c.shutdown().await;
+    wait_for("a to forget the stopped consumer", || {
+        a.stats().durable_readers == 0
+    })
+    .await;
     a.shutdown().await;
 }
 

@@ -95,6 +95,13 @@ stats! {
     log_events,
     /// Batches appended to the log that the disk refused (see `Error::Store`).
     log_append_failures,
+    /// Gauge: durable consumers of this peer's stream it remembers (heard
+    /// of within the retention age; the log keeps what they have not
+    /// processed past `max_age`, within `max_bytes`).
+    durable_readers,
+    /// Events the log's size bound trimmed before a remembered durable
+    /// consumer had processed them (each reported to it as a `Loss`).
+    trimmed_unprocessed,
     /// NAKs received on the repair endpoint.
     naks_received,
     /// NAKs and direct acks that did not decode.

@@ -23,11 +23,13 @@ use crate::driver::clock;
 use crate::driver::publisher::PublisherCmd;
 use crate::driver::receiver::{acks_to_send, AckView, LastSeqBoard, ReceiverCmd};
 use crate::proto::membership::{Action, Membership};
+use crate::store::positions::Positions;
 use crate::transport::bad_input::BadInputLog;
 use crate::transport::gate::Gate;
 use crate::transport::socket::{self, AioSend, RecvReady};
 use crate::wire::frame::DecodeError;
-use crate::wire::heartbeat::{Ack, Response, Survey};
+use crate::wire::heartbeat::{Ack, DurablePosition, Response, Survey, MAX_POSITIONS};
+use crate::wire::id::PeerId;
 use crate::wire::member::{Member, MemberEvent, MemberEventKind, PeerInfo};
 
 /// How many times a graceful exit is announced to members that did not answer.
@@ -64,6 +66,9 @@ pub(crate) struct Discovery {
     pub last_seqs: Arc<LastSeqBoard>,
     /// Subscriptions, for what handlers have not finished yet.
     pub registry: Arc<Registry>,
+    /// The durable consumers' positions (a peer with a data dir), announced
+    /// to the durable origins they read.
+    pub positions: Option<Arc<Positions>>,
     /// Acks and membership for the publisher's retransmit buffer.
     pub publisher: mpsc::UnboundedSender<PublisherCmd>,
     pub dialers: HashMap<String, Dialer>,
@@ -155,6 +160,7 @@ impl Discovery {
         let mut survey = self.core.start_round();
         survey.last_seq = self.last_seq.load(Ordering::Relaxed);
         survey.acks = acks_to_send(&self.acks, &self.registry);
+        survey.durable = self.durable_positions();
         Counters::add(&self.counters.heartbeat_rounds, 1);
         if let Err((_, e)) = self.surveyor.try_send(self.gate.message(&survey.encode())) {
             tracing::debug!(error = %e, "survey not sent");
@@ -195,7 +201,7 @@ impl Discovery {
                 Counters::add(&self.counters.heartbeat_responses, 1);
                 self.core.handle_response(&r, clock::now());
                 self.apply();
-                self.forward(&r.from, r.last_seq, &r.acks);
+                self.forward(&r.from, r.last_seq, &r.acks, r.durable);
             }
             Err(e) => self.reject("response", &mut msg, e),
         }
@@ -212,6 +218,7 @@ impl Discovery {
         let mut response = self.core.handle_survey(&survey, clock::now());
         response.last_seq = self.last_seq.load(Ordering::Relaxed);
         response.acks = acks_to_send(&self.acks, &self.registry);
+        response.durable = self.durable_positions();
         match aio
             .send(&self.respondent, self.gate.message(&response.encode()))
             .await
@@ -221,14 +228,43 @@ impl Discovery {
         }
         self.apply();
         if !survey.leaving {
-            self.forward(&survey.from, survey.last_seq, &survey.acks);
+            self.forward(&survey.from, survey.last_seq, &survey.acks, survey.durable);
         }
     }
 
+    /// Where this peer's durable consumers stand in the streams of the
+    /// live durable members (the only ones that keep a log for them).
+    fn durable_positions(&self) -> Vec<DurablePosition> {
+        let Some(positions) = &self.positions else {
+            return Vec::new();
+        };
+        let streams: HashSet<(u64, u64)> = self
+            .core
+            .live_ids()
+            .filter_map(|id| self.core.member(id))
+            .filter(|m| m.info.is_durable())
+            .map(|m| (m.info.id.0, m.info.stream))
+            .collect();
+        if streams.is_empty() {
+            return Vec::new();
+        }
+        positions
+            .announced(|o, e| streams.contains(&(o, e)), MAX_POSITIONS)
+            .into_iter()
+            .map(|(name, origin, incarnation, seq)| DurablePosition {
+                origin: PeerId(origin),
+                incarnation,
+                name,
+                seq,
+            })
+            .collect()
+    }
+
     /// Passes a live member's heartbeat on: its last published sequence
-    /// number to the receiver (tail loss), its ack of our events to the
-    /// publisher (retransmit buffer). Heartbeats of non-members are ignored.
-    fn forward(&self, from: &PeerInfo, last_seq: u64, acks: &[Ack]) {
+    /// number to the receiver (tail loss), its ack of our events and its
+    /// durable consumers' positions in our stream to the publisher
+    /// (retransmit buffer, log). Heartbeats of non-members are ignored.
+    fn forward(&self, from: &PeerInfo, last_seq: u64, acks: &[Ack], durable: Vec<DurablePosition>) {
         let member = self.core.member(from.id);
         if !member.is_some_and(|m| m.state.is_live() && m.info.incarnation == from.incarnation) {
             return;
@@ -240,6 +276,16 @@ impl Discovery {
             None => PublisherCmd::NoAck(from.id),
         };
         let _ = self.publisher.send(ack);
+        if me.is_durable() {
+            let ours: Vec<(String, u64, u64)> = durable
+                .into_iter()
+                .filter(|p| p.origin == me.id)
+                .map(|p| (p.name, p.incarnation, p.seq))
+                .collect();
+            if !ours.is_empty() {
+                let _ = self.publisher.send(PublisherCmd::Readers(from.id, ours));
+            }
+        }
     }
 
     /// Logs a heartbeat that failed authentication (the gate counted it).

@@ -4,10 +4,12 @@
 //! Owns: the open [`DataDir`] and [`StreamLog`], the frames numbered since
 //! the last append (a batch is appended as one write before it is sent:
 //! group commit), the repair answers' reach into the log for what the
-//! retransmit buffer no longer holds, the upkeep done about once a second
-//! (members' watermarks, retention, retrying a failed append), and
-//! [`StoreHealth`], through which `publish` and `flush` report a log that
-//! cannot be written.
+//! retransmit buffer no longer holds, the durable consumers of the stream
+//! it remembers (what each processed, heard from their heartbeats: the
+//! log keeps it for them past `max_age`, within `max_bytes`), the upkeep
+//! done about once a second (members' watermarks, readers, retention,
+//! retrying a failed append), and [`StoreHealth`], through which `publish`
+//! and `flush` report a log that cannot be written.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,6 +21,7 @@ use parking_lot::Mutex;
 use crate::error::{Error, Result};
 use crate::proto::outbox::Outbox;
 use crate::store::log::{Retention, StreamLog};
+use crate::store::readers::{Reader, Readers};
 use crate::store::watermarks::{Watermark, Watermarks};
 use crate::store::{DataDir, StoreError};
 use crate::wire::id::PeerId;
@@ -73,7 +76,27 @@ pub(crate) struct Journal {
     written: HashMap<PeerId, (u64, u64)>,
     /// Appends that failed.
     pub failures: u64,
+    readers_store: Readers,
+    /// The durable consumers of this stream, by (member, name): what each
+    /// processed, when it was last heard of (µs since the epoch), and what
+    /// was last written of it (`None`: not written yet).
+    readers: HashMap<(PeerId, String), ReaderState>,
+    /// Readers forgotten since the last write.
+    forgotten: Vec<(u64, String)>,
+    /// Events retention trimmed before a remembered durable consumer had
+    /// processed them (it finds them lost when it comes back).
+    pub trimmed_unprocessed: u64,
 }
+
+/// A durable consumer of this stream, as the journal keeps it.
+struct ReaderState {
+    seq: u64,
+    seen_us: u64,
+    written: Option<u64>,
+}
+
+/// Most durable consumers of its stream a peer remembers (more are not).
+const MAX_READERS: usize = 4096;
 
 impl Journal {
     pub(crate) fn new(
@@ -83,10 +106,24 @@ impl Journal {
         earlier: &[Watermark],
         retention: Retention,
         health: Arc<StoreHealth>,
+        (readers_store, known): (Readers, Vec<Reader>),
     ) -> Self {
         let written = earlier
             .iter()
             .map(|w| (PeerId(w.member), (w.incarnation, w.seq)))
+            .collect();
+        // Heard of now: a peer that was down could not hear anyone.
+        let now = crate::driver::clock::now_us();
+        let readers = known
+            .into_iter()
+            .map(|r| {
+                let state = ReaderState {
+                    seq: r.seq,
+                    seen_us: now,
+                    written: Some(r.seq),
+                };
+                ((PeerId(r.member), r.name), state)
+            })
             .collect();
         Journal {
             dir,
@@ -97,6 +134,116 @@ impl Journal {
             pending: Vec::new(),
             written,
             failures: 0,
+            readers_store,
+            readers,
+            forgotten: Vec::new(),
+            trimmed_unprocessed: 0,
+        }
+    }
+
+    /// What `member`'s durable consumers have processed of this stream,
+    /// `(name, stream epoch, through)`, from its heartbeat. Positions in
+    /// another epoch of the stream are not this log's.
+    pub(crate) fn note_readers(
+        &mut self,
+        member: PeerId,
+        positions: Vec<(String, u64, u64)>,
+        now_us: u64,
+    ) {
+        let epoch = self.dir.identity().stream;
+        for (name, _, seq) in positions.into_iter().filter(|p| p.1 == epoch) {
+            let key = (member, name);
+            if let Some(r) = self.readers.get_mut(&key) {
+                r.seq = seq;
+                r.seen_us = now_us;
+                continue;
+            }
+            if self.readers.len() >= MAX_READERS {
+                tracing::warn!(%member, name = %key.1, "too many durable consumers to remember; this one is not");
+                continue;
+            }
+            tracing::info!(%member, name = %key.1, processed = seq, "a durable consumer of this stream");
+            let state = ReaderState {
+                seq,
+                seen_us: now_us,
+                written: None,
+            };
+            self.readers.insert(key, state);
+        }
+    }
+
+    /// Durable consumers of this stream remembered.
+    pub(crate) fn readers(&self) -> usize {
+        self.readers.len()
+    }
+
+    /// Forgets the readers not heard of for longer than the retention age
+    /// (the age bound then applies to what they had not processed), then
+    /// writes the ones that moved.
+    fn record_readers(&mut self, now_us: u64) {
+        let max_age = self.retention.max_age_us;
+        let forgotten = &mut self.forgotten;
+        self.readers.retain(|(member, name), r| {
+            let keep = now_us.saturating_sub(r.seen_us) <= max_age;
+            if !keep {
+                tracing::info!(%member, %name, "a durable consumer not heard of within the retention age is forgotten");
+                forgotten.push((member.0, name.clone()));
+            }
+            keep
+        });
+        let changed: Vec<Reader> = self
+            .readers
+            .iter()
+            .filter(|(_, r)| r.written != Some(r.seq))
+            .map(|((member, name), r)| Reader {
+                member: member.0,
+                name: name.clone(),
+                seq: r.seq,
+            })
+            .collect();
+        if changed.is_empty() && self.forgotten.is_empty() {
+            return;
+        }
+        match self
+            .readers_store
+            .write(&self.dir, &changed, &self.forgotten)
+        {
+            Ok(()) => {
+                self.forgotten.clear();
+                for r in self.readers.values_mut() {
+                    r.written = Some(r.seq);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot record the durable consumers"),
+        }
+    }
+
+    /// Trims the log past retention: by age only what every remembered
+    /// reader processed, by size whatever it holds (what a reader had not
+    /// processed is counted, and reported to it as lost when it returns).
+    fn trim(&mut self, now_us: u64) {
+        let processed = self
+            .readers
+            .values()
+            .map(|r| r.seq)
+            .min()
+            .unwrap_or(u64::MAX);
+        let before = self.log.trimmed_through();
+        let after = match self
+            .log
+            .enforce(&self.dir, self.retention, now_us, processed)
+        {
+            Ok(through) => through,
+            Err(e) => return tracing::warn!(error = %e, "cannot trim the log"),
+        };
+        for ((member, name), r) in &self.readers {
+            let unprocessed = after.saturating_sub(r.seq.max(before));
+            if unprocessed > 0 {
+                self.trimmed_unprocessed += unprocessed;
+                tracing::warn!(%member, %name, unprocessed,
+                    max_bytes = self.retention.max_bytes,
+                    "the log outgrew its size bound: trimmed events a durable consumer had not processed");
+            }
         }
     }
 
@@ -188,14 +335,13 @@ impl Journal {
     }
 
     /// About once a second: retries a failed append, records the members'
-    /// watermarks that changed, trims the log past retention.
+    /// watermarks and the readers that changed, trims the log past
+    /// retention.
     pub(crate) fn upkeep(&mut self, outbox: &Outbox, now_us: u64) {
         self.commit(now_us);
         self.record_watermarks(outbox);
-        match self.log.enforce(&self.dir, self.retention, now_us) {
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "cannot trim the log"),
-        }
+        self.record_readers(now_us);
+        self.trim(now_us);
     }
 
     /// Records the members' watermarks that changed. Called at once when

@@ -67,6 +67,9 @@ pub(crate) enum PublisherCmd {
     Ack(PeerId, u64, u64),
     /// A member's heartbeat carried no watermark for this peer's events.
     NoAck(PeerId),
+    /// What a member's durable consumers processed of this peer's stream:
+    /// `(name, stream epoch, through)`.
+    Readers(PeerId, Vec<(String, u64, u64)>),
     /// Who has not acknowledged through this sequence number (all that was
     /// published if `None`), and the last sequence number sent.
     Unacked(Option<u64>, oneshot::Sender<(u64, Unacked)>),
@@ -154,6 +157,11 @@ impl Publisher {
                     Some(PublisherCmd::NoAck(member)) => {
                         self.outbox.handle_no_ack(member);
                         self.check_stall();
+                    }
+                    Some(PublisherCmd::Readers(member, positions)) => {
+                        if let Some(journal) = &mut self.journal {
+                            journal.note_readers(member, positions, now_us());
+                        }
                     }
                     Some(PublisherCmd::Unacked(through, reply)) => {
                         let through = through.unwrap_or(self.outbox.last_seq());
@@ -417,6 +425,8 @@ impl Publisher {
         if let Some(journal) = &self.journal {
             Counters::set(&c.log_events, journal.len());
             Counters::set(&c.log_append_failures, journal.failures);
+            Counters::set(&c.durable_readers, journal.readers() as u64);
+            Counters::set(&c.trimmed_unprocessed, journal.trimmed_unprocessed);
         }
     }
 }

@@ -32,6 +32,7 @@ use crate::proto::outbox::{Outbox, OutboxConfig};
 use crate::store::data_dir::Identity;
 use crate::store::log::{Retention, StreamLog};
 use crate::store::positions::Positions;
+use crate::store::readers::{Reader, Readers};
 use crate::store::watermarks::{Watermark, Watermarks};
 use crate::store::{DataDir, Fsync, StoreError};
 use crate::transport::bad_input::BadInputLog;
@@ -203,6 +204,7 @@ pub(crate) fn spawn(config: Config) -> Result<Drivers> {
             &s.earlier,
             config.retention,
             store_health.clone(),
+            s.readers,
         )
     });
     let publisher = Publisher {
@@ -284,6 +286,7 @@ pub(crate) fn spawn(config: Config) -> Result<Drivers> {
         acks,
         last_seqs,
         registry: registry.clone(),
+        positions: durable_store.as_ref().map(|(_, p)| p.clone()),
         publisher: publisher_tx.clone(),
         dialers: HashMap::new(),
         bad: BadInputLog::default(),
@@ -325,6 +328,7 @@ struct OpenStore {
     log: StreamLog,
     watermarks: Watermarks,
     earlier: Vec<Watermark>,
+    readers: (Readers, Vec<Reader>),
 }
 
 /// Opens the data dir: a new one takes the configured id (or a random
@@ -350,6 +354,7 @@ fn open_store(config: &Config, path: &std::path::Path, incarnation: u64) -> Resu
     let log = StreamLog::open(&dir).map_err(store_error)?;
     let (watermarks, earlier) = Watermarks::open(&dir).map_err(store_error)?;
     let positions = Arc::new(Positions::open(&dir).map_err(store_error)?);
+    let readers = Readers::open(&dir).map_err(store_error)?;
     tracing::info!(dir = %path.display(), id = %PeerId(dir.identity().id), stream = dir.identity().stream,
         first = log.first_seq(), last = log.last_seq(), "data dir opened");
     Ok(OpenStore {
@@ -358,6 +363,7 @@ fn open_store(config: &Config, path: &std::path::Path, incarnation: u64) -> Resu
         log,
         watermarks,
         earlier,
+        readers,
     })
 }
 

@@ -197,6 +197,7 @@ impl Membership {
             leaving: false,
             last_seq: 0,
             acks: vec![],
+            durable: vec![],
         }
     }
 
@@ -208,6 +209,7 @@ impl Membership {
             leaving: true,
             last_seq: 0,
             acks: vec![],
+            durable: vec![],
         }
     }
 
@@ -224,6 +226,7 @@ impl Membership {
             heartbeat: self.heartbeat,
             last_seq: 0,
             acks: vec![],
+            durable: vec![],
             gossip: self.gossip_sample(),
         }
     }
@@ -555,6 +558,7 @@ mod tests {
             leaving: false,
             last_seq: 0,
             acks: vec![],
+            durable: vec![],
         }
     }
 
@@ -568,6 +572,7 @@ mod tests {
             heartbeat,
             last_seq: 0,
             acks: vec![],
+            durable: vec![],
             gossip: gossip
                 .iter()
                 .map(|(i, h)| Gossip {

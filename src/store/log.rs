@@ -223,6 +223,11 @@ impl StreamLog {
             .unwrap_or(self.last_seq + 1)
     }
 
+    /// The highest sequence number retention trimmed (0: none).
+    pub fn trimmed_through(&self) -> u64 {
+        self.trimmed_through
+    }
+
     /// Bytes of events held.
     pub fn bytes(&self) -> u64 {
         self.segments.values().map(|s| s.bytes).sum()
@@ -371,12 +376,17 @@ impl StreamLog {
     }
 
     /// Trims the oldest segments beyond `retention` (never the newest
-    /// segment). Returns the highest sequence number trimmed so far (0: none).
+    /// segment): past `max_bytes` whatever they hold, past `max_age` only
+    /// the segments whose events are all at or below `processed` (what
+    /// every durable consumer known to be reading has processed; `u64::MAX`
+    /// when there is none). Returns the highest sequence number trimmed so
+    /// far (0: none).
     pub fn enforce(
         &mut self,
         dir: &DataDir,
         retention: Retention,
         now_us: u64,
+        processed: u64,
     ) -> Result<u64, StoreError> {
         let mut total = self.bytes();
         let mut drop = Vec::new();
@@ -384,7 +394,8 @@ impl StreamLog {
             if drop.len() + 1 >= self.segments.len() {
                 break; // the newest stays
             }
-            let old = now_us.saturating_sub(seg.last_time_us) > retention.max_age_us;
+            let old = now_us.saturating_sub(seg.last_time_us) > retention.max_age_us
+                && seg.last <= processed;
             if !(old || total > retention.max_bytes) {
                 break;
             }
@@ -492,24 +503,30 @@ mod tests {
             max_bytes: u64::MAX,
             max_age_us: 10_000_000,
         };
-        assert_eq!(log.enforce(&dir, keep, 5_000_000).unwrap(), 0);
-        // By age: the segments last written more than 2.5 s ago.
+        assert_eq!(log.enforce(&dir, keep, 5_000_000, u64::MAX).unwrap(), 0);
+        // By age: the segments last written more than 2.5 s ago, but only
+        // as far as a durable consumer has processed them.
         let by_age = Retention {
             max_bytes: u64::MAX,
             max_age_us: 2_500_000,
         };
+        let processed = SEGMENT_EVENTS + 10;
         assert_eq!(
-            log.enforce(&dir, by_age, 5_000_000).unwrap(),
+            log.enforce(&dir, by_age, 5_000_000, processed).unwrap(),
+            SEGMENT_EVENTS
+        );
+        assert_eq!(
+            log.enforce(&dir, by_age, 5_000_000, u64::MAX).unwrap(),
             SEGMENT_EVENTS * 2
         );
         assert_eq!(log.first_seq(), SEGMENT_EVENTS * 2 + 1);
-        // By size: everything but the newest segment.
+        // By size: everything but the newest segment, processed or not.
         let by_size = Retention {
             max_bytes: 1,
             max_age_us: u64::MAX,
         };
         assert_eq!(
-            log.enforce(&dir, by_size, 5_000_000).unwrap(),
+            log.enforce(&dir, by_size, 5_000_000, 0).unwrap(),
             SEGMENT_EVENTS * 3
         );
         drop((dir, log));

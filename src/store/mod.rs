@@ -1,5 +1,6 @@
 //! Durable state in a peer's data dir: the log of its own stream, what its
-//! members acknowledged, and its durable consumers' positions.
+//! members acknowledged, the durable consumers of its stream it remembers,
+//! and its own durable consumers' positions.
 //!
 //! Owns: the files under [`PeerBuilder::data_dir`](crate::PeerBuilder::data_dir)
 //! and the crash-safe storage engine ([fjall], an LSM tree with a journal)
@@ -16,6 +17,7 @@
 pub mod data_dir;
 pub mod log;
 pub mod positions;
+pub mod readers;
 pub mod watermarks;
 
 use std::path::PathBuf;

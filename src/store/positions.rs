@@ -8,13 +8,15 @@
 //! epoch) → processed through). Committed as durably as the log (the data
 //! dir's fsync policy).
 
+use std::collections::BTreeMap;
+
 use fjall::{PartitionCreateOptions, PartitionHandle};
+use parking_lot::Mutex;
 
 use super::data_dir::{corrupt, DataDir};
 use super::StoreError;
 
-/// Longest durable name, in bytes.
-pub const MAX_DURABLE_NAME: usize = 200;
+pub use crate::wire::heartbeat::MAX_DURABLE_NAME;
 
 /// What is kept about one durable consumer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,10 +33,17 @@ pub struct Consumer {
     pub clean: bool,
 }
 
+/// Every consumer's positions as committed: name → (origin, stream
+/// epoch) → processed through.
+type Committed = BTreeMap<String, BTreeMap<(u64, u64), u64>>;
+
 /// See the module documentation.
 pub struct Positions {
     consumers: PartitionHandle,
     positions: PartitionHandle,
+    /// What is committed, kept in memory too: the peer's heartbeats
+    /// announce it to the origins ([`Positions::announced`]).
+    committed: Mutex<Committed>,
 }
 
 impl std::fmt::Debug for Positions {
@@ -63,10 +72,56 @@ impl Positions {
                 .open_partition(name, PartitionCreateOptions::default())
                 .map_err(|e| corrupt(dir.path(), format!("cannot open the {name}: {e}")))
         };
+        let positions = open("positions")?;
+        let mut committed = Committed::new();
+        for entry in positions.iter() {
+            let (k, v) =
+                entry.map_err(|e| corrupt(dir.path(), format!("cannot read a position: {e}")))?;
+            let len = usize::from(k.first().copied().unwrap_or(0));
+            let name = k.get(1..1 + len).map(std::str::from_utf8);
+            match (
+                name,
+                u64_at(&k, 1 + len),
+                u64_at(&k, 9 + len),
+                u64_at(&v, 0),
+            ) {
+                (Some(Ok(name)), Some(origin), Some(epoch), Some(seq))
+                    if len > 0 && k.len() == 17 + len =>
+                {
+                    committed
+                        .entry(name.to_owned())
+                        .or_default()
+                        .insert((origin, epoch), seq);
+                }
+                _ => return Err(corrupt(dir.path(), "a position is malformed".into())),
+            }
+        }
         Ok(Positions {
             consumers: open("consumers")?,
-            positions: open("positions")?,
+            positions,
+            committed: Mutex::new(committed),
         })
+    }
+
+    /// Up to `max` committed positions `(name, origin, stream epoch,
+    /// processed through)` of the streams `wanted` picks, of every
+    /// durable consumer in the data dir (subscribed now or not).
+    pub fn announced(
+        &self,
+        wanted: impl Fn(u64, u64) -> bool,
+        max: usize,
+    ) -> Vec<(String, u64, u64, u64)> {
+        let committed = self.committed.lock();
+        committed
+            .iter()
+            .flat_map(|(name, streams)| {
+                streams
+                    .iter()
+                    .filter(|((o, e), _)| wanted(*o, *e))
+                    .map(move |(&(o, e), &seq)| (name.clone(), o, e, seq))
+            })
+            .take(max)
+            .collect()
     }
 
     /// The durable consumer `name`, created (with `created_us` and
@@ -173,7 +228,13 @@ impl Positions {
         batch
             .commit()
             .map_err(|e| dir.error("commit a consumer position", e))?;
-        dir.persist("commit a consumer position")
+        dir.persist("commit a consumer position")?;
+        let mut committed = self.committed.lock();
+        let streams = committed.entry(name.to_owned()).or_default();
+        for &(origin, epoch, seq) in positions {
+            streams.insert((origin, epoch), seq);
+        }
+        Ok(())
     }
 }
 
@@ -210,5 +271,21 @@ mod tests {
         assert_eq!(c.positions, vec![(5, 6, 12), (8, 9, 10)]);
         let (eu, _) = p.load_or_create(&dir, "invoicing-eu", 0, 0).unwrap();
         assert_eq!((eu.not_before_us, eu.positions), (150, vec![(5, 6, 1)]));
+        // What the heartbeats announce, loaded at open and kept up to date.
+        let all = p.announced(|_, _| true, 10);
+        assert_eq!(
+            all,
+            vec![
+                ("invoicing".to_owned(), 5, 6, 12),
+                ("invoicing".to_owned(), 8, 9, 10),
+                ("invoicing-eu".to_owned(), 5, 6, 1)
+            ]
+        );
+        p.commit(&dir, "invoicing-eu", &[(5, 6, 3)]).unwrap();
+        assert_eq!(
+            p.announced(|o, _| o == 5, 1),
+            vec![("invoicing".to_owned(), 5, 6, 12)]
+        );
+        assert_eq!(p.announced(|o, _| o == 5, 10)[1].3, 3);
     }
 }

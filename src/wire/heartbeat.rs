@@ -18,6 +18,10 @@ pub const KIND_SURVEY: u8 = 1;
 pub const KIND_RESPONSE: u8 = 2;
 /// Most gossip entries accepted in one response.
 pub const MAX_GOSSIP: usize = 1024;
+/// Most durable positions accepted in one heartbeat (more are not sent).
+pub const MAX_POSITIONS: usize = 1024;
+/// Longest durable consumer name, in bytes.
+pub const MAX_DURABLE_NAME: usize = 200;
 
 /// A heartbeat round's question, sent to every respondent connected to the
 /// surveyor. It is also the surveyor's own heartbeat.
@@ -33,6 +37,10 @@ pub struct Survey {
     pub last_seq: u64,
     /// What the surveyor has received from each origin.
     pub acks: Vec<Ack>,
+    /// Where the surveyor's durable consumers stand in each origin's
+    /// stream. Optional on the wire (absent: none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub durable: Vec<DurablePosition>,
 }
 
 /// A respondent's answer: its own heartbeat plus gossip about other members.
@@ -49,6 +57,10 @@ pub struct Response {
     pub gossip: Vec<Gossip>,
     /// What the respondent has received from each origin.
     pub acks: Vec<Ack>,
+    /// Where the respondent's durable consumers stand in each origin's
+    /// stream. Optional on the wire (absent: none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub durable: Vec<DurablePosition>,
 }
 
 /// "I have received everything `origin` published in `incarnation` up to
@@ -60,6 +72,21 @@ pub struct Ack {
     /// Its incarnation.
     pub incarnation: u64,
     /// Received through this sequence number.
+    pub seq: u64,
+}
+
+/// "My durable consumer `name` has processed everything `origin`
+/// published in its stream `incarnation` through `seq`": what lets a
+/// durable origin keep its log for a consumer that is offline.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DurablePosition {
+    /// The publishing peer.
+    pub origin: PeerId,
+    /// Its stream epoch.
+    pub incarnation: u64,
+    /// The durable consumer's name (1 to [`MAX_DURABLE_NAME`] bytes).
+    pub name: String,
+    /// Processed through this sequence number.
     pub seq: u64,
 }
 
@@ -86,11 +113,26 @@ pub struct Gossip {
     pub state: u8,
 }
 
-fn check_acks(acks: &[Ack]) -> Result<(), DecodeError> {
+fn check_acks(acks: &[Ack], durable: &[DurablePosition]) -> Result<(), DecodeError> {
     if acks.len() > MAX_GOSSIP {
         return Err(DecodeError::Malformed(format!(
             "{} acks, at most {MAX_GOSSIP} accepted",
             acks.len()
+        )));
+    }
+    if durable.len() > MAX_POSITIONS {
+        return Err(DecodeError::Malformed(format!(
+            "{} durable positions, at most {MAX_POSITIONS} accepted",
+            durable.len()
+        )));
+    }
+    if let Some(p) = durable
+        .iter()
+        .find(|p| p.name.is_empty() || p.name.len() > MAX_DURABLE_NAME)
+    {
+        return Err(DecodeError::Malformed(format!(
+            "a durable name of {} bytes (1 to {MAX_DURABLE_NAME})",
+            p.name.len()
         )));
     }
     Ok(())
@@ -107,7 +149,7 @@ impl Survey {
     /// Decodes and validates a survey frame. Never panics.
     pub fn decode(bytes: &[u8], max_size: usize) -> Result<Self, DecodeError> {
         let s: Survey = frame::decode(bytes, max_size, KIND_SURVEY)?;
-        check_acks(&s.acks)?;
+        check_acks(&s.acks, &s.durable)?;
         s.from.validate().map_err(DecodeError::Malformed)?;
         Ok(s)
     }
@@ -130,7 +172,7 @@ impl Response {
                 r.gossip.len()
             )));
         }
-        check_acks(&r.acks)?;
+        check_acks(&r.acks, &r.durable)?;
         r.from.validate().map_err(DecodeError::Malformed)?;
         for g in &r.gossip {
             g.info.validate().map_err(DecodeError::Malformed)?;
@@ -189,6 +231,12 @@ mod tests {
                 incarnation: 1,
                 seq: 99,
             }],
+            durable: vec![DurablePosition {
+                origin: PeerId(2),
+                incarnation: 1,
+                name: "invoicing".into(),
+                seq: 90,
+            }],
         }
     }
 
@@ -200,6 +248,7 @@ mod tests {
             leaving: true,
             last_seq: 12,
             acks: vec![],
+            durable: vec![],
         };
         assert_eq!(Survey::decode(&s.encode(), 1 << 20).unwrap(), s);
         let r = response();
@@ -231,6 +280,8 @@ mod tests {
                 incarnation: 4,
                 seq: 6,
             }],
+
+            durable: vec![],
         };
         let mut expected = vec![
             0x93, 0x01, 0x01, 0x95, 0x96, 0x01, 0x02, 0xa1, b'a', 0x93, 0xaa,
@@ -268,6 +319,27 @@ mod tests {
     }
 
     #[test]
+    fn durable_positions_are_bounded() {
+        let mut r = response();
+        r.durable[0].name = String::new();
+        assert!(matches!(
+            Response::decode(&r.encode(), 1 << 20),
+            Err(DecodeError::Malformed(m)) if m.contains("durable name")
+        ));
+        r.durable[0].name = "x".repeat(MAX_DURABLE_NAME + 1);
+        assert!(Response::decode(&r.encode(), 1 << 20).is_err());
+        r.durable = vec![response().durable[0].clone(); MAX_POSITIONS + 1];
+        assert!(matches!(
+            Response::decode(&r.encode(), 1 << 20),
+            Err(DecodeError::Malformed(m)) if m.contains("durable positions")
+        ));
+        // A response without them (an older peer's) decodes with none.
+        let mut old = response();
+        old.durable.clear();
+        assert_eq!(Response::decode(&old.encode(), 1 << 20).unwrap(), old);
+    }
+
+    #[test]
     fn kinds_are_not_interchangeable() {
         let s = Survey {
             from: info(1),
@@ -275,6 +347,7 @@ mod tests {
             leaving: false,
             last_seq: 0,
             acks: vec![],
+            durable: vec![],
         };
         assert_eq!(
             Response::decode(&s.encode(), 1 << 20),

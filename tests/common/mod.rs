@@ -205,6 +205,7 @@ impl FakeMember {
                         heartbeat,
                         last_seq: 0,
                         acks: vec![],
+                        durable: vec![],
                         gossip: vec![],
                     }
                     .encode(),
