@@ -10,8 +10,10 @@
 //! `--bus-key SECRET` (authenticate every chorus message, to measure what it costs).
 //! Under `cargo test` (no `--bench` argument) it runs one tiny point as a
 //! smoke test and checks only that every figure is sane and non-zero.
-//! `--subscriber-child SEED COUNT` is internal: the subscriber process of
-//! the memory measurement.
+//! `--user-runs N --user-secs S`: the user-shaped publisher against a
+//! subscriber process, in memory and with a data dir (0 runs skips it).
+//! `--subscriber-child SEED COUNT` and `--rate-child SEED WARMUP SECS` are
+//! internal: the subscriber processes.
 
 use chorus::bench::{Args, Mode};
 use clap::Parser;
@@ -70,5 +72,13 @@ fn check_sane(doc: &Value) {
             assert!(peak >= idle, "peak RSS {peak:?} below idle {idle:?}");
             assert_eq!(sp["lost"], 0, "nothing lost in the subscriber process");
         }
+    }
+    let user = doc["user_shaped"].as_array().expect("user-shaped runs");
+    assert!(!user.is_empty());
+    for run in user {
+        positive(&run["per_sec"], "user-shaped rate");
+        positive(&run["publisher_cpu_us_per_event"], "publisher CPU");
+        assert_eq!(run["lost"], 0, "nothing lost: {run}");
+        assert_eq!(run["out_of_order"], 0, "in order: {run}");
     }
 }

@@ -32,6 +32,7 @@ mod raw_nng;
 mod report;
 mod scenario;
 mod subscriber_process;
+mod user_shaped;
 
 use std::collections::BTreeMap;
 
@@ -39,8 +40,12 @@ use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
-pub use options::{parse_payloads, parse_scenarios, parse_transports, Args, Mode, Options};
+pub use options::{
+    parse_modes, parse_payloads, parse_scenarios, parse_transports, Args, Mode, Options,
+};
 pub use subscriber_process::subscriber_child;
+pub use user_shaped::rate_child;
+pub use user_shaped::Durability;
 
 use pacing::percentiles;
 use raw_nng::raw_drop_free;
@@ -56,6 +61,10 @@ use subscriber_process::{status_kib, subscriber_process};
 pub fn main(args: &Args, mode: Mode, child: Vec<String>) -> Result<serde_json::Value, String> {
     if let Some((seed, count)) = args.subscriber_child()? {
         subscriber_child(&seed, count);
+        return Ok(serde_json::Value::Null);
+    }
+    if let Some((seed, warmup, secs)) = args.rate_child()? {
+        rate_child(&seed, warmup, secs);
         return Ok(serde_json::Value::Null);
     }
     Ok(run(&args.options(mode, Some(child))?))
@@ -77,7 +86,7 @@ pub fn run(o: &Options) -> serde_json::Value {
     };
 
     let mut points = Vec::new();
-    for &(pubs, subs) in scenarios {
+    for &(pubs, subs) in scenarios.iter().filter(|_| !o.user_only) {
         for &size in sizes {
             for &tcp in transports {
                 points.push(Point {
@@ -195,10 +204,33 @@ pub fn run(o: &Options) -> serde_json::Value {
         }));
         bar.inc(1);
     }
+    // The user-shaped publisher against a subscriber process, in memory
+    // and durable (tcp, 1→1, the payloads asked for).
+    let user = match &o.child {
+        Some(child) if o.user_runs > 0 && transports.contains(&true) => {
+            bar.set_message("user-shaped publisher, subscriber process, memory and durable");
+            let sizes: Vec<usize> = if smoke { vec![64] } else { sizes.clone() };
+            Some(user_shaped::measure(
+                &rt,
+                &peers,
+                child,
+                &sizes,
+                &o.user_modes,
+                o.user_runs,
+                o.user_window,
+            ))
+        }
+        _ => None,
+    };
     bar.finish_and_clear();
     let rss = status_kib("VmHWM:");
     print_tables(&table, &memory, rss);
-    let doc = json!({ "quick": quick, "bus_key": o.bus_key.is_some(), "peak_rss_kib": rss, "points": results });
+    if let Some((rows, _)) = &user {
+        user_shaped::print_table(rows, o.user_runs, o.user_window);
+    }
+    let user_runs = user.map_or(serde_json::Value::Null, |(_, runs)| runs);
+    let doc = json!({ "quick": quick, "bus_key": o.bus_key.is_some(), "peak_rss_kib": rss, "points": results,
+                      "user_shaped": user_runs });
     write_json(json_path, &doc);
     plot(svg_path, &curves);
     println!("all figures: {json_path}; latency plot: {svg_path}");

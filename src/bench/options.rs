@@ -1,6 +1,8 @@
 //! What to measure: the run's options and the flags that set them, parsed
 //! once (clap) for `chorus bench` and `cargo bench --bench throughput` alike.
 
+use super::user_shaped::Durability;
+
 /// How much to measure: `Smoke` is one tiny point for `cargo test`,
 /// `Quick` under a minute, `Full` every point at full length.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,6 +38,15 @@ pub struct Options {
     pub batch_bytes: usize,
     /// A bus key for the chorus peers (every message authenticated).
     pub bus_key: Option<String>,
+    /// Runs per mode of the user-shaped point across processes (0 skips it).
+    pub user_runs: usize,
+    /// Its warm-up and measured window, seconds.
+    pub user_window: (f64, f64),
+    /// Only the user-shaped point (no comparison with raw NNG).
+    pub user_only: bool,
+    /// The publisher's modes in the user-shaped point (in memory, data dir
+    /// fsync per batch, data dir OS buffered; the first is the reference).
+    pub user_modes: Vec<Durability>,
 }
 
 impl Options {
@@ -61,6 +72,21 @@ impl Options {
             child: None,
             batch_bytes: 64 * 1024,
             bus_key: None,
+            user_runs: match mode {
+                Mode::Smoke => 1,
+                Mode::Quick => 1,
+                Mode::Full => 3,
+            },
+            user_window: match mode {
+                Mode::Smoke => (0.2, 0.3),
+                Mode::Quick => (1.0, 3.0),
+                Mode::Full => (2.0, 10.0),
+            },
+            user_only: false,
+            user_modes: match mode {
+                Mode::Smoke => vec![Durability::Memory, Durability::EveryBatch],
+                _ => Durability::ALL.to_vec(),
+            },
         }
     }
 }
@@ -85,6 +111,20 @@ pub fn parse_payloads(list: &str) -> Result<Vec<usize>, String> {
                 .ok()
                 .filter(|&n: &usize| (8..=1 << 20).contains(&n))
                 .ok_or_else(|| format!("invalid payload size {s:?} (8 to 1048576 bytes)"))
+        })
+        .collect()
+}
+
+/// `memory,every-batch,os-buffered` → publisher modes.
+pub fn parse_modes(list: &str) -> Result<Vec<Durability>, String> {
+    list.split(',')
+        .map(|m| match m {
+            "memory" => Ok(Durability::Memory),
+            "every-batch" => Ok(Durability::EveryBatch),
+            "os-buffered" => Ok(Durability::OsBuffered),
+            _ => Err(format!(
+                "invalid mode {m:?} (memory, every-batch or os-buffered)"
+            )),
         })
         .collect()
 }
@@ -128,6 +168,25 @@ pub struct Args {
     /// Where to write the latency percentile plot (default target/throughput.svg).
     #[arg(long, value_name = "FILE")]
     pub svg: Option<String>,
+    /// Runs per mode (in memory, data dir fsync per batch, data dir OS
+    /// buffered) of the user-shaped publisher against a subscriber process
+    /// (default 3; 1 with --quick; 0 skips it).
+    #[arg(long, value_name = "N")]
+    pub user_runs: Option<usize>,
+    /// Measured window of each of those runs, seconds (after a warm-up of
+    /// a fifth of it; default 10).
+    #[arg(long, value_name = "SECS")]
+    pub user_secs: Option<f64>,
+    /// Measure only the user-shaped point.
+    #[arg(long)]
+    pub user_only: bool,
+    /// Publisher modes of the user-shaped point: memory, every-batch,
+    /// os-buffered (default all three; the first is the reference).
+    #[arg(long, value_name = "LIST")]
+    pub user_modes: Option<String>,
+    /// Internal: run as the subscriber process of the user-shaped point.
+    #[arg(long, num_args = 3, value_names = ["SEED", "WARMUP", "SECS"], hide = true)]
+    pub rate_child: Option<Vec<String>>,
     /// Internal: run as the subscriber process of the memory measurement.
     #[arg(long, num_args = 2, value_names = ["SEED", "COUNT"], hide = true)]
     pub subscriber_child: Option<Vec<String>>,
@@ -156,6 +215,19 @@ impl Args {
         o.child = child;
         o.batch_bytes = self.batch_bytes;
         o.bus_key = self.bus_key.clone();
+        o.user_only = self.user_only;
+        if let Some(m) = &self.user_modes {
+            o.user_modes = parse_modes(m)?;
+        }
+        if let Some(n) = self.user_runs {
+            o.user_runs = n;
+        }
+        if let Some(secs) = self.user_secs {
+            if !(secs > 0.0 && secs <= 3600.0) {
+                return Err(format!("invalid --user-secs {secs} (0 to 3600)"));
+            }
+            o.user_window = (secs / 5.0, secs);
+        }
         if let Some(j) = &self.json {
             o.json = j.clone();
         }
@@ -163,6 +235,19 @@ impl Args {
             o.svg = s.clone();
         }
         Ok(o)
+    }
+
+    /// `--rate-child SEED WARMUP SECS`, checked: this run is the child
+    /// side of the user-shaped point.
+    pub fn rate_child(&self) -> Result<Option<(String, f64, f64)>, String> {
+        match self.rate_child.as_deref() {
+            None => Ok(None),
+            Some([seed, warmup, secs]) => match (warmup.parse(), secs.parse()) {
+                (Ok(w), Ok(s)) => Ok(Some((seed.clone(), w, s))),
+                _ => Err(format!("invalid --rate-child window {warmup:?} {secs:?}")),
+            },
+            Some(_) => Err("--rate-child takes SEED WARMUP SECS".into()),
+        }
     }
 
     /// `--subscriber-child SEED COUNT`, checked: this run is the child side.

@@ -66,7 +66,7 @@ pub fn subscriber_child(seed: &str, count: u64) {
 }
 
 /// The bus key travels to the child in the environment, not its arguments.
-const CHILD_KEY_ENV: &str = "CHORUS_BENCH_CHILD_KEY";
+pub(crate) const CHILD_KEY_ENV: &str = "CHORUS_BENCH_CHILD_KEY";
 
 /// One publisher here floods `count` messages of `size` bytes to a
 /// subscriber in a child process (`child` + `--subscriber-child SEED
