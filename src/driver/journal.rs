@@ -1,21 +1,19 @@
-//! The publisher's log: what the publish driver writes to and reads from
-//! the data dir of a durable peer.
+//! The publisher's log: what the publish driver keeps in and reads from
+//! the data dir of a durable peer (the [log writer](crate::driver::log_writer)
+//! appends to it).
 //!
-//! Owns: the open [`DataDir`] and [`StreamLog`], the frames numbered since
-//! the last append (a batch is appended as one write before it is sent:
-//! group commit), the repair answers' reach into the log for what the
+//! Owns: the repair answers' reach into the log for what the
 //! retransmit buffer no longer holds, the durable consumers of the stream
 //! it remembers (what each processed, heard from their heartbeats: the
 //! log keeps it for them past `max_age`, within `max_bytes`), the upkeep
-//! done about once a second (members' watermarks, readers, retention,
-//! retrying a failed append), and [`StoreHealth`], through which `publish`
-//! and `flush` report a log that cannot be written.
+//! done about once a second (members' watermarks, readers, retention), and
+//! [`StoreHealth`], through which `publish` and `flush` report a log that
+//! cannot be written.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use bytes::Bytes;
 use parking_lot::Mutex;
 
 use crate::error::{Error, Result};
@@ -48,7 +46,7 @@ impl StoreHealth {
 
     /// Records a failed write; while failing, the first error is kept (it
     /// says why: a later one may only say the engine gave up).
-    fn set(&self, e: StoreError) {
+    pub(crate) fn set(&self, e: StoreError) {
         let mut error = self.error.lock();
         if error.is_none() {
             *error = Some(Arc::new(e));
@@ -56,7 +54,7 @@ impl StoreHealth {
         self.failed.store(true, Ordering::Relaxed);
     }
 
-    fn clear(&self) {
+    pub(crate) fn clear(&self) {
         if self.failed.swap(false, Ordering::Relaxed) {
             *self.error.lock() = None;
         }
@@ -66,16 +64,12 @@ impl StoreHealth {
 /// See the module documentation.
 pub(crate) struct Journal {
     pub dir: Arc<DataDir>,
-    pub log: StreamLog,
+    /// Shared with the log writer, which appends to it.
+    pub log: Arc<Mutex<StreamLog>>,
     pub watermarks: Watermarks,
     pub retention: Retention,
-    pub health: Arc<StoreHealth>,
-    /// Numbered, not appended yet (all of them after a failed append).
-    pending: Vec<Bytes>,
     /// The watermarks as last written.
     written: HashMap<PeerId, (u64, u64)>,
-    /// Appends that failed.
-    pub failures: u64,
     readers_store: Readers,
     /// The durable consumers of this stream, by (member, name): what each
     /// processed, when it was last heard of (µs since the epoch), and what
@@ -101,11 +95,10 @@ const MAX_READERS: usize = 4096;
 impl Journal {
     pub(crate) fn new(
         dir: Arc<DataDir>,
-        log: StreamLog,
+        log: Arc<Mutex<StreamLog>>,
         watermarks: Watermarks,
         earlier: &[Watermark],
         retention: Retention,
-        health: Arc<StoreHealth>,
         (readers_store, known): (Readers, Vec<Reader>),
     ) -> Self {
         let written = earlier
@@ -130,10 +123,7 @@ impl Journal {
             log,
             watermarks,
             retention,
-            health,
-            pending: Vec::new(),
             written,
-            failures: 0,
             readers_store,
             readers,
             forgotten: Vec::new(),
@@ -228,14 +218,13 @@ impl Journal {
             .map(|r| r.seq)
             .min()
             .unwrap_or(u64::MAX);
-        let before = self.log.trimmed_through();
-        let after = match self
-            .log
-            .enforce(&self.dir, self.retention, now_us, processed)
-        {
+        let mut log = self.log.lock();
+        let before = log.trimmed_through();
+        let after = match log.enforce(&self.dir, self.retention, now_us, processed) {
             Ok(through) => through,
             Err(e) => return tracing::warn!(error = %e, "cannot trim the log"),
         };
+        drop(log);
         for ((member, name), r) in &self.readers {
             let unprocessed = after.saturating_sub(r.seq.max(before));
             if unprocessed > 0 {
@@ -247,37 +236,6 @@ impl Journal {
         }
     }
 
-    /// A numbered frame, appended with the next batch.
-    pub(crate) fn stage(&mut self, frame: Bytes) {
-        self.pending.push(frame);
-    }
-
-    /// Appends what was staged as one write. A failure is kept in
-    /// [`StoreHealth`] (so `publish` fails) and the frames are kept to be
-    /// appended again: the log stays contiguous.
-    pub(crate) fn commit(&mut self, now_us: u64) -> bool {
-        if self.pending.is_empty() {
-            return true;
-        }
-        match self
-            .log
-            .append(&self.dir, self.pending.iter().map(|f| &f[..]), now_us)
-        {
-            Ok(()) => {
-                self.pending.clear();
-                self.health.clear();
-                true
-            }
-            Err(e) => {
-                tracing::error!(error = %e, pending = self.pending.len(),
-                    "cannot append to the log; publish fails until it can");
-                self.health.set(e);
-                self.failures += 1;
-                false
-            }
-        }
-    }
-
     /// Moves into `repair` what it lists as `gone` but the log still holds
     /// (older than what the retransmit buffer holds), within `max_bytes`
     /// of frames and `max_count` frames in all. Returns how many it read.
@@ -285,7 +243,8 @@ impl Journal {
         if repair.gone.is_empty() {
             return 0;
         }
-        let first_kept = self.log.first_seq();
+        let log = self.log.lock();
+        let first_kept = log.first_seq();
         let (mut frames, mut gone, mut bytes) = (Vec::new(), Vec::new(), 0usize);
         let mut full = false;
         for &(first, last) in &repair.gone {
@@ -298,7 +257,7 @@ impl Journal {
             }
             let room = max_bytes.saturating_sub(bytes);
             let count = max_count.saturating_sub(frames.len());
-            match self.log.read(&self.dir, from, last, room, count) {
+            match log.read(&self.dir, from, last, room, count) {
                 Ok(read) => {
                     let got = read.len() as u64;
                     for (_, frame) in read {
@@ -331,14 +290,13 @@ impl Journal {
 
     /// Events in the log.
     pub(crate) fn len(&self) -> u64 {
-        (self.log.last_seq() + 1).saturating_sub(self.log.first_seq())
+        let log = self.log.lock();
+        (log.last_seq() + 1).saturating_sub(log.first_seq())
     }
 
-    /// About once a second: retries a failed append, records the members'
-    /// watermarks and the readers that changed, trims the log past
-    /// retention.
+    /// About once a second: records the members' watermarks and the
+    /// readers that changed, trims the log past retention.
     pub(crate) fn upkeep(&mut self, outbox: &Outbox, now_us: u64) {
-        self.commit(now_us);
         self.record_watermarks(outbox);
         self.record_readers(now_us);
         self.trim(now_us);

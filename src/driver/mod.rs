@@ -15,6 +15,7 @@ pub(crate) mod durable;
 pub(crate) mod handler;
 pub(crate) mod inflight;
 pub(crate) mod journal;
+pub(crate) mod log_writer;
 pub(crate) mod nak_sender;
 pub(crate) mod publisher;
 pub(crate) mod receiver;

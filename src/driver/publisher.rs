@@ -15,7 +15,10 @@
 //! latency; under load ([`Linger`]) a batch gathers about 200 µs of events
 //! first (at most until tokio's next timer tick). Pub0 itself never blocks:
 //! NNG queues up to `send_buffer` messages per subscriber link and drops the
-//! oldest beyond — the receivers repair that.
+//! oldest beyond — the receivers repair that. A durable peer's batches go
+//! to its [log writer](crate::driver::log_writer) instead, which appends
+//! them to the log and then sends them, while this task numbers the next
+//! ones.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -27,6 +30,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::api::stats::Counters;
 use crate::driver::clock::{self, now_us};
 use crate::driver::journal::Journal;
+use crate::driver::log_writer::{Batch, LogWriter};
 use crate::driver::repair_server::RepairJob;
 use crate::proto::linger::{Linger, LINGER};
 use crate::proto::outbox::Outbox;
@@ -98,31 +102,18 @@ pub(crate) struct Publisher {
     pub linger: Linger,
     /// Flushes waiting for acks: through which sequence number, and whom to tell.
     pub flushes: Vec<(u64, oneshot::Sender<()>)>,
-    /// The log of a durable peer (a data dir), written before each send.
+    /// The log of a durable peer (a data dir): repair reads and upkeep.
     pub journal: Option<Journal>,
-    /// Messages of a durable peer waiting for their log write: while more
-    /// events are queued, several messages share one write (group commit).
-    pub unlogged: Vec<(nng::Message, u32)>,
-    /// Bytes of those messages.
-    pub unlogged_bytes: usize,
+    /// A durable peer's log writer, which appends each batch to the log
+    /// and then sends it.
+    pub writer: Option<LogWriter>,
+    /// The frames of the batch being staged, for the log writer.
+    pub frames: Vec<bytes::Bytes>,
 }
-
-/// Bytes of messages a durable peer gathers for one log write at most.
-const LOG_GROUP_BYTES: usize = 1 << 20;
 
 /// How often a durable peer records watermarks, trims its log and retries
 /// a failed append.
 const UPKEEP_EVERY: Duration = Duration::from_secs(1);
-
-/// Runs `f`, which blocks on the disk, without holding up the other tasks
-/// of this worker thread (on a multi-threaded runtime).
-fn blocking<R>(f: impl FnOnce() -> R) -> R {
-    use tokio::runtime::{Handle, RuntimeFlavor};
-    match Handle::try_current().map(|h| h.runtime_flavor()) {
-        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
-        _ => f(),
-    }
-}
 
 /// Most envelopes in one batch.
 const MAX_BATCH_COUNT: u32 = 4096;
@@ -177,11 +168,10 @@ impl Publisher {
                     let repair = self.answer(job.request);
                     let _ = job.reply.send(repair);
                 }
-                _ = upkeep.tick(), if self.journal.is_some() => {
-                    if let Some(journal) = &mut self.journal {
-                        journal.upkeep(&self.outbox, now_us());
-                    }
-                }
+                _ = upkeep.tick(), if self.journal.is_some() => self.upkeep(),
+                // The log writer sent a batch: flushes may be answered.
+                _ = async { self.writer.as_ref().expect("checked").sent.notified().await },
+                    if self.writer.is_some() && !self.flushes.is_empty() => {}
                 _ = tokio::time::sleep_until(linger_until.unwrap_or_else(tokio::time::Instant::now)), if linger_until.is_some() => {
                     linger_until = None;
                     self.send_batch();
@@ -212,13 +202,6 @@ impl Publisher {
                     None => break,
                 },
             }
-            // A durable peer writes its log once the queue is drained (or a
-            // group's worth is waiting), then sends what was written.
-            if !self.unlogged.is_empty()
-                && (events.is_empty() || self.unlogged_bytes >= LOG_GROUP_BYTES)
-            {
-                self.log_and_send();
-            }
             self.update_gauges();
             self.answer_flushes();
         }
@@ -237,11 +220,11 @@ impl Publisher {
             }
         }
         self.send_batch();
-        self.log_and_send();
-        self.socket.close();
-        if let Some(journal) = &mut self.journal {
-            journal.upkeep(&self.outbox, now_us());
+        if let Some(writer) = &mut self.writer {
+            writer.finish(); // what was queued is written and sent
         }
+        self.socket.close();
+        self.upkeep();
         if let Some(done) = ack {
             let _ = done.send(());
         }
@@ -257,7 +240,6 @@ impl Publisher {
             }
             Queued::Flush(request) => {
                 self.send_batch();
-                self.log_and_send();
                 let through = self.outbox.last_seq();
                 let _ = request.sent.send(through);
                 self.flushes.push((through, request.acked));
@@ -277,7 +259,9 @@ impl Publisher {
             if acked.is_closed() {
                 continue;
             }
-            if self.outbox.acked_by_all(through) {
+            // A durable peer's events are sent once they are in the log.
+            let sent = self.writer.is_none() || self.last_seq.load(Ordering::Relaxed) >= through;
+            if sent && self.outbox.acked_by_all(through) {
                 let _ = acked.send(());
             } else {
                 self.flushes.push((through, acked));
@@ -298,15 +282,17 @@ impl Publisher {
             }
         }
         self.batch.push(&frame);
-        if let Some(journal) = &mut self.journal {
-            journal.stage(frame.clone());
+        if self.writer.is_some() {
+            self.frames.push(frame.clone());
+        } else {
+            // A durable peer's writer advertises it once it is in the log.
+            self.last_seq.store(seq, Ordering::Relaxed);
         }
         if retain {
             self.outbox.push(frame);
         } else {
             self.outbox.skip();
         }
-        self.last_seq.store(seq, Ordering::Relaxed);
     }
 
     /// Whether the staged batch is at its size or count bound.
@@ -320,11 +306,8 @@ impl Publisher {
         self.batch_at_bound() || self.outbox.is_full()
     }
 
-    /// Sends what is staged as one NNG message; a durable peer first keeps
-    /// it for the next log write ([`log_and_send`](Self::log_and_send)). If
-    /// that write fails the message is sent all the same: its events were
-    /// accepted and numbered, and the retransmit buffer holds them;
-    /// `publish` fails until the log can be written.
+    /// Sends what is staged as one NNG message; a durable peer's goes to
+    /// its log writer, which appends it to the log first.
     fn send_batch(&mut self) {
         let n = self.batch.len();
         if n > 0 {
@@ -334,26 +317,22 @@ impl Publisher {
         let Some(msg) = self.batch.finish(|parts| gate.message_of(parts)) else {
             return;
         };
-        if self.journal.is_some() {
-            self.unlogged_bytes += msg.len();
-            self.unlogged.push((msg, n));
-        } else {
-            self.send(msg, n);
+        match &self.writer {
+            Some(writer) => writer.send(Batch {
+                frames: std::mem::take(&mut self.frames),
+                msg,
+                events: n,
+                last: self.outbox.last_seq(),
+            }),
+            None => self.send(msg, n),
         }
     }
 
-    /// Appends what was numbered to the log (one write), then sends the
-    /// messages waiting for it.
-    fn log_and_send(&mut self) {
+    /// Records watermarks and readers, trims the log (a durable peer).
+    fn upkeep(&mut self) {
         if let Some(journal) = &mut self.journal {
-            // The write (and fsync) blocks this task: events published
-            // meanwhile queue up and go out with the next write (group
-            // commit). Other tasks move to another worker meanwhile.
-            blocking(|| journal.commit(now_us()));
-        }
-        self.unlogged_bytes = 0;
-        for (msg, n) in std::mem::take(&mut self.unlogged) {
-            self.send(msg, n);
+            journal.upkeep(&self.outbox, now_us());
+            Counters::set(&self.counters.log_events, journal.len());
         }
     }
 
@@ -385,7 +364,7 @@ impl Publisher {
     /// The answer to one repair request: the retained envelopes a NAK asks
     /// for, or an empty answer to a direct ack (req/rep needs a reply).
     fn answer(&mut self, request: RepairRequest) -> Repair {
-        let nak = match request {
+        let mut nak = match request {
             RepairRequest::Nak(n) => n,
             RepairRequest::Ack(a) => {
                 if a.origin == self.origin {
@@ -402,7 +381,19 @@ impl Publisher {
                 }
             }
         };
+        if self.writer.is_some() {
+            // Only what is in the log (and sent) is published: a NAK can
+            // only name more if it is forged or ahead of a crash.
+            let logged = self.last_seq.load(Ordering::Relaxed);
+            nak.ranges.retain_mut(|r| {
+                r.1 = r.1.min(logged);
+                r.0 <= r.1
+            });
+        }
         let mut repair = self.outbox.handle_nak(&nak);
+        if self.writer.is_some() {
+            repair.last_seq = repair.last_seq.min(self.last_seq.load(Ordering::Relaxed));
+        }
         if let Some(journal) = &self.journal {
             let cfg = self.outbox.config();
             let read = journal.fill(&mut repair, cfg.max_reply_bytes, cfg.max_nak_seqs as usize);
@@ -423,8 +414,6 @@ impl Publisher {
         self.outbox_full
             .store(self.outbox.is_full(), Ordering::Relaxed);
         if let Some(journal) = &self.journal {
-            Counters::set(&c.log_events, journal.len());
-            Counters::set(&c.log_append_failures, journal.failures);
             Counters::set(&c.durable_readers, journal.readers() as u64);
             Counters::set(&c.trimmed_unprocessed, journal.trimmed_unprocessed);
         }

@@ -20,6 +20,7 @@ use crate::api::subscription::Registry;
 use crate::driver::clock::now_us;
 use crate::driver::discovery::{Discovery, DiscoveryCmd, View};
 use crate::driver::journal::{Journal, StoreHealth};
+use crate::driver::log_writer::{LogWriter, WriterParts};
 use crate::driver::publisher::{Publisher, PublisherCmd, Queued};
 use crate::driver::receiver::{AckView, LastSeqBoard, Receiver, ReceiverCmd};
 use crate::driver::repair_server::RepairServer;
@@ -189,24 +190,39 @@ pub(crate) fn spawn(config: Config) -> Result<Drivers> {
     let mut outbox = Outbox::new(id, info.stream_epoch(), outbox);
     let store_health = Arc::new(StoreHealth::default());
     let durable_store = store.as_ref().map(|s| (s.dir.clone(), s.positions.clone()));
-    let journal = store.map(|s| {
-        outbox.resume(
-            s.log.last_seq(),
-            s.earlier
-                .iter()
-                .map(|w| (PeerId(w.member), w.incarnation, w.seq)),
-        );
-        last_seq.store(s.log.last_seq(), std::sync::atomic::Ordering::Relaxed);
-        Journal::new(
-            s.dir,
-            s.log,
-            s.watermarks,
-            &s.earlier,
-            config.retention,
-            store_health.clone(),
-            s.readers,
-        )
-    });
+    let mut writer = None;
+    let journal = match store {
+        None => None,
+        Some(s) => {
+            outbox.resume(
+                s.log.last_seq(),
+                s.earlier
+                    .iter()
+                    .map(|w| (PeerId(w.member), w.incarnation, w.seq)),
+            );
+            last_seq.store(s.log.last_seq(), std::sync::atomic::Ordering::Relaxed);
+            let log = Arc::new(parking_lot::Mutex::new(s.log));
+            writer = Some(
+                LogWriter::start(WriterParts {
+                    dir: s.dir.clone(),
+                    log: log.clone(),
+                    socket: pub_socket.clone(),
+                    counters: counters.clone(),
+                    health: store_health.clone(),
+                    last_seq: last_seq.clone(),
+                })
+                .map_err(|e| Error::Config(format!("cannot start the log writer thread: {e}")))?,
+            );
+            Some(Journal::new(
+                s.dir,
+                log,
+                s.watermarks,
+                &s.earlier,
+                config.retention,
+                s.readers,
+            ))
+        }
+    };
     let publisher = Publisher {
         socket: pub_socket,
         outbox,
@@ -221,8 +237,8 @@ pub(crate) fn spawn(config: Config) -> Result<Drivers> {
         linger: Default::default(),
         flushes: Vec::new(),
         journal,
-        unlogged: Vec::new(),
-        unlogged_bytes: 0,
+        writer,
+        frames: Vec::new(),
     };
     let repair_server = RepairServer {
         socket: rep_socket,

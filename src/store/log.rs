@@ -75,15 +75,63 @@ fn seg_key(first: u64) -> Vec<u8> {
 
 /// One log entry: the frames of a batch, each as `[len: u32 BE][bytes]`.
 /// Returns the entry, the number of frames and their bytes.
-fn encode_entry<'a>(frames: impl IntoIterator<Item = &'a [u8]>) -> (Vec<u8>, u64, u64) {
-    let (mut out, mut n, mut bytes) = (Vec::new(), 0u64, 0u64);
-    for f in frames {
-        out.extend_from_slice(&(f.len() as u32).to_be_bytes());
-        out.extend_from_slice(f);
+fn encode_entry<'a, I>(frames: I) -> (fjall::Slice, u64, u64)
+where
+    I: IntoIterator<Item = &'a [u8]>,
+    I::IntoIter: Clone,
+{
+    let frames = frames.into_iter();
+    let (mut n, mut bytes) = (0u64, 0u64);
+    for f in frames.clone() {
         n += 1;
         bytes += f.len() as u64;
     }
-    (out, n, bytes)
+    let len = (bytes + 4 * n) as usize;
+    // Written straight into the engine's buffer: one copy of each frame.
+    let mut reader = EntryReader {
+        frames,
+        prefix: [0; 4],
+        at: 4,
+        frame: &[],
+    };
+    let value = fjall::Slice::from_reader(&mut reader, len).expect("reads from memory");
+    (value, n, bytes)
+}
+
+/// Reads frames as one entry: each one's length (u32, big-endian), then it.
+struct EntryReader<'a, I> {
+    frames: I,
+    prefix: [u8; 4],
+    /// How much of `prefix` was read (4: all of it).
+    at: usize,
+    frame: &'a [u8],
+}
+
+impl<'a, I: Iterator<Item = &'a [u8]>> std::io::Read for EntryReader<'a, I> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            if self.at < 4 {
+                let n = (4 - self.at).min(buf.len());
+                buf[..n].copy_from_slice(&self.prefix[self.at..self.at + n]);
+                self.at += n;
+                return Ok(n);
+            }
+            if !self.frame.is_empty() {
+                let n = self.frame.len().min(buf.len());
+                buf[..n].copy_from_slice(&self.frame[..n]);
+                self.frame = &self.frame[n..];
+                return Ok(n);
+            }
+            match self.frames.next() {
+                Some(f) => {
+                    self.prefix = (f.len() as u32).to_be_bytes();
+                    self.at = 0;
+                    self.frame = f;
+                }
+                None => return Ok(0),
+            }
+        }
+    }
 }
 
 /// The frames of an entry; `None` if it does not decode whole.
@@ -236,12 +284,11 @@ impl StreamLog {
     /// Appends `frames`, which carry the sequence numbers `last_seq() + 1`
     /// onwards, as one atomic write, then makes it as durable as the data
     /// dir's fsync policy says. On error nothing of the batch is in the log.
-    pub fn append<'a>(
-        &mut self,
-        dir: &DataDir,
-        frames: impl IntoIterator<Item = &'a [u8]>,
-        now_us: u64,
-    ) -> Result<(), StoreError> {
+    pub fn append<'a, I>(&mut self, dir: &DataDir, frames: I, now_us: u64) -> Result<(), StoreError>
+    where
+        I: IntoIterator<Item = &'a [u8]>,
+        I::IntoIter: Clone,
+    {
         dir.check_space()?;
         // The whole batch is one entry, keyed by its first sequence number:
         // one insert however many events it holds.
