@@ -26,6 +26,14 @@ const LOCK_FILE: &str = "LOCK";
 /// below it (the storage engine needs room to flush and compact).
 pub const RESERVE_BYTES: u64 = 64 << 20;
 
+/// Free space above which the file system is asked again only every
+/// [`STAT_EVERY`] (below it, before every write): another process would
+/// have to write this much less the reserve within that time to get the
+/// engine past the reserve.
+const STAT_ABOVE: u64 = 4 * RESERVE_BYTES;
+/// How long a reading of the free space is trusted while it is high.
+const STAT_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// When a write reaches the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Fsync {
@@ -58,6 +66,9 @@ pub struct DataDir {
     meta: PartitionHandle,
     fsync: Fsync,
     identity: Identity,
+    /// The last reading of the free space: when, and the bytes free then
+    /// less what was written since.
+    free: parking_lot::Mutex<Option<(std::time::Instant, u64)>>,
     /// Held for the life of the value: the OS lock on `LOCK`.
     _lock: File,
 }
@@ -123,6 +134,7 @@ impl DataDir {
             meta,
             fsync,
             identity: Identity { id: 0, stream: 0 },
+            free: parking_lot::Mutex::new(None),
             _lock: lock,
         };
         dir.identity = match (dir.get_u64("id")?, dir.get_u64("stream")?) {
@@ -176,13 +188,27 @@ impl DataDir {
     /// of the data dir has less than [`RESERVE_BYTES`] free: the engine is
     /// never made to run out of space mid-write (it would refuse every
     /// write after that until reopened), so a full disk only holds writes
-    /// back until there is room again.
-    pub fn check_space(&self) -> Result<(), StoreError> {
-        let Ok(st) = rustix::fs::statvfs(&self.path) else {
-            return Ok(()); // cannot tell: let the write say
+    /// back until there is room again. `bytes` is what the caller is about
+    /// to write. The file system is asked before every write once it has
+    /// less than [`STAT_ABOVE`] free, and every [`STAT_EVERY`] above that
+    /// (a `statvfs` per batch is a good share of a small batch's cost).
+    pub fn check_space(&self, bytes: u64) -> Result<(), StoreError> {
+        let now = std::time::Instant::now();
+        let mut last = self.free.lock();
+        let free = match *last {
+            Some((at, free)) if now - at < STAT_EVERY && free >= STAT_ABOVE => free,
+            _ => {
+                let Ok(st) = rustix::fs::statvfs(&self.path) else {
+                    *last = None;
+                    return Ok(()); // cannot tell: let the write say
+                };
+                let free = st.f_bavail.saturating_mul(st.f_frsize);
+                *last = Some((now, free));
+                free
+            }
         };
-        let free = st.f_bavail.saturating_mul(st.f_frsize);
         if free < RESERVE_BYTES {
+            *last = None;
             return Err(StoreError::Io {
                 path: self.path.clone(),
                 action: "append to the log",
@@ -190,6 +216,9 @@ impl DataDir {
                     "No space left on device: {free} bytes free, chorus keeps {RESERVE_BYTES} in reserve for the storage engine"
                 ),
             });
+        }
+        if let Some((_, f)) = last.as_mut() {
+            *f = f.saturating_sub(bytes);
         }
         Ok(())
     }

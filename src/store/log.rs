@@ -289,10 +289,10 @@ impl StreamLog {
         I: IntoIterator<Item = &'a [u8]>,
         I::IntoIter: Clone,
     {
-        dir.check_space()?;
         // The whole batch is one entry, keyed by its first sequence number:
         // one insert however many events it holds.
         let (value, count, bytes) = encode_entry(frames);
+        dir.check_space(value.len() as u64)?;
         if count == 0 {
             return Ok(());
         }
