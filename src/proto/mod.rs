@@ -16,10 +16,13 @@
 //! under `crate::driver`, `crate::transport` or `crate::api`.
 //! `tests/layers.rs` checks this rule on every test run.
 
+pub mod assign;
 pub mod correlator;
 pub mod cursor;
 pub mod dedup;
 pub mod faults;
+pub mod group_member;
+pub mod group_view;
 pub mod inbox;
 pub(crate) mod linger;
 pub mod membership;
