@@ -31,8 +31,8 @@ pub const RESERVE_BYTES: u64 = 64 << 20;
 /// have to write this much less the reserve within that time to get the
 /// engine past the reserve.
 const STAT_ABOVE: u64 = 4 * RESERVE_BYTES;
-/// How long a reading of the free space is trusted while it is high.
-const STAT_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
+/// How long a reading of the free space is trusted while it is high, µs.
+const STAT_EVERY_US: u64 = 50_000;
 
 /// When a write reaches the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -66,9 +66,9 @@ pub struct DataDir {
     meta: PartitionHandle,
     fsync: Fsync,
     identity: Identity,
-    /// The last reading of the free space: when, and the bytes free then
-    /// less what was written since.
-    free: parking_lot::Mutex<Option<(std::time::Instant, u64)>>,
+    /// The last reading of the free space: when (µs since the Unix epoch),
+    /// and the bytes free then less what was written since.
+    free: parking_lot::Mutex<Option<(u64, u64)>>,
     /// Held for the life of the value: the OS lock on `LOCK`.
     _lock: File,
 }
@@ -189,21 +189,22 @@ impl DataDir {
     /// never made to run out of space mid-write (it would refuse every
     /// write after that until reopened), so a full disk only holds writes
     /// back until there is room again. `bytes` is what the caller is about
-    /// to write. The file system is asked before every write once it has
-    /// less than [`STAT_ABOVE`] free, and every [`STAT_EVERY`] above that
-    /// (a `statvfs` per batch is a good share of a small batch's cost).
-    pub fn check_space(&self, bytes: u64) -> Result<(), StoreError> {
-        let now = std::time::Instant::now();
+    /// to write, at `now_us` (µs since the Unix epoch). The file system is
+    /// asked before every write once it has less than [`STAT_ABOVE`] free,
+    /// and every [`STAT_EVERY_US`] above that (a `statvfs` per batch is a
+    /// good share of a small batch's cost).
+    pub fn check_space(&self, bytes: u64, now_us: u64) -> Result<(), StoreError> {
         let mut last = self.free.lock();
+        let fresh = |at: u64| now_us >= at && now_us - at < STAT_EVERY_US;
         let free = match *last {
-            Some((at, free)) if now - at < STAT_EVERY && free >= STAT_ABOVE => free,
+            Some((at, free)) if fresh(at) && free >= STAT_ABOVE => free,
             _ => {
                 let Ok(st) = rustix::fs::statvfs(&self.path) else {
                     *last = None;
                     return Ok(()); // cannot tell: let the write say
                 };
                 let free = st.f_bavail.saturating_mul(st.f_frsize);
-                *last = Some((now, free));
+                *last = Some((now_us, free));
                 free
             }
         };

@@ -292,7 +292,7 @@ impl StreamLog {
         // The whole batch is one entry, keyed by its first sequence number:
         // one insert however many events it holds.
         let (value, count, bytes) = encode_entry(frames);
-        dir.check_space(value.len() as u64)?;
+        dir.check_space(value.len() as u64, now_us)?;
         if count == 0 {
             return Ok(());
         }
