@@ -90,6 +90,8 @@ async fn a_member_that_never_acknowledges_is_cut_off_and_publishing_goes_on() {
                 gossip: vec![],
                 acks,
                 durable: vec![],
+                groups: vec![],
+                views: vec![],
             };
             Some(r.encode())
         })
@@ -175,6 +177,8 @@ async fn ten_thousand_announced_members_stay_within_the_table_bound() {
                 gossip,
                 acks: vec![],
                 durable: vec![],
+                groups: vec![],
+                views: vec![],
             };
             Some(r.encode())
         })

@@ -115,6 +115,8 @@ async fn forged_heartbeats_are_counted_and_their_link_closed_then_quarantined() 
                     last_seq: 999,
                     acks: vec![],
                     durable: vec![],
+                    groups: vec![],
+                    views: vec![],
                     gossip: vec![],
                 }
                 .encode(),

@@ -221,6 +221,8 @@ async fn an_impostor_answering_with_a_members_id_changes_nothing() {
                     last_seq: 0,
                     acks: vec![],
                     durable: vec![],
+                    groups: vec![],
+                    views: vec![],
                     gossip: vec![],
                 }
                 .encode(),

@@ -14,6 +14,8 @@ use std::sync::Arc;
 
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
+use crate::wire::frame::DecodeError;
+use crate::wire::group::{parse_patterns, ViewInfo, ViewMemberInfo};
 use crate::wire::id::PeerId;
 use crate::wire::topic::Pattern;
 
@@ -120,6 +122,44 @@ impl GroupView {
         }
     }
 
+    /// The view a [`ViewInfo`] carries (checked: members ascending,
+    /// patterns valid).
+    pub fn from_info(info: &ViewInfo) -> Result<GroupView, DecodeError> {
+        info.check()?;
+        let members = info
+            .members
+            .iter()
+            .map(|m| {
+                Ok(ViewMember {
+                    id: m.id,
+                    patterns: parse_patterns(&m.patterns)?,
+                })
+            })
+            .collect::<Result<_, DecodeError>>()?;
+        Ok(GroupView {
+            group: info.group.as_str().into(),
+            epoch: info.epoch,
+            members,
+        })
+    }
+
+    /// This view on the wire, taking effect at `since` (0: where it is).
+    pub fn to_info(&self, since: u64) -> ViewInfo {
+        ViewInfo {
+            group: self.group.to_string(),
+            epoch: self.epoch,
+            since,
+            members: self
+                .members
+                .iter()
+                .map(|m| ViewMemberInfo {
+                    id: m.id,
+                    patterns: m.patterns.iter().map(|p| p.as_str().to_owned()).collect(),
+                })
+                .collect(),
+        }
+    }
+
     /// Takes `id` out; true if it was in.
     pub fn remove(&mut self, id: PeerId) -> bool {
         match self.members.binary_search_by_key(&id, |m| m.id) {
@@ -187,6 +227,14 @@ mod tests {
         for _ in 0..10 {
             assert_eq!(v.assignee("orders.b", k), first);
         }
+    }
+
+    #[test]
+    fn a_view_round_trips_through_its_wire_form() {
+        let v = view(&[5, 2, 9]);
+        let info = v.to_info(17);
+        assert_eq!(info.since, 17);
+        assert_eq!(GroupView::from_info(&info).unwrap(), v);
     }
 
     #[test]

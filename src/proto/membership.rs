@@ -198,6 +198,8 @@ impl Membership {
             last_seq: 0,
             acks: vec![],
             durable: vec![],
+            groups: vec![],
+            views: vec![],
         }
     }
 
@@ -210,6 +212,8 @@ impl Membership {
             last_seq: 0,
             acks: vec![],
             durable: vec![],
+            groups: vec![],
+            views: vec![],
         }
     }
 
@@ -227,6 +231,8 @@ impl Membership {
             last_seq: 0,
             acks: vec![],
             durable: vec![],
+            groups: vec![],
+            views: vec![],
             gossip: self.gossip_sample(),
         }
     }
@@ -559,6 +565,8 @@ mod tests {
             last_seq: 0,
             acks: vec![],
             durable: vec![],
+            groups: vec![],
+            views: vec![],
         }
     }
 
@@ -573,6 +581,8 @@ mod tests {
             last_seq: 0,
             acks: vec![],
             durable: vec![],
+            groups: vec![],
+            views: vec![],
             gossip: gossip
                 .iter()
                 .map(|(i, h)| Gossip {

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::wire::frame::{self, DecodeError};
+use crate::wire::group::{self, GroupStatus, ViewInfo};
 use crate::wire::id::PeerId;
 use crate::wire::member::PeerInfo;
 
@@ -39,8 +40,16 @@ pub struct Survey {
     pub acks: Vec<Ack>,
     /// Where the surveyor's durable consumers stand in each origin's
     /// stream. Optional on the wire (absent: none).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default)]
     pub durable: Vec<DurablePosition>,
+    /// The surveyor's consumer groups and where each stands in each
+    /// origin's stream. Optional on the wire (absent: none).
+    #[serde(default)]
+    pub groups: Vec<GroupStatus>,
+    /// The views of the groups the surveyor's own stream is assigned to.
+    /// Optional on the wire (absent: none; written only when not empty).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub views: Vec<ViewInfo>,
 }
 
 /// A respondent's answer: its own heartbeat plus gossip about other members.
@@ -59,8 +68,16 @@ pub struct Response {
     pub acks: Vec<Ack>,
     /// Where the respondent's durable consumers stand in each origin's
     /// stream. Optional on the wire (absent: none).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default)]
     pub durable: Vec<DurablePosition>,
+    /// The respondent's consumer groups and where each stands in each
+    /// origin's stream. Optional on the wire (absent: none).
+    #[serde(default)]
+    pub groups: Vec<GroupStatus>,
+    /// The views of the groups the respondent's own stream is assigned to.
+    /// Optional on the wire (absent: none; written only when not empty).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub views: Vec<ViewInfo>,
 }
 
 /// "I have received everything `origin` published in `incarnation` up to
@@ -150,6 +167,7 @@ impl Survey {
     pub fn decode(bytes: &[u8], max_size: usize) -> Result<Self, DecodeError> {
         let s: Survey = frame::decode(bytes, max_size, KIND_SURVEY)?;
         check_acks(&s.acks, &s.durable)?;
+        group::check(&s.groups, &s.views)?;
         s.from.validate().map_err(DecodeError::Malformed)?;
         Ok(s)
     }
@@ -173,6 +191,7 @@ impl Response {
             )));
         }
         check_acks(&r.acks, &r.durable)?;
+        group::check(&r.groups, &r.views)?;
         r.from.validate().map_err(DecodeError::Malformed)?;
         for g in &r.gossip {
             g.info.validate().map_err(DecodeError::Malformed)?;
@@ -237,6 +256,18 @@ mod tests {
                 name: "invoicing".into(),
                 seq: 90,
             }],
+            groups: vec![crate::wire::group::GroupStatus {
+                group: "work-orders".into(),
+                patterns: vec!["bids.>".into()],
+                active: true,
+                positions: vec![crate::wire::group::GroupPosition {
+                    origin: PeerId(2),
+                    incarnation: 1,
+                    start: 3,
+                    seq: 90,
+                }],
+            }],
+            views: vec![],
         }
     }
 
@@ -249,6 +280,8 @@ mod tests {
             last_seq: 12,
             acks: vec![],
             durable: vec![],
+            groups: vec![],
+            views: vec![],
         };
         assert_eq!(Survey::decode(&s.encode(), 1 << 20).unwrap(), s);
         let r = response();
@@ -280,11 +313,14 @@ mod tests {
                 incarnation: 4,
                 seq: 6,
             }],
-
             durable: vec![],
+
+            groups: vec![],
+
+            views: vec![],
         };
         let mut expected = vec![
-            0x93, 0x01, 0x01, 0x95, 0x96, 0x01, 0x02, 0xa1, b'a', 0x93, 0xaa,
+            0x93, 0x01, 0x01, 0x97, 0x96, 0x01, 0x02, 0xa1, b'a', 0x93, 0xaa,
         ];
         expected.extend_from_slice(b"inproc://a");
         expected.push(0xae);
@@ -293,7 +329,14 @@ mod tests {
         expected.extend_from_slice(b"inproc://a.repair");
         expected.extend_from_slice(&[0xcd, 0x01, 0xf4, 0xc2]); // 500 ms, not a tool
         expected.extend_from_slice(&[0x05, 0xc2, 0x00, 0x91, 0x93, 0x03, 0x04, 0x06]);
+        expected.extend_from_slice(&[0x90, 0x90]); // no durable positions, no groups
         assert_eq!(s.encode(), expected);
+        // Without the optional durable and groups (an earlier writer).
+        let mut five = expected.clone();
+        five[3] = 0x95;
+        five.truncate(five.len() - 2);
+        assert_eq!(Survey::decode(&five, 1 << 20).unwrap(), s);
+        expected = five;
         // A PeerInfo of 4 (no interval, no tool flag) still decodes, with defaults.
         let mut short = expected.clone();
         short[4] = 0x94;
@@ -348,6 +391,8 @@ mod tests {
             last_seq: 0,
             acks: vec![],
             durable: vec![],
+            groups: vec![],
+            views: vec![],
         };
         assert_eq!(
             Response::decode(&s.encode(), 1 << 20),

@@ -13,6 +13,7 @@ pub mod auth;
 pub(crate) mod batch;
 pub(crate) mod envelope;
 pub(crate) mod frame;
+pub mod group;
 pub mod heartbeat;
 pub(crate) mod id;
 pub(crate) mod member;

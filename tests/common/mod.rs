@@ -206,6 +206,8 @@ impl FakeMember {
                         last_seq: 0,
                         acks: vec![],
                         durable: vec![],
+                        groups: vec![],
+                        views: vec![],
                         gossip: vec![],
                     }
                     .encode(),
