@@ -31,7 +31,9 @@ use crate::driver::publisher::{FlushRequest, PublisherCmd, Queued, Unacked};
 use crate::driver::receiver::ReceiverCmd;
 use crate::driver::spawn::{spawn, Drivers};
 use crate::error::{Error, Result};
+use crate::proto::group_view::{key_hash, KEY_HEADER};
 use crate::wire::envelope::{encoded_len_bound, Draft, Fields};
+use crate::wire::group::{MAX_GROUP_NAME, RESERVED_PREFIX};
 use crate::wire::id::PeerId;
 use crate::wire::member::{Member, PeerInfo};
 use crate::wire::topic::{validate_topic, Pattern};
@@ -45,6 +47,8 @@ struct Shared {
     /// Durable consumers subscribed: their names, and a signal each sends
     /// once it has committed its final position.
     durables: Mutex<(HashSet<String>, Vec<oneshot::Receiver<()>>)>,
+    /// Held while a group handler is checked and registered.
+    groups: Mutex<()>,
 }
 
 impl PeerBuilder {
@@ -63,6 +67,7 @@ impl PeerBuilder {
                 tasks: Mutex::new(tasks),
                 shut_down: AtomicBool::new(false),
                 durables: Mutex::default(),
+                groups: Mutex::default(),
             }),
         })
     }
@@ -295,6 +300,12 @@ impl Peer {
         options: PublishOptions,
     ) -> Result<()> {
         validate_topic(topic)?;
+        if topic.starts_with(RESERVED_PREFIX) {
+            return Err(Error::InvalidTopic {
+                topic: topic.to_owned(),
+                reason: "the prefix \"$chorus.\" is reserved for chorus's own control events",
+            });
+        }
         let payload = payload.into();
         let mut options = options;
         if options.correlation_id.is_none() {
@@ -313,6 +324,12 @@ impl Peer {
         }
         let parts = &self.shared.drivers;
         parts.store.check()?;
+        // The consumer groups' partition key, hashed here too.
+        let key = options
+            .headers
+            .get(KEY_HEADER)
+            .or(options.id.as_ref())
+            .map(|k| key_hash(k));
         // Encoded here, in the caller's task; the publisher only numbers it.
         let out = Draft::new(
             Fields {
@@ -327,6 +344,7 @@ impl Peer {
                 payload: &payload,
             },
             size,
+            key,
         );
         let out = Queued::Event(out);
         match self.shared.limits.backpressure {
@@ -512,10 +530,15 @@ impl Peer {
         Fut: Future<Output = std::result::Result<(), E>> + Send + 'static,
         E: std::fmt::Display + Send + 'static,
     {
+        if let Some(group) = options.group.clone() {
+            return self.handle_group(pattern, decode, options, group, handler);
+        }
         let Some(name) = options.durable.clone() else {
             let sub = self.register_as(pattern, decode, Reader::Handler)?;
             let counters = self.shared.drivers.counters.clone();
-            return Ok(handler::spawn(sub, options, counters, None, None, handler));
+            return Ok(handler::spawn(
+                sub, options, counters, None, None, None, handler,
+            ));
         };
         let parts = &self.shared.drivers;
         let Some((dir, positions)) = parts.durable_store.lock().clone() else {
@@ -559,7 +582,54 @@ impl Peer {
             counters,
             Some(committer),
             Some(finished),
+            None,
             handler,
+        ))
+    }
+
+    /// A handler in a consumer group (see [`HandlerOptions::group`]).
+    fn handle_group<T, F, Fut, E>(
+        &self,
+        pattern: &str,
+        decode: fn(&Bytes) -> std::result::Result<T, String>,
+        options: HandlerOptions,
+        name: String,
+        handler: F,
+    ) -> Result<Handler>
+    where
+        T: Clone + Send + 'static,
+        F: Fn(Delivery<T>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = std::result::Result<(), E>> + Send + 'static,
+        E: std::fmt::Display + Send + 'static,
+    {
+        if name.is_empty() || name.len() > MAX_GROUP_NAME {
+            return Err(Error::Config(format!(
+                "a group name of {} bytes (1 to {MAX_GROUP_NAME})",
+                name.len()
+            )));
+        }
+        if options.durable.is_some() {
+            return Err(Error::Config(format!(
+                "group {name:?}: a durable group is not supported yet (a group's position lives in memory)"
+            )));
+        }
+        let parts = &self.shared.drivers;
+        // Checked and registered under one lock: one handler per group here.
+        let _one = self.shared.groups.lock();
+        if parts.registry.has_group(&name) {
+            return Err(Error::Config(format!(
+                "group {name:?} already has a handler on this peer"
+            )));
+        }
+        let reader = Reader::Group {
+            name: name.as_str().into(),
+            me: parts.info.id,
+        };
+        let sub = self.register_as(pattern, decode, reader)?;
+        let group = parts.registry.group(sub.id());
+        let counters = parts.counters.clone();
+        Ok(handler::spawn(
+            sub, options, counters, None, None, group, handler,
         ))
     }
 
@@ -615,6 +685,9 @@ impl Peer {
             }
         }
         let parts = &self.shared.drivers;
+        // Group handlers stop taking work; their final positions go out
+        // with the goodbye, so what they had not started is handed over.
+        parts.registry.stop_groups().await;
         parts.stopping.send_replace(true);
         let (left, left_wait) = oneshot::channel();
         if parts

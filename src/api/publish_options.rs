@@ -51,6 +51,15 @@ impl PublishOptions {
         self.correlation_id(delivery.flow_id())
     }
 
+    /// Sets the partition key of a consumer group's assignment (carried as
+    /// the `chorus-key` header): the events with one key go to the same
+    /// member of each group while the group is stable, so they are handled
+    /// in order. Without it the message id counts, and without that each
+    /// event goes to any member.
+    pub fn key(self, key: impl Into<String>) -> Self {
+        self.header(crate::proto::group_view::KEY_HEADER, key)
+    }
+
     /// Adds (or replaces) one header.
     pub fn header(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.headers.insert(key.into(), value.into());

@@ -154,6 +154,30 @@ stats! {
     /// Deliveries handed to the dead-letter hook (after `max_attempts`
     /// failures, or at once for a payload that does not decode).
     dead_lettered,
+    /// Events of this peer's stream given to a member of a consumer group
+    /// when published (one per group that wanted it).
+    group_assigned,
+    /// Events of this peer's stream given to another member of their group
+    /// afterwards (a member failed, left or had not followed the view).
+    group_reassigned,
+    /// Of those, flagged as possibly handled already (after a failure).
+    group_failed_over,
+    /// Events of this peer's stream no longer protected against a group
+    /// member's failure because the group's tracking bound was reached.
+    group_untracked,
+    /// Gauge: events of this peer's stream owed by group members or
+    /// waiting for one.
+    group_tracked,
+    /// Gauge: members of the consumer groups this peer's stream is
+    /// assigned to, as it counts them (a member of two groups counts twice).
+    group_members,
+    /// Control events (group views, reassignments) this peer put in its
+    /// stream; they count in `published` too.
+    group_controls,
+    /// Deliveries handed to this peer's group handlers (its share).
+    group_delivered,
+    /// Control events received that did not decode (counted, ignored).
+    group_controls_malformed,
     /// Frames dropped by injected link faults (`PeerBuilder::link_faults`).
     faults_dropped,
     /// Extra copies made by injected link faults.

@@ -21,9 +21,13 @@ use tokio::sync::{broadcast, mpsc};
 
 use crate::api::delivery::{Delivery, Undecodable};
 use crate::api::stats::Counters;
+use crate::driver::group::{ControlEvent, GroupSub, Route};
 use crate::driver::inflight::InFlight;
 use crate::proto::cursor::Cursor;
+use crate::proto::group_view::GroupView;
 use crate::wire::envelope::Envelope;
+use crate::wire::group::{GroupStatus, RESERVED_PREFIX};
+use crate::wire::id::PeerId;
 use crate::wire::topic::Pattern;
 
 /// One envelope on its way to a subscription.
@@ -44,6 +48,8 @@ struct Entry {
     tracked: bool,
     /// A durable subscription: what it is handed.
     durable: Option<Mutex<Cursor>>,
+    /// A group handler: handed its share.
+    group: Option<Arc<GroupSub>>,
 }
 
 /// Who reads a subscription, which decides what it is handed and whether
@@ -56,6 +62,9 @@ pub(crate) enum Reader {
     Handler,
     /// A durable handler: handed what its cursor admits.
     Durable(Cursor),
+    /// A handler in consumer group `name` on the peer `me`: handed what the
+    /// origins assign to it.
+    Group { name: Arc<str>, me: PeerId },
 }
 
 /// The set of live subscriptions of one peer.
@@ -65,6 +74,15 @@ pub(crate) struct Registry {
     next_id: AtomicU64,
     closed: std::sync::atomic::AtomicBool,
     pub(crate) inflight: InFlight,
+    /// Control events received that did not decode.
+    pub(crate) bad_controls: AtomicU64,
+    /// Group deliveries handed out.
+    pub(crate) group_delivered: AtomicU64,
+    /// Group handlers stopped gracefully: announced with their final
+    /// positions until the peer is gone.
+    stopped_groups: Mutex<Vec<Arc<GroupSub>>>,
+    /// The largest frame accepted (for the events reassignments carry).
+    pub(crate) max_message_size: AtomicU64,
 }
 
 /// What [`Registry::dispatch`] did with one envelope.
@@ -90,17 +108,98 @@ impl Registry {
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(capacity);
+        let tracked = !matches!(reader, Reader::Stream);
+        let (durable, group) = match reader {
+            Reader::Durable(c) => (Some(Mutex::new(c)), None),
+            Reader::Group { name, me } => (
+                None,
+                Some(Arc::new(GroupSub::new(name, pattern.clone(), me, id))),
+            ),
+            _ => (None, None),
+        };
         entries.push(Entry {
             id,
             pattern,
             tx,
-            tracked: !matches!(reader, Reader::Stream),
-            durable: match reader {
-                Reader::Durable(c) => Some(Mutex::new(c)),
-                _ => None,
-            },
+            tracked,
+            durable,
+            group,
         });
         Some((id, rx))
+    }
+
+    /// The group membership of subscription `id`, if it is a group handler.
+    pub(crate) fn group(&self, id: u64) -> Option<Arc<GroupSub>> {
+        self.entries
+            .read()
+            .iter()
+            .find(|e| e.id == id)
+            .and_then(|e| e.group.clone())
+    }
+
+    /// Whether any group handler is subscribed here.
+    pub(crate) fn has_groups(&self) -> bool {
+        self.entries.read().iter().any(|e| e.group.is_some())
+    }
+
+    /// Whether a group handler of `name` is subscribed here.
+    pub(crate) fn has_group(&self, name: &str) -> bool {
+        self.entries
+            .read()
+            .iter()
+            .any(|e| e.group.as_ref().is_some_and(|g| &*g.name == name))
+    }
+
+    /// What this peer's heartbeats announce of its groups: the active ones
+    /// and those stopped gracefully (with their final positions).
+    pub(crate) fn group_statuses(&self) -> Vec<GroupStatus> {
+        let entries = self.entries.read();
+        let stopped = self.stopped_groups.lock();
+        entries
+            .iter()
+            .filter_map(|e| e.group.as_ref())
+            .chain(stopped.iter())
+            .map(|g| g.status(&self.inflight))
+            .collect()
+    }
+
+    /// An origin's heartbeat: its last sequence number and its views.
+    pub(crate) fn handle_views(
+        &self,
+        origin: PeerId,
+        incarnation: u64,
+        last_seq: u64,
+        views: &[(u64, GroupView)],
+    ) {
+        for e in self.entries.read().iter() {
+            if let Some(g) = &e.group {
+                g.handle_views(origin, incarnation, last_seq, views);
+            }
+        }
+    }
+
+    /// The origin left or failed: its group views are forgotten.
+    pub(crate) fn forget_origin(&self, origin: PeerId) {
+        for e in self.entries.read().iter() {
+            if let Some(g) = &e.group {
+                g.forget(origin);
+            }
+        }
+    }
+
+    /// Stops every group handler gracefully (see [`GroupSub::stop`]); they
+    /// are announced inactive, with their final positions, from now on.
+    pub(crate) async fn stop_groups(&self) {
+        let groups: Vec<Arc<GroupSub>> = self
+            .entries
+            .read()
+            .iter()
+            .filter_map(|e| e.group.clone())
+            .collect();
+        for g in &groups {
+            g.stop(&self.inflight).await;
+        }
+        self.stopped_groups.lock().extend(groups);
     }
 
     fn remove(&self, id: u64) {
@@ -128,34 +227,69 @@ impl Registry {
     pub(crate) fn dispatch(&self, received: &Routed) -> Dispatched {
         let env = &received.envelope;
         let entries = self.entries.read();
-        let mut matched = false;
+        let reserved = env.topic.starts_with(RESERVED_PREFIX);
+        // A control event of the origin's stream, decoded once, for the
+        // group handlers (the others never see one).
+        let mut control = None;
+        if reserved && entries.iter().any(|e| e.group.is_some()) {
+            let max = self.max_message_size.load(Ordering::Relaxed) as usize;
+            match ControlEvent::decode(env, max) {
+                Some(Ok(c)) => control = Some(c),
+                Some(Err(e)) => {
+                    self.bad_controls.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(origin = %env.origin, seq = env.seq, error = %e, "malformed group control event ignored");
+                }
+                None => {}
+            }
+        }
+        let mut matched = reserved; // a control event is never "unmatched"
         let mut full = Vec::new();
-        for e in entries.iter().filter(|e| e.pattern.matches(&env.topic)) {
+        for e in entries.iter() {
             // A replay is for durable subscriptions only; each of those
             // skips what it committed and flags its uncommitted tail.
             let mut routed = None;
-            match &e.durable {
-                None if received.replay => continue,
-                None => {}
-                Some(cursor) => {
-                    let mut cursor = cursor.lock();
-                    if !cursor.admit(env, received.replay) {
-                        continue;
-                    }
-                    if cursor.redelivered(env) && !received.redelivered {
+            if let Some(g) = &e.group {
+                if received.replay {
+                    continue;
+                }
+                match g.route(env, control.as_ref()) {
+                    Route::Skip => continue,
+                    Route::Take(envelope, flagged) => {
+                        self.group_delivered.fetch_add(1, Ordering::Relaxed);
                         routed = Some(Routed {
-                            redelivered: true,
-                            ..received.clone()
+                            envelope,
+                            redelivered: received.redelivered || flagged,
+                            replay: false,
                         });
+                    }
+                }
+            } else {
+                if reserved || !e.pattern.matches(&env.topic) {
+                    continue;
+                }
+                match &e.durable {
+                    None if received.replay => continue,
+                    None => {}
+                    Some(cursor) => {
+                        let mut cursor = cursor.lock();
+                        if !cursor.admit(env, received.replay) {
+                            continue;
+                        }
+                        if cursor.redelivered(env) && !received.redelivered {
+                            routed = Some(Routed {
+                                redelivered: true,
+                                ..received.clone()
+                            });
+                        }
                     }
                 }
             }
             matched = true;
-            if e.tracked {
-                self.inflight
-                    .add(e.id, env.origin, env.incarnation, env.seq);
-            }
             let routed = routed.unwrap_or_else(|| received.clone());
+            if e.tracked {
+                let r = &routed.envelope;
+                self.inflight.add(e.id, r.origin, r.incarnation, r.seq);
+            }
             if let Err(mpsc::error::TrySendError::Full(r)) = e.tx.try_send(routed) {
                 full.push((e.tx.clone(), r));
             }

@@ -22,12 +22,15 @@ use crate::api::subscription::Registry;
 use crate::driver::clock;
 use crate::driver::publisher::PublisherCmd;
 use crate::driver::receiver::{acks_to_send, AckView, LastSeqBoard, ReceiverCmd};
+use crate::proto::assign::Announced;
+use crate::proto::group_view::GroupView;
 use crate::proto::membership::{Action, Membership};
 use crate::store::positions::Positions;
 use crate::transport::bad_input::BadInputLog;
 use crate::transport::gate::Gate;
 use crate::transport::socket::{self, AioSend, RecvReady};
 use crate::wire::frame::DecodeError;
+use crate::wire::group::{parse_patterns, GroupStatus, ViewInfo};
 use crate::wire::heartbeat::{Ack, DurablePosition, Response, Survey, MAX_POSITIONS};
 use crate::wire::id::PeerId;
 use crate::wire::member::{Member, MemberEvent, MemberEventKind, PeerInfo};
@@ -77,6 +80,11 @@ pub(crate) struct Discovery {
     pub gate: Arc<Gate>,
     /// Rounds in a row with seeds configured and no live member.
     pub alone_rounds: u32,
+    /// The views of the groups this peer's stream is assigned to (kept by
+    /// the publisher), announced in heartbeats.
+    pub views: Arc<parking_lot::Mutex<Vec<ViewInfo>>>,
+    /// Members whose last heartbeat announced consumer groups.
+    pub grouped: HashSet<PeerId>,
 }
 
 impl Discovery {
@@ -158,9 +166,11 @@ impl Discovery {
 
     fn start_round(&mut self) {
         let mut survey = self.core.start_round();
-        survey.last_seq = self.last_seq.load(Ordering::Relaxed);
+        survey.last_seq = self.last_seq.load(Ordering::Acquire);
+        survey.views = self.views.lock().clone(); // after last_seq: as recent
         survey.acks = acks_to_send(&self.acks, &self.registry);
         survey.durable = self.durable_positions();
+        survey.groups = self.registry.group_statuses();
         Counters::add(&self.counters.heartbeat_rounds, 1);
         if let Err((_, e)) = self.surveyor.try_send(self.gate.message(&survey.encode())) {
             tracing::debug!(error = %e, "survey not sent");
@@ -201,6 +211,8 @@ impl Discovery {
                 Counters::add(&self.counters.heartbeat_responses, 1);
                 self.core.handle_response(&r, clock::now());
                 self.apply();
+                self.forward_groups(&r.from, &r.groups);
+                self.forward_views(&r.from, r.last_seq, &r.views);
                 self.forward(&r.from, r.last_seq, &r.acks, r.durable);
             }
             Err(e) => self.reject("response", &mut msg, e),
@@ -215,10 +227,16 @@ impl Discovery {
             Ok(s) => s,
             Err(e) => return self.reject("survey", &mut msg, e),
         };
+        if survey.leaving {
+            // Its groups' final positions, while it is still a member.
+            self.forward_groups(&survey.from, &survey.groups);
+        }
         let mut response = self.core.handle_survey(&survey, clock::now());
-        response.last_seq = self.last_seq.load(Ordering::Relaxed);
+        response.last_seq = self.last_seq.load(Ordering::Acquire);
+        response.views = self.views.lock().clone(); // after last_seq: as recent
         response.acks = acks_to_send(&self.acks, &self.registry);
         response.durable = self.durable_positions();
+        response.groups = self.registry.group_statuses();
         match aio
             .send(&self.respondent, self.gate.message(&response.encode()))
             .await
@@ -228,8 +246,68 @@ impl Discovery {
         }
         self.apply();
         if !survey.leaving {
+            self.forward_groups(&survey.from, &survey.groups);
+            self.forward_views(&survey.from, survey.last_seq, &survey.views);
             self.forward(&survey.from, survey.last_seq, &survey.acks, survey.durable);
         }
+    }
+
+    /// Whether `from` is a live member in the incarnation it speaks for.
+    fn is_live(&self, from: &PeerInfo) -> bool {
+        self.core
+            .member(from.id)
+            .is_some_and(|m| m.state.is_live() && m.info.incarnation == from.incarnation)
+    }
+
+    /// Passes a live member's consumer groups on to the publisher, as they
+    /// stand in our stream (also once it announces none any more).
+    fn forward_groups(&mut self, from: &PeerInfo, groups: &[GroupStatus]) {
+        if groups.is_empty() && !self.grouped.remove(&from.id) {
+            return;
+        }
+        if !self.is_live(from) {
+            return;
+        }
+        let me = self.core.me();
+        let (id, epoch) = (me.id, me.stream_epoch());
+        let announced: Vec<Announced> = groups
+            .iter()
+            .filter_map(|g| {
+                let patterns = parse_patterns(&g.patterns).ok()?; // checked at decode
+                let (start, position) = g
+                    .positions
+                    .iter()
+                    .find(|p| p.origin == id && p.incarnation == epoch)
+                    .map_or((0, 0), |p| (p.start, p.seq));
+                Some(Announced {
+                    group: g.group.as_str().into(),
+                    patterns,
+                    active: g.active,
+                    start,
+                    position,
+                })
+            })
+            .collect();
+        if !groups.is_empty() {
+            self.grouped.insert(from.id);
+        }
+        let _ = self
+            .publisher
+            .send(PublisherCmd::Groups(from.id, from.incarnation, announced));
+    }
+
+    /// Passes a live member's group views (of its own stream) on to this
+    /// peer's group handlers.
+    fn forward_views(&self, from: &PeerInfo, last_seq: u64, views: &[ViewInfo]) {
+        if !self.registry.has_groups() || !self.is_live(from) {
+            return;
+        }
+        let views: Vec<(u64, GroupView)> = views
+            .iter()
+            .filter_map(|v| Some((v.since, GroupView::from_info(v).ok()?)))
+            .collect();
+        self.registry
+            .handle_views(from.id, from.stream_epoch(), last_seq, &views);
     }
 
     /// Where this peer's durable consumers stand in the streams of the
@@ -388,7 +466,9 @@ impl Discovery {
 
     /// Announces Left until every live member answered or the attempts ran out.
     async fn leave(&mut self, ready: &RecvReady) {
-        let bye = self.gate.message(&self.core.leave().encode());
+        let mut leave = self.core.leave();
+        leave.groups = self.registry.group_statuses(); // final, inactive
+        let bye = self.gate.message(&leave.encode());
         let mut waiting: HashSet<_> = self.core.live_ids().collect();
         let mut batch = Vec::new();
         for _ in 0..LEAVE_ATTEMPTS {

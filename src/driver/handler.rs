@@ -25,6 +25,7 @@ use crate::api::delivery::Delivery;
 use crate::api::stats::Counters;
 use crate::api::subscription::Subscription;
 use crate::driver::durable::Committer;
+use crate::driver::group::GroupSub;
 use crate::proto::cursor::StartAt;
 use crate::wire::envelope::Envelope;
 
@@ -70,6 +71,7 @@ pub struct HandlerOptions {
     dead_letter: Option<DeadLetterHook>,
     pub(crate) durable: Option<String>,
     pub(crate) start_at: StartAt,
+    pub(crate) group: Option<String>,
 }
 
 impl Default for HandlerOptions {
@@ -82,6 +84,7 @@ impl Default for HandlerOptions {
             dead_letter: None,
             durable: None,
             start_at: StartAt::New,
+            group: None,
         }
     }
 }
@@ -95,6 +98,7 @@ impl std::fmt::Debug for HandlerOptions {
             .field("dead_letter", &self.dead_letter.is_some())
             .field("durable", &self.durable)
             .field("start_at", &self.start_at)
+            .field("group", &self.group)
             .finish()
     }
 }
@@ -137,6 +141,30 @@ impl HandlerOptions {
     /// consumer comes back is reported as a [`Loss`](crate::Loss).
     pub fn durable(mut self, name: impl Into<String>) -> Self {
         self.durable = Some(name.into());
+        self
+    }
+
+    /// Makes this handler a member of the consumer group `name` (1 to 200
+    /// bytes): all handlers of that name on the bus are one service, and
+    /// each event of a matching topic is handled by one of them. Different
+    /// groups, and handlers in no group, each get their own copy.
+    ///
+    /// There is no coordinator: the origin of each stream assigns its own
+    /// events to the group's members (rendezvous hashing of the event's key
+    /// — [`PublishOptions::key`](crate::PublishOptions::key), else its
+    /// message id, else none — over the members it counts as live), so
+    /// events with the same key go to the same member while the group is
+    /// stable and keep their order there. When a member joins, new events
+    /// of some keys move to it; when one fails, the origin gives what it had
+    /// not processed to the others, flagged [`Delivery::redelivered`] (the
+    /// failed member may have handled it just before it died). A member that
+    /// shuts down gracefully hands over what it had not started, unflagged,
+    /// and handles nothing twice. Order per key can break around such a
+    /// change: the old and the new member may work on the same key at once
+    /// for a moment. One group handler per group name per peer. Not with
+    /// [`durable`](Self::durable) (yet): a group's position lives in memory.
+    pub fn group(mut self, name: impl Into<String>) -> Self {
+        self.group = Some(name.into());
         self
     }
 
@@ -202,6 +230,7 @@ pub(crate) fn spawn<T, F, Fut, E>(
     counters: Arc<Counters>,
     mut committer: Option<Committer>,
     finished: Option<tokio::sync::oneshot::Sender<()>>,
+    group: Option<Arc<GroupSub>>,
     handler: F,
 ) -> Handler
 where
@@ -251,6 +280,18 @@ where
                     sub.done(&bad.envelope);
                     continue;
                 }
+            };
+            // A group handler stopped gracefully runs nothing more: what it
+            // has not started goes to the other members.
+            let _running = match &group {
+                Some(g) => {
+                    let guard = g.running.lock().await;
+                    if g.is_stopped() {
+                        continue;
+                    }
+                    Some(guard)
+                }
+                None => None,
             };
             let mut backoff = opts.initial_backoff;
             let mut attempt = 1;

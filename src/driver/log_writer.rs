@@ -203,5 +203,6 @@ fn send(p: &WriterParts, b: Batch) {
             tracing::error!(error = %e, envelopes = b.events, "pub socket refused a message")
         }
     }
-    p.last_seq.fetch_max(b.last, Ordering::Relaxed);
+    // Release: a heartbeat that reads it sees the group views before it.
+    p.last_seq.fetch_max(b.last, Ordering::Release);
 }

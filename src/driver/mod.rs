@@ -12,6 +12,7 @@
 pub(crate) mod clock;
 pub(crate) mod discovery;
 pub(crate) mod durable;
+pub(crate) mod group;
 pub(crate) mod handler;
 pub(crate) mod inflight;
 pub(crate) mod journal;

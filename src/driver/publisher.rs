@@ -18,7 +18,10 @@
 //! oldest beyond — the receivers repair that. A durable peer's batches go
 //! to its [log writer](crate::driver::log_writer) instead, which appends
 //! them to the log and then sends them, while this task numbers the next
-//! ones.
+//! ones. This task also assigns its events to consumer groups
+//! ([`Assigner`]): a group's new view, and the reassignment of events a
+//! member failed to process, go in the stream as control events before the
+//! next event.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -32,13 +35,17 @@ use crate::driver::clock::{self, now_us};
 use crate::driver::journal::Journal;
 use crate::driver::log_writer::{Batch, LogWriter};
 use crate::driver::repair_server::RepairJob;
+use crate::proto::assign::{Announced, Assigner, Control};
+use crate::proto::group_view::seq_hash;
 use crate::proto::linger::{Linger, LINGER};
 use crate::proto::outbox::Outbox;
 use crate::transport::gate::Gate;
 use crate::wire::batch::BatchWriter;
-use crate::wire::envelope::{Draft, Envelope};
+use crate::wire::envelope::{Draft, Envelope, Fields, Headers};
+use crate::wire::group::{ReassignBody, ViewInfo, REASSIGN_TOPIC, VIEW_TOPIC};
 use crate::wire::id::PeerId;
 use crate::wire::repair::{Nak, Repair, RepairRequest};
+use crate::wire::topic::Interner;
 
 /// What `Peer` queues for the publish driver, in publish order.
 pub(crate) enum Queued {
@@ -74,6 +81,9 @@ pub(crate) enum PublisherCmd {
     /// What a member's durable consumers processed of this peer's stream:
     /// `(name, stream epoch, through)`.
     Readers(PeerId, Vec<(String, u64, u64)>),
+    /// A live member's consumer groups, as its heartbeat (of incarnation
+    /// `.1`) announces them for this peer's stream.
+    Groups(PeerId, u64, Vec<Announced>),
     /// Who has not acknowledged through this sequence number (all that was
     /// published if `None`), and the last sequence number sent.
     Unacked(Option<u64>, oneshot::Sender<(u64, Unacked)>),
@@ -109,6 +119,18 @@ pub(crate) struct Publisher {
     pub writer: Option<LogWriter>,
     /// The frames of the batch being staged, for the log writer.
     pub frames: Vec<bytes::Bytes>,
+    /// This peer's stream epoch (the incarnation its envelopes carry).
+    pub stream: u64,
+    /// Who handles which event in each consumer group.
+    pub assigner: Assigner,
+    /// The group members it knows, by incarnation (a new one, or one no
+    /// longer live, failed).
+    pub group_members: std::collections::HashMap<PeerId, u64>,
+    /// The views as the stream has them, for heartbeats (updated before
+    /// `last_seq` moves past them).
+    pub views: Arc<parking_lot::Mutex<Vec<ViewInfo>>>,
+    /// Topics of assigned events, shared.
+    pub topics: Interner,
 }
 
 /// How often a durable peer records watermarks, trims its log and retries
@@ -135,12 +157,27 @@ impl Publisher {
                 biased;
                 c = ctl.recv() => match c {
                     Some(PublisherCmd::Members(live)) => {
+                        self.groups_lost(&live);
                         self.outbox.set_members(live);
                         if let Some(journal) = &mut self.journal {
                             journal.record_watermarks(&self.outbox);
                         }
                     }
-                    Some(PublisherCmd::Left(member)) => self.outbox.handle_left(member),
+                    Some(PublisherCmd::Left(member)) => {
+                        self.outbox.handle_left(member);
+                        if self.group_members.remove(&member).is_some() {
+                            self.assigner.handle_failed(member);
+                            self.send_controls();
+                        }
+                    }
+                    Some(PublisherCmd::Groups(member, incarnation, groups)) => {
+                        match self.group_members.insert(member, incarnation) {
+                            Some(known) if known != incarnation => self.assigner.handle_failed(member),
+                            _ => {}
+                        }
+                        self.assigner.handle_groups(member, &groups);
+                        self.send_controls();
+                    }
                     Some(PublisherCmd::Ack(member, incarnation, seq)) => {
                         self.outbox.handle_ack(member, incarnation, seq);
                         self.check_stall();
@@ -269,11 +306,127 @@ impl Publisher {
         }
     }
 
+    /// Group members no longer live (or live in a new incarnation) failed:
+    /// what they owed goes to the others.
+    fn groups_lost(&mut self, live: &[(PeerId, u64)]) {
+        let gone: Vec<PeerId> = self
+            .group_members
+            .iter()
+            .filter(|(id, inc)| !live.contains(&(**id, **inc)))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in &gone {
+            self.group_members.remove(id);
+            self.assigner.handle_failed(*id);
+        }
+        if !gone.is_empty() {
+            self.send_controls();
+        }
+    }
+
+    /// Puts the control events the assigner decided in the stream and
+    /// sends them at once (they change who handles what).
+    fn send_controls(&mut self) {
+        if self.assigner.has_control() {
+            self.stage_controls(now_us());
+            self.send_batch();
+        }
+        self.update_group_gauges();
+    }
+
+    /// Numbers and stages every control event the assigner has.
+    fn stage_controls(&mut self, stamp: u64) {
+        loop {
+            let seq = self.outbox.last_seq() + 1;
+            let Some(control) = self.assigner.next_control(seq) else {
+                break;
+            };
+            let (topic, payload) = match control {
+                Control::View(view) => {
+                    let info = view.to_info(0);
+                    let payload = info.encode();
+                    let mut views = self.views.lock();
+                    views.retain(|v| v.group != info.group);
+                    views.push(ViewInfo { since: seq, ..info });
+                    (VIEW_TOPIC, payload)
+                }
+                Control::Reassign(r) => {
+                    let body = ReassignBody {
+                        group: r.group.to_string(),
+                        seq: r.seq,
+                        to: r.to,
+                        redelivered: r.redelivered,
+                        frame: r.frame,
+                    };
+                    (REASSIGN_TOPIC, body.encode())
+                }
+            };
+            let headers = Headers::new();
+            let fields = Fields {
+                origin: self.origin,
+                incarnation: self.stream,
+                seq: 0,
+                id: None,
+                topic,
+                timestamp_us: 0,
+                correlation_id: None,
+                headers: &headers,
+                payload: &payload,
+            };
+            let size = crate::wire::envelope::encoded_len_bound(
+                topic,
+                None,
+                None,
+                &headers,
+                payload.len(),
+            );
+            let frame = Draft::new(fields, size, None).number(seq, stamp);
+            Counters::add(&self.counters.group_controls, 1);
+            self.stage_frame(seq, frame, true);
+            if self.batch_at_bound() {
+                self.send_batch();
+            }
+        }
+    }
+
+    fn update_group_gauges(&self) {
+        let st = self.assigner.stats();
+        let c = &self.counters;
+        Counters::set(&c.group_assigned, st.assigned);
+        Counters::set(&c.group_reassigned, st.reassigned);
+        Counters::set(&c.group_failed_over, st.failed_over);
+        Counters::set(&c.group_untracked, st.untracked);
+        Counters::set(&c.group_tracked, self.assigner.tracked() as u64);
+        let members: usize = self.assigner.views().map(|v| v.members.len()).sum();
+        Counters::set(&c.group_members, members as u64);
+    }
+
     /// Numbers, retains (if `retain`) and stages one event for the next
-    /// message, stamped with `stamp` (µs since the epoch).
+    /// message, stamped with `stamp` (µs since the epoch); a consumer
+    /// group's control events go before it.
     fn stage(&mut self, draft: Draft, retain: bool, stamp: u64) {
+        if self.assigner.has_control() {
+            self.stage_controls(stamp);
+        }
         let seq = self.outbox.last_seq() + 1;
+        let grouped = match self.assigner.has_groups() {
+            true => self
+                .topics
+                .intern(draft.topic())
+                .ok()
+                .map(|t| (t, draft.key.unwrap_or_else(|| seq_hash(seq)))),
+            false => None,
+        };
         let frame = draft.number(seq, stamp);
+        if let Some((topic, key)) = grouped {
+            self.assigner.assign(seq, &topic, key, &frame);
+        }
+        self.stage_frame(seq, frame, retain);
+    }
+
+    /// Stages a numbered frame for the next message and retains it (if
+    /// `retain`).
+    fn stage_frame(&mut self, seq: u64, frame: bytes::Bytes, retain: bool) {
         if tracing::enabled!(tracing::Level::DEBUG) {
             if let Ok(env) = Envelope::decode(&frame, usize::MAX) {
                 tracing::debug_span!("publish", topic = %env.topic, origin = %env.origin, seq,
@@ -286,7 +439,8 @@ impl Publisher {
             self.frames.push(frame.clone());
         } else {
             // A durable peer's writer advertises it once it is in the log.
-            self.last_seq.store(seq, Ordering::Relaxed);
+            // Release: a heartbeat that reads it sees the views before it.
+            self.last_seq.store(seq, Ordering::Release);
         }
         if retain {
             self.outbox.push(frame);
@@ -405,6 +559,9 @@ impl Publisher {
     }
 
     fn update_gauges(&self) {
+        if self.assigner.has_groups() {
+            self.update_group_gauges();
+        }
         let c = &self.counters;
         Counters::set(&c.retransmit_buffer, self.outbox.len() as u64);
         Counters::set(&c.retransmit_bytes, self.outbox.bytes() as u64);

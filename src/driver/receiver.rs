@@ -277,7 +277,9 @@ impl Receiver {
             return true;
         }
         self.inbox.forget(info.id);
-        self.drain().await
+        let go_on = self.drain().await;
+        self.registry.forget_origin(info.id);
+        go_on
     }
 
     fn connect(&mut self, info: &PeerInfo, results: &mpsc::UnboundedSender<Repaired>) {
@@ -374,6 +376,15 @@ impl Receiver {
             c.held_overflow + c.too_far_ahead + c.origins_refused,
         );
         Counters::set(&s.held, self.inbox.held() as u64);
+        let r = &self.registry;
+        Counters::set(
+            &s.group_delivered,
+            r.group_delivered.load(std::sync::atomic::Ordering::Relaxed),
+        );
+        Counters::set(
+            &s.group_controls_malformed,
+            r.bad_controls.load(std::sync::atomic::Ordering::Relaxed),
+        );
         let acks: Vec<Ack> = self
             .inbox
             .acks()

@@ -25,6 +25,7 @@ use crate::driver::publisher::{Publisher, PublisherCmd, Queued};
 use crate::driver::receiver::{AckView, LastSeqBoard, Receiver, ReceiverCmd};
 use crate::driver::repair_server::RepairServer;
 use crate::error::{Error, Result};
+use crate::proto::assign::{AssignConfig, Assigner};
 use crate::proto::dedup::KeyCache;
 use crate::proto::faults::{FaultInjector, LinkFaults};
 use crate::proto::inbox::{Inbox, InboxConfig};
@@ -43,6 +44,7 @@ use crate::wire::auth::Auth;
 use crate::wire::batch::BatchWriter;
 use crate::wire::id::PeerId;
 use crate::wire::member::{Endpoints, MemberEvent, PeerInfo};
+use crate::wire::topic::Interner;
 use crate::wire::url::derive_url;
 
 /// What the drivers of one peer are started with (checked by the builder;
@@ -172,6 +174,12 @@ pub(crate) fn spawn(config: Config) -> Result<Drivers> {
     });
     info.validate().map_err(Error::Config)?;
     let registry = Arc::new(Registry::default());
+    registry.max_message_size.store(
+        config.max_message_size as u64,
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    // The publisher's group views, announced in heartbeats.
+    let views = Arc::new(parking_lot::Mutex::new(Vec::new()));
     let last_seq = Arc::new(AtomicU64::new(0));
     let view: View = Default::default();
     let (events, _) = broadcast::channel(EVENT_BUFFER);
@@ -239,6 +247,11 @@ pub(crate) fn spawn(config: Config) -> Result<Drivers> {
         journal,
         writer,
         frames: Vec::new(),
+        stream: info.stream_epoch(),
+        assigner: Assigner::new(AssignConfig::default()),
+        group_members: HashMap::new(),
+        views: views.clone(),
+        topics: Interner::default(),
     };
     let repair_server = RepairServer {
         socket: rep_socket,
@@ -308,6 +321,8 @@ pub(crate) fn spawn(config: Config) -> Result<Drivers> {
         bad: BadInputLog::default(),
         gate,
         alone_rounds: 0,
+        views,
+        grouped: std::collections::HashSet::new(),
     };
     let tasks = vec![
         tokio::spawn(discovery.run(discovery_rx)),

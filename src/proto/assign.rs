@@ -284,6 +284,12 @@ impl Assigner {
         }
     }
 
+    /// Whether any group is known (then every event is offered to
+    /// [`assign`](Self::assign)).
+    pub fn has_groups(&self) -> bool {
+        !self.groups.is_empty()
+    }
+
     /// Whether a control event waits to be numbered: [`assign`](Self::assign)
     /// must not be called before [`next_control`](Self::next_control) has
     /// returned `None`.

@@ -78,6 +78,11 @@ impl OriginViews {
         self.last = self.last.max(seq);
     }
 
+    /// The last sequence number received in order (0: none).
+    pub fn last(&self) -> u64 {
+        self.last
+    }
+
     /// Where the stream is received from (`None`: nothing yet).
     pub fn first(&self) -> Option<u64> {
         self.first

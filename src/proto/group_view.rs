@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
+use crate::wire::envelope::Envelope;
 use crate::wire::frame::DecodeError;
 use crate::wire::group::{parse_patterns, ViewInfo, ViewMemberInfo};
 use crate::wire::id::PeerId;
@@ -56,9 +57,30 @@ pub struct GroupView {
 /// sequence number (events spread evenly, with no order between them).
 pub fn partition_key(key: Option<&str>, seq: u64) -> u64 {
     match key {
-        Some(k) => xxh3_64_with_seed(k.as_bytes(), 0),
-        None => xxh3_64_with_seed(&seq.to_le_bytes(), 1),
+        Some(k) => key_hash(k),
+        None => seq_hash(seq),
     }
+}
+
+/// [`partition_key`] of an event with the key `k`.
+pub fn key_hash(k: &str) -> u64 {
+    xxh3_64_with_seed(k.as_bytes(), 0)
+}
+
+/// [`partition_key`] of an event without a key.
+pub fn seq_hash(seq: u64) -> u64 {
+    xxh3_64_with_seed(&seq.to_le_bytes(), 1)
+}
+
+/// The partition key of a received event: its [`KEY_HEADER`], else its
+/// message id, else its sequence number.
+pub fn envelope_key(env: &Envelope) -> u64 {
+    let key = env
+        .headers
+        .get(KEY_HEADER)
+        .map(String::as_str)
+        .or(env.id.as_deref());
+    partition_key(key, env.seq)
 }
 
 /// The rendezvous score of `member` for `key`: the member with the highest

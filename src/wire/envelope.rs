@@ -305,8 +305,9 @@ pub(crate) struct Fields<'a> {
 }
 
 /// Appends one event frame (the layout of `docs/WIRE.md`) to `buf`, seq
-/// and timestamp as 9-byte uints; returns where their 8 value bytes start.
-fn write_event(buf: &mut Vec<u8>, f: Fields<'_>) -> (usize, usize) {
+/// and timestamp as 9-byte uints; returns where their 8 value bytes start
+/// and where the topic's bytes are.
+fn write_event(buf: &mut Vec<u8>, f: Fields<'_>) -> (usize, usize, std::ops::Range<usize>) {
     use rmp::encode as w;
     // Writing into a Vec cannot fail.
     let opt_str = |buf: &mut Vec<u8>, s: Option<&str>| match s {
@@ -320,6 +321,7 @@ fn write_event(buf: &mut Vec<u8>, f: Fields<'_>) -> (usize, usize) {
     w::write_u64(buf, f.seq).expect("Vec");
     opt_str(buf, f.id);
     w::write_str(buf, f.topic).expect("Vec");
+    let topic_at = buf.len() - f.topic.len()..buf.len();
     let ts_at = buf.len() + 1;
     w::write_u64(buf, f.timestamp_us).expect("Vec");
     opt_str(buf, f.correlation_id);
@@ -329,7 +331,7 @@ fn write_event(buf: &mut Vec<u8>, f: Fields<'_>) -> (usize, usize) {
         w::write_str(buf, v).expect("Vec");
     }
     w::write_bin(buf, f.payload).expect("Vec");
-    (seq_at, ts_at)
+    (seq_at, ts_at, topic_at)
 }
 
 /// An event encoded by `publish`, in the caller's task, before it has a
@@ -341,19 +343,30 @@ pub(crate) struct Draft {
     frame: Vec<u8>,
     seq_at: usize,
     ts_at: usize,
+    topic_at: std::ops::Range<usize>,
+    /// The consumer groups' partition key, hashed (`None`: by seq).
+    pub key: Option<u64>,
 }
 
 impl Draft {
     /// Encodes `f` (its seq and timestamp are placeholders) into a buffer
-    /// of `capacity` bytes (the size bound checked by the caller).
-    pub fn new(f: Fields<'_>, capacity: usize) -> Self {
+    /// of `capacity` bytes (the size bound checked by the caller), with the
+    /// hash of its partition key.
+    pub fn new(f: Fields<'_>, capacity: usize, key: Option<u64>) -> Self {
         let mut frame = Vec::with_capacity(capacity);
-        let (seq_at, ts_at) = write_event(&mut frame, f);
+        let (seq_at, ts_at, topic_at) = write_event(&mut frame, f);
         Draft {
             frame,
             seq_at,
             ts_at,
+            topic_at,
+            key,
         }
+    }
+
+    /// Its topic.
+    pub fn topic(&self) -> &str {
+        std::str::from_utf8(&self.frame[self.topic_at.clone()]).expect("written from a str")
     }
 
     /// The finished frame with `seq` and `timestamp_us` in place.
@@ -494,7 +507,8 @@ mod tests {
                 id: env.id.as_deref(), topic: &env.topic, timestamp_us: 0,
                 correlation_id: env.correlation_id.as_deref(), headers: &env.headers,
                 payload: &env.payload,
-            }, env.max_encoded_len());
+            }, env.max_encoded_len(), None);
+            prop_assert_eq!(draft.topic(), &*env.topic);
             prop_assert_eq!(&draft.number(env.seq, env.timestamp_us)[..], &bytes[..]);
         }
 
