@@ -190,9 +190,9 @@ impl DataDir {
     /// write after that until reopened), so a full disk only holds writes
     /// back until there is room again. `bytes` is what the caller is about
     /// to write, at `now_us` (µs since the Unix epoch). The file system is
-    /// asked before every write once it has less than [`STAT_ABOVE`] free,
-    /// and every [`STAT_EVERY_US`] above that (a `statvfs` per batch is a
-    /// good share of a small batch's cost).
+    /// asked before every write once it has less than 4 × the reserve
+    /// free, and every 50 ms above that (a `statvfs` per batch is a good
+    /// share of a small batch's cost).
     pub fn check_space(&self, bytes: u64, now_us: u64) -> Result<(), StoreError> {
         let mut last = self.free.lock();
         let fresh = |at: u64| now_us >= at && now_us - at < STAT_EVERY_US;

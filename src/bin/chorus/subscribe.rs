@@ -39,6 +39,11 @@ pub struct Args {
         requires = "durable"
     )]
     start_at: StartFrom,
+    /// Join the consumer group of this name: all `chorus sub` (and
+    /// handlers) of that group on the bus share the events, each handled by
+    /// one of them.
+    #[arg(long, value_name = "NAME", conflicts_with = "durable")]
+    group: Option<String>,
 }
 
 /// `--start-at` values.
@@ -57,9 +62,17 @@ pub async fn run(args: Args) -> Result<()> {
 }
 
 async fn print(args: &Args, peer: &Peer) -> Result<()> {
-    let mut deliveries = match &args.durable {
-        None => peer.subscribe_bytes(&args.pattern)?.boxed(),
-        Some(name) => durable(peer, &args.pattern, name, args.start_at)?,
+    let mut deliveries = match (&args.durable, &args.group) {
+        (Some(name), _) => {
+            let start = match args.start_at {
+                StartFrom::New => StartAt::New,
+                StartFrom::Beginning => StartAt::Beginning,
+            };
+            let opts = HandlerOptions::new().durable(name).start_at(start);
+            handled(peer, &args.pattern, opts)?
+        }
+        (None, Some(group)) => handled(peer, &args.pattern, HandlerOptions::new().group(group))?,
+        (None, None) => peer.subscribe_bytes(&args.pattern)?.boxed(),
     };
     args.join.settle(peer).await?;
     eprintln!(
@@ -71,35 +84,42 @@ async fn print(args: &Args, peer: &Peer) -> Result<()> {
     tokio::pin!(stop);
     let mut seen = 0;
     let mut names = HashMap::new();
+    let mut stopping = None;
     while args.count.is_none_or(|n| seen < n) {
         tokio::select! {
             d = deliveries.next() => match d {
                 Some(d) => println!("{}", line(&mut names, peer, &d, args.json)),
                 None => break,
             },
-            _ = &mut stop => break,
+            // Asked to stop: the peer shuts down while what it hands over
+            // is still printed (a group member finishes the delivery it
+            // runs, then hands the rest to the others), until the
+            // subscription ends.
+            _ = &mut stop, if stopping.is_none() => {
+                let peer = peer.clone();
+                stopping = Some(tokio::spawn(async move { peer.shutdown().await }));
+                continue;
+            }
         }
         seen += 1;
+    }
+    if let Some(stopping) = stopping {
+        let _ = stopping.await;
     }
     Ok(())
 }
 
-/// A durable subscription as a stream: a handler that hands each delivery
-/// over and returns once it is printed (so its position is committed only
-/// past what was printed).
-fn durable(
+/// A durable or group subscription as a stream: a handler that hands each
+/// delivery over and returns once it is printed (so it counts as processed
+/// — a durable position committed, a group's share done — only past what
+/// was printed).
+fn handled(
     peer: &Peer,
     pattern: &str,
-    name: &str,
-    start: StartFrom,
+    opts: HandlerOptions,
 ) -> Result<futures::stream::BoxStream<'static, Delivery<Bytes>>> {
     let (tx, rx) =
         tokio::sync::mpsc::channel::<(Delivery<Bytes>, tokio::sync::oneshot::Sender<()>)>(1);
-    let start = match start {
-        StartFrom::New => StartAt::New,
-        StartFrom::Beginning => StartAt::Beginning,
-    };
-    let opts = HandlerOptions::new().durable(name).start_at(start);
     peer.subscribe_bytes_with_options(pattern, opts, move |d: Delivery<Bytes>| {
         let tx = tx.clone();
         async move {
