@@ -87,6 +87,33 @@ pub enum Error {
     /// ran out of time; says what was reached.
     #[error("timed out: {0}")]
     Timeout(String),
+
+    /// A request found no responder: no consumer group this peer knows of
+    /// has a member serving its topic (servers are learned from their
+    /// heartbeats, within a heartbeat round of their joining).
+    #[error("no responder for a request on {topic:?}: no member of any group serves it (yet)")]
+    NoResponder {
+        /// The request's topic.
+        topic: String,
+    },
+
+    /// The responder's handler failed; its error, as it said it.
+    #[error("the responder to a request on {topic:?} failed: {message}")]
+    Remote {
+        /// The request's topic.
+        topic: String,
+        /// The responder's error.
+        message: String,
+    },
+
+    /// The reply to a request did not decode (into the expected type).
+    #[error("the reply to a request on {topic:?} did not decode: {reason}")]
+    BadReply {
+        /// The request's topic.
+        topic: String,
+        /// Why it did not decode.
+        reason: String,
+    },
 }
 
 impl fmt::Debug for Error {

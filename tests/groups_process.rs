@@ -193,3 +193,58 @@ async fn a_sigterm_hands_over_cleanly_and_a_sigkill_is_failed_over() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn chorus_req_prints_the_reply_or_says_there_is_no_responder() {
+    let server = fast("server", &unique_url("tcp", "s"))
+        .start()
+        .await
+        .unwrap();
+    server
+        .serve_bytes(
+            "quotes.get",
+            "quotes",
+            |d: chorus::Delivery<bytes::Bytes>| async move {
+                let what = String::from_utf8_lossy(&d.value).to_string();
+                Ok::<_, String>(bytes::Bytes::from(format!("{what} costs 7")))
+            },
+        )
+        .unwrap();
+    let url = server.local_url().to_string();
+    let run = |topic: &'static str| {
+        let url = url.clone();
+        tokio::task::spawn_blocking(move || {
+            Command::new(env!("CARGO_BIN_EXE_chorus"))
+                .args([
+                    "req",
+                    topic,
+                    "apples",
+                    "--seed",
+                    &url,
+                    "--reply-timeout",
+                    "3",
+                ])
+                .env("RUST_LOG", "chorus=error")
+                .output()
+                .unwrap()
+        })
+    };
+    let out = within("chorus req", run("quotes.get")).await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "apples costs 7"
+    );
+    let out = within("chorus req", run("weather.get")).await.unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no responder"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    server.shutdown().await;
+}

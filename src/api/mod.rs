@@ -11,5 +11,6 @@ pub(crate) mod events;
 pub(crate) mod observer;
 pub(crate) mod peer;
 pub(crate) mod publish_options;
+pub(crate) mod request;
 pub(crate) mod stats;
 pub(crate) mod subscription;

@@ -299,6 +299,12 @@ impl Peer {
         payload: impl Into<Bytes>,
         options: PublishOptions,
     ) -> Result<()> {
+        self.check_topic(topic)?;
+        self.enqueue(topic, payload.into(), options, None).await
+    }
+
+    /// A topic an application may publish on: valid, not reserved.
+    pub(crate) fn check_topic(&self, topic: &str) -> Result<()> {
         validate_topic(topic)?;
         if topic.starts_with(RESERVED_PREFIX) {
             return Err(Error::InvalidTopic {
@@ -306,7 +312,23 @@ impl Peer {
                 reason: "the prefix \"$chorus.\" is reserved for chorus's own control events",
             });
         }
-        let payload = payload.into();
+        Ok(())
+    }
+
+    /// The subscriptions (and pending requests) of this peer.
+    pub(crate) fn registry(&self) -> &crate::api::subscription::Registry {
+        &self.shared.drivers.registry
+    }
+
+    /// Encodes and queues one event (its topic checked by the caller);
+    /// with `assigned`, told whether a consumer group was given it.
+    pub(crate) async fn enqueue(
+        &self,
+        topic: &str,
+        payload: Bytes,
+        options: PublishOptions,
+        assigned: Option<oneshot::Sender<bool>>,
+    ) -> Result<()> {
         let mut options = options;
         if options.correlation_id.is_none() {
             options.correlation_id = handler::current_flow();
@@ -346,7 +368,10 @@ impl Peer {
             size,
             key,
         );
-        let out = Queued::Event(out);
+        let out = match assigned {
+            None => Queued::Event(out),
+            Some(tx) => Queued::Request(out, tx),
+        };
         match self.shared.limits.backpressure {
             Backpressure::Wait => parts
                 .publish_tx

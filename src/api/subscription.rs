@@ -23,11 +23,13 @@ use crate::api::delivery::{Delivery, Undecodable};
 use crate::api::stats::Counters;
 use crate::driver::group::{ControlEvent, GroupSub, Route};
 use crate::driver::inflight::InFlight;
+use crate::driver::replies::Replies;
 use crate::proto::cursor::Cursor;
 use crate::proto::group_view::GroupView;
 use crate::wire::envelope::Envelope;
 use crate::wire::group::{GroupStatus, RESERVED_PREFIX};
 use crate::wire::id::PeerId;
+use crate::wire::reply::REPLY_FOR_HEADER;
 use crate::wire::topic::Pattern;
 
 /// One envelope on its way to a subscription.
@@ -83,6 +85,10 @@ pub(crate) struct Registry {
     stopped_groups: Mutex<Vec<Arc<GroupSub>>>,
     /// The largest frame accepted (for the events reassignments carry).
     pub(crate) max_message_size: AtomicU64,
+    /// This peer's requests waiting for a reply.
+    pub(crate) replies: Replies,
+    /// The topic replies to this peer's requests arrive on.
+    pub(crate) reply_topic: std::sync::OnceLock<String>,
 }
 
 /// What [`Registry::dispatch`] did with one envelope.
@@ -226,8 +232,17 @@ impl Registry {
     /// so that a slow subscription exerts backpressure instead of losing data.
     pub(crate) fn dispatch(&self, received: &Routed) -> Dispatched {
         let env = &received.envelope;
-        let entries = self.entries.read();
         let reserved = env.topic.starts_with(RESERVED_PREFIX);
+        if reserved && self.reply_topic.get().is_some_and(|t| **t == *env.topic) {
+            match env.headers.get(REPLY_FOR_HEADER) {
+                Some(id) => self.replies.deliver(id, env.clone()),
+                None => {
+                    self.replies.unclaimed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            return Dispatched::Done;
+        }
+        let entries = self.entries.read();
         // A control event of the origin's stream, decoded once, for the
         // group handlers (the others never see one).
         let mut control = None;

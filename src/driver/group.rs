@@ -22,7 +22,7 @@ use crate::proto::group_view::{envelope_key, GroupView};
 use crate::wire::envelope::Envelope;
 use crate::wire::frame::DecodeError;
 use crate::wire::group::{
-    GroupPosition, GroupStatus, ReassignBody, ViewInfo, REASSIGN_TOPIC, VIEW_TOPIC,
+    GroupPosition, GroupStatus, ReassignBody, ViewInfo, REASSIGN_TOPIC, RESERVED_PREFIX, VIEW_TOPIC,
 };
 use crate::wire::id::PeerId;
 use crate::wire::topic::{Interner, Pattern};
@@ -169,7 +169,8 @@ impl GroupSub {
                 }
             }
             None => {
-                if self.pattern.matches(&env.topic)
+                if !env.topic.starts_with(RESERVED_PREFIX)
+                    && self.pattern.matches(&env.topic)
                     && o.is_mine(self.me, &self.name, env.seq, &env.topic, envelope_key(env))
                 {
                     Route::Take(env.clone(), false)

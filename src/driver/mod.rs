@@ -21,4 +21,5 @@ pub(crate) mod nak_sender;
 pub(crate) mod publisher;
 pub(crate) mod receiver;
 pub(crate) mod repair_server;
+pub(crate) mod replies;
 pub(crate) mod spawn;

@@ -42,7 +42,7 @@ use crate::proto::outbox::Outbox;
 use crate::transport::gate::Gate;
 use crate::wire::batch::BatchWriter;
 use crate::wire::envelope::{Draft, Envelope, Fields, Headers};
-use crate::wire::group::{ReassignBody, ViewInfo, REASSIGN_TOPIC, VIEW_TOPIC};
+use crate::wire::group::{ReassignBody, ViewInfo, REASSIGN_TOPIC, RESERVED_PREFIX, VIEW_TOPIC};
 use crate::wire::id::PeerId;
 use crate::wire::repair::{Nak, Repair, RepairRequest};
 use crate::wire::topic::Interner;
@@ -51,6 +51,9 @@ use crate::wire::topic::Interner;
 pub(crate) enum Queued {
     /// One event to number and send.
     Event(Draft),
+    /// A request: an event, and whether a consumer group's member was
+    /// given it (someone will answer).
+    Request(Draft, oneshot::Sender<bool>),
     /// A flush: everything queued before it goes out now, and the request
     /// is answered once every live member acknowledged it.
     Flush(FlushRequest),
@@ -248,7 +251,7 @@ impl Publisher {
         let stamp = now_us();
         while let Ok(queued) = events.try_recv() {
             // A flush queued now is answered by its sender being dropped.
-            if let Queued::Event(out) = queued {
+            if let Queued::Event(out) | Queued::Request(out, _) = queued {
                 let retain = !self.outbox.is_full();
                 self.stage(out, retain, stamp);
                 if self.batch_at_bound() {
@@ -273,6 +276,10 @@ impl Publisher {
         match queued {
             Queued::Event(draft) => {
                 self.stage(draft, true, stamp);
+                false
+            }
+            Queued::Request(draft, assigned) => {
+                let _ = assigned.send(self.stage(draft, true, stamp));
                 false
             }
             Queued::Flush(request) => {
@@ -403,25 +410,30 @@ impl Publisher {
 
     /// Numbers, retains (if `retain`) and stages one event for the next
     /// message, stamped with `stamp` (µs since the epoch); a consumer
-    /// group's control events go before it.
-    fn stage(&mut self, draft: Draft, retain: bool, stamp: u64) {
+    /// group's control events go before it. Returns whether a consumer
+    /// group was given it.
+    fn stage(&mut self, draft: Draft, retain: bool, stamp: u64) -> bool {
         if self.assigner.has_control() {
             self.stage_controls(stamp);
         }
         let seq = self.outbox.last_seq() + 1;
-        let grouped = match self.assigner.has_groups() {
-            true => self
-                .topics
-                .intern(draft.topic())
-                .ok()
-                .map(|t| (t, draft.key.unwrap_or_else(|| seq_hash(seq)))),
-            false => None,
-        };
+        // chorus's own events (replies) are nobody's share.
+        let grouped =
+            match self.assigner.has_groups() && !draft.topic().starts_with(RESERVED_PREFIX) {
+                true => self
+                    .topics
+                    .intern(draft.topic())
+                    .ok()
+                    .map(|t| (t, draft.key.unwrap_or_else(|| seq_hash(seq)))),
+                false => None,
+            };
         let frame = draft.number(seq, stamp);
-        if let Some((topic, key)) = grouped {
-            self.assigner.assign(seq, &topic, key, &frame);
-        }
+        let assigned = match grouped {
+            Some((topic, key)) => self.assigner.assign(seq, &topic, key, &frame) > 0,
+            None => false,
+        };
         self.stage_frame(seq, frame, retain);
+        assigned
     }
 
     /// Stages a numbered frame for the next message and retains it (if

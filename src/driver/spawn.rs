@@ -174,6 +174,9 @@ pub(crate) fn spawn(config: Config) -> Result<Drivers> {
     });
     info.validate().map_err(Error::Config)?;
     let registry = Arc::new(Registry::default());
+    let _ = registry
+        .reply_topic
+        .set(crate::wire::reply::reply_topic(id));
     registry.max_message_size.store(
         config.max_message_size as u64,
         std::sync::atomic::Ordering::Relaxed,

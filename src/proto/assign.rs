@@ -332,14 +332,17 @@ impl Assigner {
     }
 
     /// The event `seq` (of `topic`, partition key `key`) was numbered:
-    /// each group with a member that wants it owes it.
-    pub fn assign(&mut self, seq: u64, topic: &Arc<str>, key: u64, frame: &Bytes) {
+    /// each group with a member that wants it owes it. Returns how many
+    /// groups do.
+    pub fn assign(&mut self, seq: u64, topic: &Arc<str>, key: u64, frame: &Bytes) -> usize {
         debug_assert!(!self.has_control(), "controls first");
+        let mut groups = 0;
         for g in self.groups.values_mut() {
             let Some(member) = g.view.assignee(topic, key) else {
                 continue;
             };
             self.stats.assigned += 1;
+            groups += 1;
             g.owned.insert(
                 seq,
                 Owned {
@@ -358,6 +361,7 @@ impl Assigner {
                 }
             }
         }
+        groups
     }
 }
 

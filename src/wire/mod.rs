@@ -18,5 +18,6 @@ pub mod heartbeat;
 pub(crate) mod id;
 pub(crate) mod member;
 pub mod repair;
+pub mod reply;
 pub(crate) mod topic;
 pub(crate) mod url;

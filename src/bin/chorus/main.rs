@@ -18,6 +18,7 @@ mod members;
 mod node;
 mod payload;
 mod publish;
+mod request;
 mod subscribe;
 
 use clap::{Parser, Subcommand};
@@ -48,6 +49,8 @@ enum Command {
     Pub(publish::Args),
     /// Print every delivery matching a topic pattern.
     Sub(subscribe::Args),
+    /// Send one request and print its reply (served by `Peer::serve`).
+    Req(request::Args),
     /// Print the member table (live with --watch).
     Members(members::Args),
     /// Measure throughput and latency against raw NNG (the `throughput` bench).
@@ -88,6 +91,7 @@ fn main() {
                         Command::Node(a) => node::run(a).await,
                         Command::Pub(a) => publish::run(a).await,
                         Command::Sub(a) => subscribe::run(a).await,
+                        Command::Req(a) => request::run(a).await,
                         Command::Members(a) => members::run(a).await,
                         Command::Bench(_) => unreachable!("run above"),
                     }
