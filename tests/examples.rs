@@ -73,3 +73,27 @@ fn durable_restart_invoices_every_bid_once_across_restarts() {
     assert!(out.status.success(), "durable_restart failed:\n{stdout}");
     assert!(stdout.contains("result: OK — 12 invoices"), "{stdout}");
 }
+
+#[test]
+fn work_order_replicas_turn_every_bid_into_one_work_order_across_a_kill() {
+    let out = Command::new(built_example("work_order_replicas"))
+        .args(["--bids", "45"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "work_order_replicas failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for expected in [
+        "SIGKILL of replica",
+        "45 bids, 45 with a work order, 45 exactly once",
+        "every bid became exactly one work order",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "missing {expected:?} in:\n{stdout}"
+        );
+    }
+}

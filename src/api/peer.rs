@@ -26,7 +26,7 @@ use crate::api::stats::{Counters, Stats};
 use crate::api::subscription::{decode_msgpack, decode_raw, Reader, Subscription};
 use crate::driver::discovery::DiscoveryCmd;
 use crate::driver::durable;
-use crate::driver::handler::{self, Handler, HandlerOptions};
+use crate::driver::handler::{self, Handler, HandlerOptions, HandlerParts};
 use crate::driver::publisher::{FlushRequest, PublisherCmd, Queued, Unacked};
 use crate::driver::receiver::ReceiverCmd;
 use crate::driver::spawn::{spawn, Drivers};
@@ -333,6 +333,7 @@ impl Peer {
         if options.correlation_id.is_none() {
             options.correlation_id = handler::current_flow();
         }
+        handler::note_published();
         let size = encoded_len_bound(
             topic,
             options.id.as_deref(),
@@ -561,9 +562,14 @@ impl Peer {
         let Some(name) = options.durable.clone() else {
             let sub = self.register_as(pattern, decode, Reader::Handler)?;
             let counters = self.shared.drivers.counters.clone();
-            return Ok(handler::spawn(
-                sub, options, counters, None, None, None, handler,
-            ));
+            let parts = HandlerParts {
+                counters,
+                committer: None,
+                finished: None,
+                group: None,
+                publish: self.shared.drivers.publish_tx.clone(),
+            };
+            return Ok(handler::spawn(sub, options, parts, handler));
         };
         let parts = &self.shared.drivers;
         let Some((dir, positions)) = parts.durable_store.lock().clone() else {
@@ -600,16 +606,14 @@ impl Peer {
         });
         let (finished, done) = oneshot::channel();
         self.shared.durables.lock().1.push(done);
-        let counters = parts.counters.clone();
-        Ok(handler::spawn(
-            sub,
-            options,
-            counters,
-            Some(committer),
-            Some(finished),
-            None,
-            handler,
-        ))
+        let parts = HandlerParts {
+            counters: parts.counters.clone(),
+            committer: Some(committer),
+            finished: Some(finished),
+            group: None,
+            publish: parts.publish_tx.clone(),
+        };
+        Ok(handler::spawn(sub, options, parts, handler))
     }
 
     /// A handler in a consumer group (see [`HandlerOptions::group`]).
@@ -651,11 +655,14 @@ impl Peer {
             me: parts.info.id,
         };
         let sub = self.register_as(pattern, decode, reader)?;
-        let group = parts.registry.group(sub.id());
-        let counters = parts.counters.clone();
-        Ok(handler::spawn(
-            sub, options, counters, None, None, group, handler,
-        ))
+        let parts = HandlerParts {
+            counters: parts.counters.clone(),
+            committer: None,
+            finished: None,
+            group: parts.registry.group(sub.id()),
+            publish: parts.publish_tx.clone(),
+        };
+        Ok(handler::spawn(sub, options, parts, handler))
     }
 
     /// Subscribes to `pattern`, yielding payloads as raw bytes.

@@ -27,6 +27,9 @@ use crate::wire::group::{
 use crate::wire::id::PeerId;
 use crate::wire::topic::{Interner, Pattern};
 
+/// How long a graceful stop waits for the outputs of handled deliveries.
+const STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// A control event of an origin's stream, decoded once per dispatch.
 #[derive(Debug)]
 pub(crate) enum ControlEvent {
@@ -110,6 +113,10 @@ pub(crate) struct GroupSub {
     pub running: tokio::sync::Mutex<()>,
     /// Its positions once stopped.
     last: Mutex<Option<Vec<GroupPosition>>>,
+    /// Deliveries handled whose outputs are not acknowledged yet
+    /// (processed, not acked): a graceful stop waits for them.
+    holding: std::sync::atomic::AtomicUsize,
+    released: tokio::sync::Notify,
 }
 
 impl GroupSub {
@@ -123,6 +130,8 @@ impl GroupSub {
             stopped: AtomicBool::new(false),
             running: tokio::sync::Mutex::new(()),
             last: Mutex::new(None),
+            holding: 0.into(),
+            released: tokio::sync::Notify::new(),
         }
     }
 
@@ -242,12 +251,37 @@ impl GroupSub {
         }
     }
 
-    /// Stops taking deliveries, waits for the one running, and fixes its
-    /// positions: what it had not processed then goes to other members,
-    /// unflagged, and is never handled here.
+    /// `n` handled deliveries wait for their outputs' acks.
+    pub(crate) fn held(&self, n: usize) {
+        self.holding.fetch_add(n, Ordering::AcqRel);
+    }
+
+    /// `n` of them are done.
+    pub(crate) fn released(&self, n: usize) {
+        self.holding.fetch_sub(n, Ordering::AcqRel);
+        self.released.notify_waiters();
+    }
+
+    /// Stops taking deliveries, waits for the one running and (up to
+    /// [`STOP_WAIT`]) for the outputs of those handled to be acknowledged,
+    /// and fixes its positions: what it had not processed then goes to
+    /// other members, unflagged, and is never handled here.
     pub(crate) async fn stop(&self, inflight: &InFlight) {
         self.stopped.store(true, Ordering::Release);
-        let _running = self.running.lock().await;
+        drop(self.running.lock().await);
+        let waited = tokio::time::timeout(STOP_WAIT, async {
+            loop {
+                let released = self.released.notified();
+                if self.holding.load(Ordering::Acquire) == 0 {
+                    return;
+                }
+                released.await;
+            }
+        })
+        .await;
+        if waited.is_err() {
+            tracing::warn!(group = %self.name, "handled deliveries whose outputs were not acknowledged in time: they are handed over too");
+        }
         let positions = self.positions(inflight);
         *self.last.lock() = Some(positions);
     }

@@ -26,17 +26,33 @@ use crate::api::stats::Counters;
 use crate::api::subscription::Subscription;
 use crate::driver::durable::Committer;
 use crate::driver::group::GroupSub;
+use crate::driver::output_acks::OutputAcks;
 use crate::proto::cursor::StartAt;
 use crate::wire::envelope::Envelope;
 
+/// What a handler run carries in its task: its delivery's flow, and
+/// whether it published anything.
+struct Run {
+    flow: Arc<str>,
+    published: std::sync::atomic::AtomicBool,
+}
+
 tokio::task_local! {
-    /// The flow id of the delivery a handler is processing.
-    static FLOW: Arc<str>;
+    /// The run of the delivery a handler is processing.
+    static RUN: Arc<Run>;
 }
 
 /// The flow id of the delivery the calling handler is processing, if any.
 pub(crate) fn current_flow() -> Option<String> {
-    FLOW.try_with(|flow| flow.to_string()).ok()
+    RUN.try_with(|run| run.flow.to_string()).ok()
+}
+
+/// Notes that the calling handler run (if any) published an event.
+pub(crate) fn note_published() {
+    let _ = RUN.try_with(|run| {
+        run.published
+            .store(true, std::sync::atomic::Ordering::Relaxed)
+    });
 }
 
 /// A delivery given up on after `max_attempts` failures, or at once when
@@ -224,13 +240,23 @@ async fn commit(committer: &mut Committer, counters: &Counters) {
     }
 }
 
+/// What a handler task works with besides its subscription.
+pub(crate) struct HandlerParts {
+    pub counters: Arc<Counters>,
+    /// A durable handler's position.
+    pub committer: Option<Committer>,
+    /// Told once a durable handler committed its final position.
+    pub finished: Option<tokio::sync::oneshot::Sender<()>>,
+    /// A group handler's membership.
+    pub group: Option<Arc<GroupSub>>,
+    /// The publisher's queue (flushes for what a run published).
+    pub publish: tokio::sync::mpsc::Sender<crate::driver::publisher::Queued>,
+}
+
 pub(crate) fn spawn<T, F, Fut, E>(
     mut sub: Subscription<T>,
     opts: HandlerOptions,
-    counters: Arc<Counters>,
-    mut committer: Option<Committer>,
-    finished: Option<tokio::sync::oneshot::Sender<()>>,
-    group: Option<Arc<GroupSub>>,
+    parts: HandlerParts,
     handler: F,
 ) -> Handler
 where
@@ -239,20 +265,34 @@ where
     Fut: Future<Output = Result<(), E>> + Send + 'static,
     E: Display + Send + 'static,
 {
+    let HandlerParts {
+        counters,
+        mut committer,
+        finished,
+        group,
+        publish,
+    } = parts;
     let task = tokio::spawn(async move {
         let mut tick = tokio::time::interval(COMMIT_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut outputs = OutputAcks::new(publish);
         loop {
-            let next = futures::future::poll_fn(|cx| sub.poll_decoded(cx));
-            let next = match &mut committer {
-                Some(c) => tokio::select! {
-                    n = next => n,
-                    _ = tick.tick() => {
-                        commit(c, &counters).await;
-                        continue;
+            let next = tokio::select! {
+                n = futures::future::poll_fn(|cx| sub.poll_decoded(cx)) => n,
+                _ = tick.tick(), if committer.is_some() => {
+                    commit(committer.as_mut().expect("checked"), &counters).await;
+                    continue;
+                }
+                Some(batch) = outputs.done.recv() => {
+                    for env in &batch {
+                        sub.done(env);
                     }
-                },
-                None => next.await,
+                    if let Some(g) = &group {
+                        g.released(batch.len());
+                    }
+                    outputs.finished();
+                    continue;
+                }
             };
             let Some(next) = next else { break };
             let env = match &next {
@@ -295,11 +335,15 @@ where
             };
             let mut backoff = opts.initial_backoff;
             let mut attempt = 1;
-            let flow: Arc<str> = delivery.flow_id().into();
+            let run = Arc::new(Run {
+                flow: delivery.flow_id().into(),
+                published: false.into(),
+            });
+            let flow = run.flow.clone();
             loop {
                 let span = tracing::info_span!("deliver", topic = delivery.topic(), origin = %delivery.origin(),
                     seq = delivery.seq(), correlation_id = %flow, attempt);
-                let run = FLOW.scope(flow.clone(), handler(delivery.clone()));
+                let run = RUN.scope(run.clone(), handler(delivery.clone()));
                 let result = tracing::Instrument::instrument(run, span).await;
                 match result {
                     Ok(()) => {
@@ -325,7 +369,15 @@ where
                     }
                 }
             }
-            sub.done(delivery.envelope());
+            // Done now, or once what the run published is acknowledged.
+            if run.published.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Some(g) = &group {
+                    g.held(1);
+                }
+                outputs.hold(delivery.envelope_arc());
+            } else {
+                sub.done(delivery.envelope());
+            }
         }
         // Everything it was handed is handled: the position goes to the end.
         if let Some(c) = &mut committer {

@@ -18,6 +18,7 @@ pub(crate) mod inflight;
 pub(crate) mod journal;
 pub(crate) mod log_writer;
 pub(crate) mod nak_sender;
+pub(crate) mod output_acks;
 pub(crate) mod publisher;
 pub(crate) mod receiver;
 pub(crate) mod repair_server;
