@@ -188,3 +188,61 @@ async fn a_graceful_leave_hands_over_without_doubles_and_a_vanished_handler_is_f
     }
     origin.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn members_joining_one_by_one_while_events_flow_share_them_once() {
+    let origin = fast("origin", &unique_url("tcp", "o"))
+        .start()
+        .await
+        .unwrap();
+    let seed = origin.local_url().to_string();
+    let work: Log = Default::default();
+    // A group of one first: it gets everything.
+    let mut peers = vec![member(0, &seed, "work", &work).await];
+    wait_mesh(&[&origin, &peers[0].0]).await;
+    wait_for("1 group member", || origin.stats().group_members == 1).await;
+    publish(&origin, 0, 300).await;
+    wait_for("a group of one handles everything", || {
+        count_by_index(&work).len() == 300
+    })
+    .await;
+    assert!(work.lock().iter().all(|e| e.0 == 0));
+    // Then two more join, one by one, while events flow (paced: ~3 s).
+    let publishing = {
+        let origin = origin.clone();
+        tokio::spawn(async move {
+            for from in (300..3300).step_by(10) {
+                publish(&origin, from, from + 10).await;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    };
+    for i in 1..3 {
+        peers.push(member(i, &seed, "work", &work).await);
+        let n = i as u64 + 1;
+        wait_for("the new member counted", || {
+            origin.stats().group_members == n
+        })
+        .await;
+    }
+    publishing.await.unwrap();
+    wait_for("every event handled", || {
+        count_by_index(&work).len() == 3300
+    })
+    .await;
+    origin.flush(Duration::from_secs(10)).await.unwrap();
+    assert!(
+        count_by_index(&work).values().all(|&c| c == 1),
+        "a join made an event handled twice"
+    );
+    assert!(work.lock().iter().all(|e| !e.3), "nothing was failed over");
+    // The late members got a share of what followed their join.
+    let late: Vec<usize> = (1..3)
+        .map(|m| work.lock().iter().filter(|e| e.0 == m).count())
+        .collect();
+    assert!(late.iter().all(|&c| c > 0), "{late:?}");
+    for (p, _) in &peers {
+        p.shutdown().await;
+    }
+    origin.shutdown().await;
+}

@@ -11,7 +11,6 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::wire::frame::DecodeError;
-use crate::wire::heartbeat::MAX_POSITIONS;
 use crate::wire::id::PeerId;
 use crate::wire::topic::Pattern;
 
@@ -28,6 +27,8 @@ pub const MAX_GROUP_NAME: usize = 200;
 pub const MAX_GROUPS: usize = 64;
 /// Most patterns of one member's handler in a group.
 pub const MAX_GROUP_PATTERNS: usize = 16;
+/// Most group positions one heartbeat announces, in all.
+pub const MAX_GROUP_POSITIONS: usize = 1024;
 /// Most members of one view.
 pub const MAX_VIEW_MEMBERS: usize = 1024;
 
@@ -41,7 +42,7 @@ pub struct GroupStatus {
     pub patterns: Vec<String>,
     /// False once the handler stopped: the positions are final.
     pub active: bool,
-    /// Per origin stream (up to [`MAX_POSITIONS`] in all).
+    /// Per origin stream (up to [`MAX_GROUP_POSITIONS`] in all).
     pub positions: Vec<GroupPosition>,
 }
 
@@ -133,9 +134,9 @@ pub(crate) fn check(statuses: &[GroupStatus], views: &[ViewInfo]) -> Result<(), 
         )));
     }
     let positions: usize = statuses.iter().map(|s| s.positions.len()).sum();
-    if positions > MAX_POSITIONS {
+    if positions > MAX_GROUP_POSITIONS {
         return Err(DecodeError::Malformed(format!(
-            "{positions} group positions, at most {MAX_POSITIONS} accepted"
+            "{positions} group positions, at most {MAX_GROUP_POSITIONS} accepted"
         )));
     }
     for s in statuses {
@@ -273,7 +274,7 @@ mod tests {
                 start: 1,
                 seq: 1,
             };
-            MAX_POSITIONS + 1
+            MAX_GROUP_POSITIONS + 1
         ];
         assert!(check(&[far], &[]).is_err());
     }
