@@ -54,15 +54,19 @@ impl Peer {
     /// ```
     /// # #[tokio::main] async fn main() -> chorus::Result<()> {
     /// use std::time::Duration;
-    /// let server = chorus::Peer::builder().listen("inproc://req-doc-s")
-    ///     .heartbeat_interval(Duration::from_millis(100)).start().await?;
+    /// let fast = |b: chorus::PeerBuilder| b.heartbeat_interval(Duration::from_millis(100))
+    ///     .heartbeat_deadline(Duration::from_millis(50));
+    /// let server = fast(chorus::Peer::builder().listen("inproc://req-doc-s")).start().await?;
     /// server.serve("quotes.get", "quotes", |d: chorus::Delivery<String>| async move {
     ///     Ok::<_, String>(format!("{} costs 7", d.value))
     /// })?;
-    /// let client = chorus::Peer::builder().listen("inproc://req-doc-c")
-    ///     .heartbeat_interval(Duration::from_millis(100)).seed(server.local_url()).start().await?;
+    /// let client = fast(chorus::Peer::builder().listen("inproc://req-doc-c"))
+    ///     .seed(server.local_url()).start().await?;
     /// client.wait_for_members(1, Duration::from_secs(10)).await?;
-    /// # tokio::time::sleep(Duration::from_millis(500)).await; // the server's group is announced
+    /// // The server's group reaches the client in its heartbeats.
+    /// while client.stats().group_members == 0 {
+    ///     tokio::time::sleep(Duration::from_millis(10)).await;
+    /// }
     /// let answer: String = client.request("quotes.get", "apples", Duration::from_secs(5)).await?;
     /// assert_eq!(answer, "apples costs 7");
     /// # client.shutdown().await; server.shutdown().await;
