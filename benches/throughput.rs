@@ -73,6 +73,12 @@ fn check_sane(doc: &Value) {
             assert_eq!(sp["lost"], 0, "nothing lost in the subscriber process");
         }
     }
+    let group = doc["group"].as_array().expect("consumer-group runs");
+    assert!(!group.is_empty());
+    for run in group {
+        positive(&run["per_sec"], "group rate");
+        positive(&run["failover_ms"], "failover time");
+    }
     let user = doc["user_shaped"].as_array().expect("user-shaped runs");
     assert!(!user.is_empty());
     for run in user {

@@ -26,6 +26,7 @@
 //! Everything but that child lives in this one process (2 cores): figures
 //! compare chorus and raw NNG under the same conditions.
 
+mod group_point;
 mod options;
 mod pacing;
 mod raw_nng;
@@ -40,6 +41,7 @@ use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
+pub use group_point::group_child;
 pub use options::{
     parse_modes, parse_payloads, parse_scenarios, parse_transports, Args, Mode, Options,
 };
@@ -65,6 +67,10 @@ pub fn main(args: &Args, mode: Mode, child: Vec<String>) -> Result<serde_json::V
     }
     if let Some((seed, warmup, secs)) = args.rate_child()? {
         rate_child(&seed, warmup, secs);
+        return Ok(serde_json::Value::Null);
+    }
+    if let Some(seed) = &args.group_child {
+        group_child(seed);
         return Ok(serde_json::Value::Null);
     }
     Ok(run(&args.options(mode, Some(child))?))
@@ -222,15 +228,35 @@ pub fn run(o: &Options) -> serde_json::Value {
         }
         _ => None,
     };
+    // The consumer-group point (tcp, the payloads asked for).
+    let group = match &o.child {
+        Some(child) if o.group_runs > 0 && transports.contains(&true) => {
+            bar.set_message("consumer group of member processes against 1→1");
+            let sizes: Vec<usize> = if smoke { vec![64] } else { sizes.clone() };
+            Some(group_point::measure(
+                &rt,
+                &peers,
+                child,
+                &sizes,
+                o.group_runs,
+                o.user_window,
+            ))
+        }
+        _ => None,
+    };
     bar.finish_and_clear();
     let rss = status_kib("VmHWM:");
     print_tables(&table, &memory, rss);
     if let Some((rows, _)) = &user {
         user_shaped::print_table(rows, o.user_runs, o.user_window);
     }
+    if let Some((rows, _)) = &group {
+        group_point::print_table(rows, o.group_runs, o.user_window);
+    }
     let user_runs = user.map_or(serde_json::Value::Null, |(_, runs)| runs);
+    let group_runs = group.map_or(serde_json::Value::Null, |(_, runs)| runs);
     let doc = json!({ "quick": quick, "bus_key": o.bus_key.is_some(), "peak_rss_kib": rss, "points": results,
-                      "user_shaped": user_runs });
+                      "user_shaped": user_runs, "group": group_runs });
     write_json(json_path, &doc);
     plot(svg_path, &curves);
     println!("all figures: {json_path}; latency plot: {svg_path}");

@@ -47,6 +47,9 @@ pub struct Options {
     /// The publisher's modes in the user-shaped point (in memory, data dir
     /// fsync per batch, data dir OS buffered; the first is the reference).
     pub user_modes: Vec<Durability>,
+    /// Runs of the consumer-group point (1 origin → a group of member
+    /// processes, against 1→1; 0 skips it). Its window is `user_window`.
+    pub group_runs: usize,
 }
 
 impl Options {
@@ -86,6 +89,10 @@ impl Options {
             user_modes: match mode {
                 Mode::Smoke => vec![Durability::Memory, Durability::EveryBatch],
                 _ => Durability::ALL.to_vec(),
+            },
+            group_runs: match mode {
+                Mode::Smoke | Mode::Quick => 1,
+                Mode::Full => 3,
             },
         }
     }
@@ -184,6 +191,14 @@ pub struct Args {
     /// os-buffered (default all three; the first is the reference).
     #[arg(long, value_name = "LIST")]
     pub user_modes: Option<String>,
+    /// Runs of the consumer-group point: the user-shaped publisher → a
+    /// group of 3 member processes, alternating with 1→1, then one member
+    /// SIGKILLed (default 3; 1 with --quick; 0 skips it).
+    #[arg(long, value_name = "N")]
+    pub group_runs: Option<usize>,
+    /// Internal: run as a member process of the consumer-group point.
+    #[arg(long, value_name = "SEED", hide = true)]
+    pub group_child: Option<String>,
     /// Internal: run as the subscriber process of the user-shaped point.
     #[arg(long, num_args = 3, value_names = ["SEED", "WARMUP", "SECS"], hide = true)]
     pub rate_child: Option<Vec<String>>,
@@ -221,6 +236,9 @@ impl Args {
         }
         if let Some(n) = self.user_runs {
             o.user_runs = n;
+        }
+        if let Some(n) = self.group_runs {
+            o.group_runs = n;
         }
         if let Some(secs) = self.user_secs {
             if !(secs > 0.0 && secs <= 3600.0) {

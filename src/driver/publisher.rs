@@ -455,7 +455,9 @@ impl Publisher {
             self.last_seq.store(seq, Ordering::Release);
         }
         if retain {
-            self.outbox.push(frame);
+            // Control events (and the event they came before) may go
+            // beyond a full buffer's bound: it stays full until acks free it.
+            self.outbox.push_beyond(frame);
         } else {
             self.outbox.skip();
         }

@@ -241,6 +241,22 @@ impl Outbox {
         self.last_seq
     }
 
+    /// Retains the next envelope even though the buffer is full, beyond
+    /// its bound, evicting nothing a member has not acknowledged: for what
+    /// the publisher must put in the stream when it is full (a consumer
+    /// group's control events, and the event taken with them). The buffer
+    /// stays full, so nothing new is taken until acks free it.
+    pub fn push_beyond(&mut self, frame: Bytes) -> u64 {
+        if !self.is_full() {
+            return self.push(frame);
+        }
+        self.last_seq += 1;
+        self.retained_bytes += frame.len();
+        self.retained.push_back((self.last_seq, frame));
+        self.drop_freeable();
+        self.last_seq
+    }
+
     /// Uses the next sequence number without retaining the envelope (only
     /// at shutdown, for what was queued while full): a NAK for it is
     /// answered "gone".
@@ -531,6 +547,26 @@ mod tests {
             member: PeerId(2),
             resume_from: 0,
         }
+    }
+
+    #[test]
+    fn a_push_beyond_a_full_buffer_evicts_nothing_unacknowledged() {
+        let mut o = outbox(3);
+        o.set_members([(PeerId(2), 1)]);
+        for s in 1..=3 {
+            o.push(frame(s));
+        }
+        assert!(o.is_full());
+        for s in 4..=6 {
+            assert_eq!(o.push_beyond(frame(s)), s);
+        }
+        assert_eq!(o.len(), 6, "all retained");
+        assert!(o.is_full());
+        let answer = o.handle_nak(&nak(&[(1, 6)]));
+        assert_eq!(answer.frames.len(), 6);
+        o.handle_ack(PeerId(2), 9, 6);
+        assert!(!o.is_full());
+        assert!(o.is_empty());
     }
 
     #[test]
