@@ -66,6 +66,10 @@ struct Args {
     /// it goes on where it stopped when the peer restarts.
     #[arg(long)]
     durable: Option<String>,
+    /// The handler is a member of this consumer group: it handles its
+    /// share of each origin's events.
+    #[arg(long)]
+    group: Option<String>,
 }
 
 /// Writes one line to stdout at once (the checker reads as we go).
@@ -104,6 +108,9 @@ async fn main() -> chorus::Result<()> {
     let mut opts = chorus::HandlerOptions::new();
     if let Some(name) = &args.durable {
         opts = opts.durable(name);
+    }
+    if let Some(name) = &args.group {
+        opts = opts.group(name);
     }
     let _handler =
         peer.subscribe_with_options("soak.>", opts, |d: chorus::Delivery<u64>| async move {

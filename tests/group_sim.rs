@@ -102,6 +102,8 @@ struct Sim {
     handled: HashMap<(Arc<str>, usize, u64), Vec<bool>>,
     loss: f64,
     churn: bool,
+    /// While settling: one event per origin and round.
+    trickle: bool,
 }
 
 fn groups_for(rng: &mut StdRng) -> Vec<(Arc<str>, Vec<Pattern>)> {
@@ -141,6 +143,7 @@ impl Sim {
             handled: HashMap::new(),
             loss,
             churn: true,
+            trickle: true,
         };
         for _ in 0..3 {
             sim.join();
@@ -236,6 +239,23 @@ impl Sim {
         }
     }
 
+    fn publish_one(&mut self, o: usize) {
+        self.drain(o);
+        let topic: Arc<str> = "orders.us.new".into();
+        let origin = &mut self.origins[o];
+        let seq = origin.stream.len() as u64 + 1;
+        let key = partition_key(None, seq);
+        let owed = origin
+            .published
+            .values()
+            .filter(|(_, v)| v.assignee(&topic, key).is_some())
+            .map(|(_, v)| v.group.clone())
+            .collect();
+        origin.assigner.assign(seq, &topic, key, &Bytes::new());
+        origin.stream.push(Item::User { topic, key });
+        origin.owed.push(owed);
+    }
+
     fn publish(&mut self, o: usize) {
         let n = self.rng.gen_range(0..8);
         for _ in 0..n {
@@ -328,12 +348,9 @@ impl Sim {
                     let origin = &self.origins[o];
                     let last = origin.stream.len() as u64;
                     let views = origin.published.values().cloned().collect();
-                    let f = &mut self.members[i].follow[o];
-                    if f.views.first().is_none() {
-                        // Owed what follows the heartbeat: repaired if missed.
-                        f.cursor = f.cursor.min(last as usize);
-                    }
-                    f.views.handle_heartbeat(last, views);
+                    self.members[i].follow[o]
+                        .views
+                        .handle_heartbeat(last, views);
                 }
                 // Member → origin: its groups, start and position.
                 if self.members[i].cut_off[o] || self.lost() {
@@ -407,6 +424,10 @@ impl Sim {
         for o in 0..ORIGINS {
             if self.churn {
                 self.publish(o);
+            } else if self.trickle {
+                // Settling: a trickle, as live services have (a member
+                // learns where it follows a stream from its events).
+                self.publish_one(o);
             }
         }
         self.process();
@@ -473,6 +494,21 @@ impl Sim {
             if quiet > SETTLE {
                 break;
             }
+        }
+        // Then nothing more is published: the last events are handled.
+        self.trickle = false;
+        for _ in 0..2000 {
+            self.round();
+            let caught_up =
+                self.members.iter().filter(|m| m.alive).all(|m| {
+                    (0..ORIGINS).all(|o| m.follow[o].cursor >= self.origins[o].stream.len())
+                });
+            if caught_up && self.origins.iter().all(|o| !o.assigner.has_control()) {
+                break;
+            }
+        }
+        for _ in 0..SETTLE {
+            self.round();
         }
     }
 

@@ -191,7 +191,16 @@ struct Bus<'n> {
     /// With a dir: every host is durable (a data dir under it, and a
     /// durable handler named after the host).
     durable: Option<tempfile::TempDir>,
+    /// Every host's handler is in this consumer group.
+    group: Option<String>,
+    /// (origin host, value) → each handling's redelivered flag, all hosts.
+    handled: HashMap<(usize, u64), Vec<bool>>,
+    /// The same with the handling host and its seq, for failure messages.
+    handled_by: HashMap<(usize, u64), Vec<Handling>>,
 }
+
+/// One handling of a group event: the host, the event's seq, when.
+type Handling = (usize, u64, Instant);
 
 type Processed = BTreeMap<usize, HashMap<(usize, u64), (Vec<u64>, Vec<(u64, u64)>)>>;
 
@@ -208,6 +217,9 @@ impl<'n> Bus<'n> {
             ids: HashMap::new(),
             processed: BTreeMap::new(),
             durable: None,
+            group: None,
+            handled: HashMap::new(),
+            handled_by: HashMap::new(),
         }
     }
 
@@ -242,6 +254,9 @@ impl<'n> Bus<'n> {
             .stderr(Stdio::inherit());
         if host != 1 {
             cmd.args(["--seed", &seed]);
+        }
+        if let Some(g) = &self.group {
+            cmd.args(["--group", g]);
         }
         if let Some(dir) = &self.durable {
             cmd.arg("--data-dir")
@@ -335,7 +350,22 @@ impl<'n> Bus<'n> {
         let num = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
         let entry = self.processed.entry(l.host + 100 * l.life).or_default();
         match f[0] {
-            "got" => entry.entry((origin, num(2))).or_default().0.push(num(3)),
+            "got" => {
+                entry.entry((origin, num(2))).or_default().0.push(num(3));
+                // By value (0..count): a stream's sequence numbers also
+                // count a consumer group's control events.
+                let flagged = f.get(5) == Some(&"redelivered");
+                let value = f
+                    .get(4)
+                    .and_then(|v| v.strip_prefix("v=")?.parse::<u64>().ok());
+                if let Some(v) = value {
+                    self.handled.entry((origin, v)).or_default().push(flagged);
+                    self.handled_by
+                        .entry((origin, v))
+                        .or_default()
+                        .push((l.host, num(3), l.at));
+                }
+            }
             "lost" => entry
                 .entry((origin, num(2)))
                 .or_default()
@@ -616,6 +646,124 @@ fn a_partitioned_host_is_failed_both_ways_and_everyone_reconverges_after_healing
          h5 processed {h5_got} of the majority's messages, the majority {majority_got} of h5's (the rest was published while \
          they counted each other Failed: reported lost up to what was known, not owed after); lost ranges reported: {}",
         bus.count("lost ")
+    );
+}
+
+/// Known failure (issue 14, open): after the partition heals, the member
+/// that was cut off sometimes handles, unflagged, an event its origin
+/// published during the partition and gave to another member (the failure
+/// message prints both handlings with their times and the membership
+/// events). Run it with `--ignored` while fixing.
+#[test]
+#[ignore = "known failure: an unflagged double after a group member's partition heals (issue 14)"]
+fn a_partitioned_group_member_coming_back_does_not_handle_what_was_given_to_others() {
+    require_netns!();
+    let net = Net::new();
+    let mut bus = Bus::new(&net);
+    bus.group = Some("work".into());
+    let count = 3000;
+    let mut bus = start_bus_with(bus, count, 200.0);
+    // Cut h5, a member of the group, off for three failure bounds.
+    bus.until(Duration::from_secs(3), |_| false);
+    let cut = Instant::now();
+    net.exec(5, &["iptables", "-A", "INPUT", "-j", "DROP"])
+        .unwrap();
+    net.exec(5, &["iptables", "-A", "OUTPUT", "-j", "DROP"])
+        .unwrap();
+    let majority = [1, 2, 3, 4];
+    let split = bus.until(3 * BOUND + Duration::from_secs(5), |b| {
+        majority
+            .iter()
+            .all(|h| !b.events(*h, "Failed", 5).is_empty())
+    });
+    bus.until(2 * BOUND, |_| false);
+    net.exec(5, &["iptables", "-F"]).unwrap();
+    let healed = Instant::now();
+    let back = bus.until(Duration::from_secs(30), |b| {
+        majority.iter().all(|h| b.up_after_failed(*h, 5))
+    });
+    // Every event of the majority's streams is handled by the group.
+    let covered = |b: &Bus| {
+        majority
+            .iter()
+            .all(|o| (0..count).all(|v| b.handled.contains_key(&(*o, v))))
+    };
+    let done = bus.until(Duration::from_secs(90), covered);
+    bus.stop();
+    assert!(
+        split && back,
+        "the partition was not detected, or not healed"
+    );
+    let missing: Vec<(usize, u64)> = majority
+        .iter()
+        .flat_map(|o| (0..count).map(move |v| (*o, v)))
+        .filter(|k| !bus.handled.contains_key(k))
+        .take(10)
+        .collect();
+    if !done {
+        for o in majority {
+            let m: Vec<u64> = (0..count)
+                .filter(|v| !bus.handled.contains_key(&(o, *v)))
+                .collect();
+            eprintln!(
+                "h{o}: {} unhandled, first {:?}, last {:?}",
+                m.len(),
+                m.first(),
+                m.last()
+            );
+        }
+        for l in bus.log.iter().filter(|l| l.text.starts_with("stats")) {
+            let t: String = l
+                .text
+                .split(", ")
+                .filter(|f| f.contains("group") || f.contains("lost") || f.contains("before_join"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            eprintln!("h{} {t}", l.host);
+        }
+    }
+    assert!(
+        done,
+        "events of the majority no member handled: {missing:?}…"
+    );
+    let (mut twice, mut flagged) = (0, 0);
+    for ((o, s), h) in &bus.handled {
+        let plain = h.iter().filter(|r| !**r).count();
+        if plain > 1 {
+            let by: Vec<String> = bus.handled_by[&(*o, *s)]
+                .iter()
+                .map(|(h, seq, at)| {
+                    let t = |x: Instant| {
+                        at.saturating_duration_since(x).as_millis() as i64
+                            - x.saturating_duration_since(*at).as_millis() as i64
+                    };
+                    format!("h{h} seq {seq} at cut{:+}ms heal{:+}ms", t(cut), t(healed))
+                })
+                .collect();
+            let events: Vec<String> = bus
+                .log
+                .iter()
+                .filter(|l| l.text.starts_with("event") && (l.host == 5 || l.text.contains(" h5 ")))
+                .map(|l| {
+                    format!(
+                        "h{} {} cut{:+}ms",
+                        l.host,
+                        l.text,
+                        l.at.saturating_duration_since(cut).as_millis()
+                    )
+                })
+                .collect();
+            panic!(
+                "h{o}'s {s} handled {plain} times unflagged by {by:?}\n{}",
+                events.join("\n")
+            );
+        }
+        twice += h.len().saturating_sub(1);
+        flagged += h.iter().filter(|r| **r).count();
+    }
+    println!(
+        "group partition of h5: every one of the majority's 4 × {count} events handled, none twice unflagged; \
+         {twice} handled again after the failover ({flagged} flagged redelivered)"
     );
 }
 

@@ -19,7 +19,8 @@
 //! (`redelivered`); a member that leaves the group gracefully (announces it
 //! inactive, with its final position) has the rest reassigned unflagged,
 //! so it is never handled twice. Events a member says it did not follow
-//! (before its announced `start`) are reassigned unflagged. An event no
+//! (before its announced `start`) are reassigned unflagged, or flagged if
+//! its start moved on (it followed the stream before, then lost it). An event no
 //! member can take waits (homeless) until the view changes. Events of a
 //! topic no member wants when they are published are not owed to the
 //! group. At most [`AssignConfig::max_owned`] events are tracked per group;
@@ -122,6 +123,10 @@ struct Group {
     homeless: VecDeque<Owned>,
     /// Homeless that no member could take in the current view.
     waiting: VecDeque<Owned>,
+    /// The start each member last announced: one that moves on (the
+    /// member began following the stream again, after a gap) may have
+    /// handled some of what lies before it, so that is given again flagged.
+    starts: std::collections::HashMap<PeerId, u64>,
 }
 
 impl Group {
@@ -132,6 +137,7 @@ impl Group {
             owned: BTreeMap::new(),
             homeless: VecDeque::new(),
             waiting: VecDeque::new(),
+            starts: std::collections::HashMap::new(),
         }
     }
 
@@ -253,8 +259,13 @@ impl Assigner {
                 .entry(a.group.clone())
                 .or_insert_with(|| Group::new(a.group.clone()));
             if a.start > 0 {
-                // What it was given before it followed the view, it never saw.
-                g.evict(member, Some(a.start), false);
+                // What it was given before it followed the view, it never
+                // saw — unless it had followed from an earlier start.
+                let moved = g
+                    .starts
+                    .insert(member, a.start)
+                    .is_some_and(|before| before < a.start);
+                g.evict(member, Some(a.start), moved);
                 g.release(member, a.position);
             }
             if !a.active {
@@ -497,6 +508,28 @@ mod tests {
             .iter()
             .all(|c| matches!(c, Control::Reassign(r) if !r.redelivered && r.to == PeerId(1))));
         assert_eq!(a.tracked(), 4);
+    }
+
+    #[test]
+    fn a_start_that_moves_on_gives_what_lies_before_it_again_flagged() {
+        let mut a = Assigner::new(AssignConfig::default());
+        let mut seq = 0;
+        a.handle_groups(PeerId(1), &[ann("g", 0, 0)]);
+        a.handle_groups(PeerId(2), &[ann("g", 0, 0)]);
+        controls(&mut a, &mut seq);
+        a.handle_groups(PeerId(1), &[ann("g", 2, 1)]);
+        publish(&mut a, &mut seq, 20);
+        // It lost the stream after 5 and follows it again from 15: all it
+        // owed before 15 is given again (what it handled of it, flagged).
+        let owed = (2..15)
+            .filter(|&s| a.owner("g", s) == Some(PeerId(1)))
+            .count();
+        a.handle_groups(PeerId(1), &[ann("g", 15, 5)]);
+        let c = controls(&mut a, &mut seq);
+        assert_eq!(c.len(), owed);
+        assert!(c
+            .iter()
+            .all(|c| matches!(c, Control::Reassign(r) if r.redelivered)));
     }
 
     #[test]

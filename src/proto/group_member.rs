@@ -55,14 +55,11 @@ impl OriginViews {
     /// as of then (read after it), each with the sequence number of its
     /// view event.
     ///
-    /// Before any event arrived, the member is owed the stream after this
-    /// heartbeat's `last_seq` (the receiver repairs what it misses of it),
-    /// so that is where it starts.
+    /// It counts only against the first event actually received (a member
+    /// is not owed, and may never see, what came before that), so an origin
+    /// that publishes nothing leaves a new member without a view until its
+    /// next event.
     pub fn handle_heartbeat(&mut self, last_seq: u64, views: Vec<(u64, GroupView)>) {
-        if self.first.is_none() {
-            self.first = Some(last_seq + 1);
-            self.last = last_seq;
-        }
         if self.base.is_none() {
             self.beat = Some((last_seq, views));
             self.adopt();
