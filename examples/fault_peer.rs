@@ -81,6 +81,11 @@ fn line(s: String) {
 
 #[tokio::main]
 async fn main() -> chorus::Result<()> {
+    // Logs to stderr as RUST_LOG says (the checker reads stdout only).
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
     let args = Args::parse();
     let mut builder = chorus::Peer::builder()
         .name(&args.name)

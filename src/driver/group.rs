@@ -172,6 +172,8 @@ impl GroupSub {
                     && self.pattern.matches(&envelope.topic)
                     && o.takes(self.me, group, env.seq, *to)
                 {
+                    tracing::debug!(me = %self.me, origin = %env.origin, at = env.seq, seq = envelope.seq,
+                        redelivered, "group share: a reassignment");
                     Route::Take(envelope.clone(), *redelivered)
                 } else {
                     Route::Skip
@@ -182,6 +184,8 @@ impl GroupSub {
                     && self.pattern.matches(&env.topic)
                     && o.is_mine(self.me, &self.name, env.seq, &env.topic, envelope_key(env))
                 {
+                    tracing::debug!(me = %self.me, origin = %env.origin, seq = env.seq,
+                        epoch = o.view(&self.name).map(|v| v.epoch), "group share: assigned");
                     Route::Take(env.clone(), false)
                 } else {
                     Route::Skip
@@ -210,7 +214,10 @@ impl GroupSub {
         }
     }
 
-    /// The origin is gone: its views are forgotten.
+    /// The origin is gone, or part of its stream was lost (a view may have
+    /// been in it): its views are forgotten, and learnt again from its
+    /// next events and a heartbeat as recent (a later start, announced:
+    /// the origin gives what it owed before that to others, flagged).
     pub(crate) fn forget(&self, origin: PeerId) {
         self.views.lock().remove(&origin);
     }

@@ -355,6 +355,9 @@ impl Receiver {
                     };
                     // Counted before it is announced: a reader sees both agree.
                     Counters::add(&self.counters.lost, loss.count());
+                    // A group view may have been among what is lost: each
+                    // group handler learns the origin's views afresh.
+                    self.registry.forget_origin(origin);
                     tracing::warn!(%origin, incarnation, first, last, "messages lost: they will never arrive");
                     let _ = self.losses.send(loss);
                 }
