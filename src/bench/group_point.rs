@@ -121,16 +121,7 @@ fn run_group(
             );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        let (p, halt) = (publisher.clone(), stop.clone());
-        let writer = tokio::spawn(async move {
-            let mut n = 0u64;
-            while !halt.load(Ordering::Relaxed) {
-                let mut v = vec![0u8; size];
-                v[..8].copy_from_slice(&n.to_le_bytes());
-                p.publish_bytes("bench.group", v).await.expect("publish");
-                n += 1;
-            }
-        });
+        let writer = user_shaped::user_writer(&publisher, "bench.group", size, &stop);
         tokio::time::sleep(Duration::from_secs_f64(warmup)).await;
         let (t0, n0) = (Instant::now(), total(&counts));
         tokio::time::sleep(Duration::from_secs_f64(secs)).await;

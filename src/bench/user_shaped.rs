@@ -124,6 +124,27 @@ pub fn rate_child(seed: &str, warmup: f64, secs: f64) {
     });
 }
 
+/// The publisher as user code writes it: one task looping
+/// `publish_bytes(topic, fresh_vec).await` (the event's number in its first
+/// 8 bytes) until `stop`.
+pub(crate) fn user_writer(
+    publisher: &Peer,
+    topic: &'static str,
+    size: usize,
+    stop: &Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<()> {
+    let (p, halt) = (publisher.clone(), stop.clone());
+    tokio::spawn(async move {
+        let mut n = 0u64;
+        while !halt.load(Ordering::Relaxed) {
+            let mut v = vec![0u8; size];
+            v[..8].copy_from_slice(&n.to_le_bytes());
+            p.publish_bytes(topic, v).await.expect("publish");
+            n += 1;
+        }
+    })
+}
+
 /// One run: the publisher here with `durability`, the subscriber in a
 /// child process (`child` + `--rate-child …`). The child's figures, with
 /// the publisher's CPU time per event over the same window.
@@ -179,16 +200,7 @@ pub(crate) fn run(
             .wait_for_members(1, Duration::from_secs(30))
             .await
             .expect("subscriber process joined");
-        let (p, halt) = (publisher.clone(), stop.clone());
-        let writer = tokio::spawn(async move {
-            let mut n = 0u64;
-            while !halt.load(Ordering::Relaxed) {
-                let mut v = vec![0u8; size];
-                v[..8].copy_from_slice(&n.to_le_bytes());
-                p.publish_bytes("bench.user", v).await.expect("publish");
-                n += 1;
-            }
-        });
+        let writer = user_writer(&publisher, "bench.user", size, &stop);
         assert_eq!(line().await, "measuring");
         let cpu0 = cpu_time();
         let figures: serde_json::Value = serde_json::from_str(&line().await).expect("JSON figures");
