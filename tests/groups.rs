@@ -43,7 +43,7 @@ async fn member(i: usize, seed: &str, group: &str, log: &Log) -> (Peer, chorus::
 
 async fn publish(origin: &Peer, from: u32, to: u32) {
     for n in from..to {
-        let key = format!("bid-{}", n % 30);
+        let key = format!("bid-{}", n % 300);
         origin
             .publish_with(
                 "bids.accepted",

@@ -62,7 +62,7 @@ fn signal(m: &Member, sig: &str) {
 
 async fn publish(origin: &Peer, o: u64, from: u64, to: u64) {
     for n in from..to {
-        let key = format!("bid-{}", n % 40);
+        let key = format!("bid-{}", n % 300);
         origin
             .publish_with(
                 "bids.accepted",
