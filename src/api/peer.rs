@@ -561,14 +561,7 @@ impl Peer {
         }
         let Some(name) = options.durable.clone() else {
             let sub = self.register_as(pattern, decode, Reader::Handler)?;
-            let counters = self.shared.drivers.counters.clone();
-            let parts = HandlerParts {
-                counters,
-                committer: None,
-                finished: None,
-                group: None,
-                publish: self.shared.drivers.publish_tx.clone(),
-            };
+            let parts = self.handler_parts(None, None, None);
             return Ok(handler::spawn(sub, options, parts, handler));
         };
         let parts = &self.shared.drivers;
@@ -606,13 +599,7 @@ impl Peer {
         });
         let (finished, done) = oneshot::channel();
         self.shared.durables.lock().1.push(done);
-        let parts = HandlerParts {
-            counters: parts.counters.clone(),
-            committer: Some(committer),
-            finished: Some(finished),
-            group: None,
-            publish: parts.publish_tx.clone(),
-        };
+        let parts = self.handler_parts(Some(committer), Some(finished), None);
         Ok(handler::spawn(sub, options, parts, handler))
     }
 
@@ -655,14 +642,26 @@ impl Peer {
             me: parts.info.id,
         };
         let sub = self.register_as(pattern, decode, reader)?;
-        let parts = HandlerParts {
-            counters: parts.counters.clone(),
-            committer: None,
-            finished: None,
-            group: parts.registry.group(sub.id()),
-            publish: parts.publish_tx.clone(),
-        };
+        let group = parts.registry.group(sub.id());
+        let parts = self.handler_parts(None, None, group);
         Ok(handler::spawn(sub, options, parts, handler))
+    }
+
+    /// What a handler task works with, besides its subscription.
+    fn handler_parts(
+        &self,
+        committer: Option<durable::Committer>,
+        finished: Option<oneshot::Sender<()>>,
+        group: Option<Arc<crate::driver::group::GroupSub>>,
+    ) -> HandlerParts {
+        let d = &self.shared.drivers;
+        HandlerParts {
+            counters: d.counters.clone(),
+            committer,
+            finished,
+            group,
+            publish: d.publish_tx.clone(),
+        }
     }
 
     /// Subscribes to `pattern`, yielding payloads as raw bytes.

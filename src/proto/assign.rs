@@ -311,7 +311,19 @@ impl Assigner {
     }
 
     /// The next control event, which takes the sequence number `seq`.
+    /// Once there is none, groups left with no member and nothing tracked
+    /// (their empty view already in the stream) are forgotten, so names
+    /// announced and dropped by members do not accumulate.
     pub fn next_control(&mut self, seq: u64) -> Option<Control> {
+        let control = self.take_control(seq);
+        if control.is_none() {
+            self.groups
+                .retain(|_, g| g.changed || !g.view.members.is_empty() || g.tracked() > 0);
+        }
+        control
+    }
+
+    fn take_control(&mut self, seq: u64) -> Option<Control> {
         for g in self.groups.values_mut() {
             if g.changed {
                 g.changed = false;
@@ -548,6 +560,20 @@ mod tests {
         assert!(c[1..]
             .iter()
             .all(|c| matches!(c, Control::Reassign(r) if r.redelivered)));
+    }
+
+    #[test]
+    fn groups_left_empty_are_forgotten_once_their_view_is_out() {
+        let mut a = Assigner::new(AssignConfig::default());
+        let mut seq = 0;
+        for n in 0..100 {
+            let name = format!("g{n}");
+            a.handle_groups(PeerId(1), &[ann(&name, 0, 0)]);
+            a.handle_groups(PeerId(1), &[]); // dropped again
+        }
+        assert!(!controls(&mut a, &mut seq).is_empty());
+        assert_eq!(a.views().count(), 0, "no empty group kept");
+        assert!(!a.has_groups());
     }
 
     #[test]
