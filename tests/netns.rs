@@ -418,6 +418,27 @@ impl<'n> Bus<'n> {
         out
     }
 
+    /// Which host has not seen which other host join, and every
+    /// membership event, for failure messages.
+    fn membership(&self) -> String {
+        let mut out = String::new();
+        for h in 1..=HOSTS {
+            let missing: Vec<String> = (1..=HOSTS)
+                .filter(|m| *m != h && self.events(h, "Joined", *m).is_empty())
+                .map(|m| format!("h{m}"))
+                .collect();
+            if !missing.is_empty() {
+                out += &format!("h{h} never saw {} join\n", missing.join(", "));
+            }
+        }
+        let t0 = self.log.first().map(|l| l.at);
+        for l in self.log.iter().filter(|l| !l.text.starts_with("got ")) {
+            let at = t0.map(|t| l.at.duration_since(t)).unwrap_or_default();
+            out += &format!("  {:>6} ms h{} {}\n", at.as_millis(), l.host, l.text);
+        }
+        out
+    }
+
     /// SIGTERM to every peer, and their last lines (stats).
     fn stop(&mut self) {
         for c in self.children.values() {
@@ -459,7 +480,7 @@ fn start_bus_with(mut bus: Bus<'_>, count: u64, rate: f64) -> Bus<'_> {
                 .all(|m| !b.events(h, "Joined", m).is_empty())
         })
     });
-    assert!(formed, "the bus did not form");
+    assert!(formed, "the bus did not form:\n{}", bus.membership());
     bus
 }
 
