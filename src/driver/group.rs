@@ -172,8 +172,6 @@ impl GroupSub {
                     && self.pattern.matches(&envelope.topic)
                     && o.takes(self.me, group, env.seq, *to)
                 {
-                    tracing::debug!(me = %self.me, origin = %env.origin, at = env.seq, seq = envelope.seq,
-                        redelivered, "group share: a reassignment");
                     Route::Take(envelope.clone(), *redelivered)
                 } else {
                     Route::Skip
@@ -184,8 +182,6 @@ impl GroupSub {
                     && self.pattern.matches(&env.topic)
                     && o.is_mine(self.me, &self.name, env.seq, &env.topic, envelope_key(env))
                 {
-                    tracing::debug!(me = %self.me, origin = %env.origin, seq = env.seq,
-                        epoch = o.view(&self.name).map(|v| v.epoch), "group share: assigned");
                     Route::Take(env.clone(), false)
                 } else {
                     Route::Skip
