@@ -337,11 +337,14 @@ impl Publisher {
         if self.assigner.has_control() {
             self.stage_controls(now_us());
             self.send_batch();
+        } else {
+            self.update_group_gauges();
         }
-        self.update_group_gauges();
     }
 
-    /// Numbers and stages every control event the assigner has.
+    /// Numbers and stages every control event the assigner has, and
+    /// counts them before any can be sent: a member acting on one (e.g.
+    /// answering a reassigned request) never comes before its counters.
     fn stage_controls(&mut self, stamp: u64) {
         loop {
             let seq = self.outbox.last_seq() + 1;
@@ -391,9 +394,16 @@ impl Publisher {
             Counters::add(&self.counters.group_controls, 1);
             self.stage_frame(seq, frame, true);
             if self.batch_at_bound() {
+                self.update_group_gauges();
                 self.send_batch();
             }
         }
+        self.update_group_gauges();
+        // Groups the assigner forgot (no member, nothing tracked) leave the
+        // heartbeats too: a group absent there reads as empty.
+        self.views
+            .lock()
+            .retain(|v| self.assigner.views().any(|g| *g.group == *v.group));
     }
 
     fn update_group_gauges(&self) {
