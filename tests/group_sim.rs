@@ -14,9 +14,12 @@
 //! - an event owed by a member that crashed is given to another one within
 //!   FAIL_BOUND rounds of the crash (no event owned by nobody for longer
 //!   than the failure bound while the group has a live member);
-//! - a graceful leave whose announcement arrives hands nothing twice.
+//! - a graceful leave whose announcement arrives hands nothing twice;
+//! - with durable groups (half the seeds), where every member of a group
+//!   may be gone at once: every event of a group's topics published once
+//!   the group had a member is handled by it, even if it had none then.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -71,6 +74,8 @@ struct Origin {
     heard: HashMap<PeerId, (u64, u32)>,
     /// Per user event: the groups that owe it.
     owed: Vec<Vec<Arc<str>>>,
+    /// Groups whose view in the stream has had a member.
+    known: HashSet<Arc<str>>,
 }
 
 struct Follow {
@@ -104,17 +109,18 @@ struct Sim {
     churn: bool,
     /// While settling: one event per origin and round.
     trickle: bool,
+    /// Members announce their groups durable.
+    durable: bool,
+}
+
+/// The pattern members of group `g` subscribe with.
+fn pattern_of(g: &str) -> Pattern {
+    Pattern::parse(if g == "g" { "orders.>" } else { "orders.eu.*" }).unwrap()
 }
 
 fn groups_for(rng: &mut StdRng) -> Vec<(Arc<str>, Vec<Pattern>)> {
-    let g = (
-        Arc::<str>::from("g"),
-        vec![Pattern::parse("orders.>").unwrap()],
-    );
-    let h = (
-        Arc::<str>::from("h"),
-        vec![Pattern::parse("orders.eu.*").unwrap()],
-    );
+    let g = (Arc::<str>::from("g"), vec![pattern_of("g")]);
+    let h = (Arc::<str>::from("h"), vec![pattern_of("h")]);
     match rng.gen_range(0..3) {
         0 => vec![g],
         1 => vec![h],
@@ -122,10 +128,27 @@ fn groups_for(rng: &mut StdRng) -> Vec<(Arc<str>, Vec<Pattern>)> {
     }
 }
 
+/// The groups that owe an event of `topic` and `key` published now: those
+/// with a member for it, and the durable ones it is kept for.
+fn owed_by(origin: &Origin, durable: bool, topic: &str, key: u64) -> Vec<Arc<str>> {
+    origin
+        .published
+        .values()
+        .filter(|(_, v)| {
+            v.assignee(topic, key).is_some()
+                || (durable
+                    && origin.known.contains(&v.group)
+                    && pattern_of(&v.group).matches(topic))
+        })
+        .map(|(_, v)| v.group.clone())
+        .collect()
+}
+
 impl Sim {
     fn new(seed: u64) -> Self {
         let mut rng = StdRng::seed_from_u64(seed);
         let loss = [0.0, 0.1, 0.3][rng.gen_range(0..3)];
+        let durable = seed % 2 == 1;
         let mut sim = Sim {
             rng,
             round: 0,
@@ -136,6 +159,7 @@ impl Sim {
                     published: BTreeMap::new(),
                     heard: HashMap::new(),
                     owed: Vec::new(),
+                    known: HashSet::new(),
                 })
                 .collect(),
             members: Vec::new(),
@@ -144,6 +168,7 @@ impl Sim {
             loss,
             churn: true,
             trickle: true,
+            durable,
         };
         for _ in 0..3 {
             sim.join();
@@ -185,9 +210,11 @@ impl Sim {
     fn churn(&mut self) {
         let n = self.members.len();
         let live: Vec<usize> = (0..n).filter(|&i| self.members[i].alive).collect();
+        // A durable group may lose every member at once.
+        let spare = live.len() > 1 || (self.durable && !live.is_empty());
         match self.rng.gen_range(0..20) {
             0 => self.join(),
-            1 if live.len() > 1 => {
+            1 if spare => {
                 let i = live[self.rng.gen_range(0..live.len())];
                 self.members[i].alive = false;
                 self.members[i].died_at = self.round;
@@ -206,7 +233,7 @@ impl Sim {
                     m.cut_off = vec![false; ORIGINS];
                 }
             }
-            3 if live.len() > 1 => {
+            3 if spare => {
                 let i = live[self.rng.gen_range(0..live.len())];
                 self.members[i].leaving = true;
             }
@@ -225,6 +252,9 @@ impl Sim {
             match c {
                 Control::View(v) => {
                     let seq = origin.stream.len() as u64 + 1;
+                    if !v.members.is_empty() {
+                        origin.known.insert(v.group.clone());
+                    }
                     origin.published.insert(v.group.clone(), (seq, v.clone()));
                     origin.stream.push(Item::View(v));
                 }
@@ -245,13 +275,10 @@ impl Sim {
         let origin = &mut self.origins[o];
         let seq = origin.stream.len() as u64 + 1;
         let key = partition_key(None, seq);
-        let owed = origin
-            .published
-            .values()
-            .filter(|(_, v)| v.assignee(&topic, key).is_some())
-            .map(|(_, v)| v.group.clone())
-            .collect();
-        origin.assigner.assign(seq, &topic, key, &Bytes::new());
+        let owed = owed_by(origin, self.durable, &topic, key);
+        origin
+            .assigner
+            .assign(seq, &topic, key, &Bytes::new(), true);
         origin.stream.push(Item::User { topic, key });
         origin.owed.push(owed);
     }
@@ -270,13 +297,10 @@ impl Sim {
             };
             let origin = &mut self.origins[o];
             let seq = origin.stream.len() as u64 + 1;
-            let owed = origin
-                .published
-                .values()
-                .filter(|(_, v)| v.assignee(&topic, key).is_some())
-                .map(|(_, v)| v.group.clone())
-                .collect();
-            origin.assigner.assign(seq, &topic, key, &Bytes::new());
+            let owed = owed_by(origin, self.durable, &topic, key);
+            origin
+                .assigner
+                .assign(seq, &topic, key, &Bytes::new(), true);
             origin.stream.push(Item::User { topic, key });
             origin.owed.push(owed);
         }
@@ -365,6 +389,7 @@ impl Sim {
                         group: g.clone(),
                         patterns: p.clone(),
                         active: !m.leaving,
+                        durable: self.durable,
                         start: f.views.start(g).unwrap_or(0),
                         position: f.position,
                     })
@@ -593,7 +618,7 @@ impl Sim {
 
 #[test]
 fn group_assignment_survives_joins_crashes_leaves_and_lost_heartbeats() {
-    let mut handled = 0;
+    let (mut handled, mut kept) = (0, 0);
     let only: Option<u64> = std::env::var("SIM_SEED").ok().and_then(|s| s.parse().ok());
     for seed in 0..150 {
         if only.is_some_and(|o| o != seed) {
@@ -606,10 +631,19 @@ fn group_assignment_survives_joins_crashes_leaves_and_lost_heartbeats() {
         sim.settle();
         sim.check(seed);
         handled += sim.handled.len();
+        kept += sim
+            .origins
+            .iter()
+            .map(|o| o.assigner.stats().kept)
+            .sum::<u64>();
     }
     assert!(
         only.is_some() || handled > 10_000,
         "the simulation handled only {handled} events"
+    );
+    assert!(
+        only.is_some() || kept > 100,
+        "durable groups kept only {kept} events while they had no member"
     );
 }
 

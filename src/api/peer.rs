@@ -624,9 +624,18 @@ impl Peer {
                 name.len()
             )));
         }
-        if options.durable.is_some() {
+        let durable = match &options.durable {
+            None => false,
+            Some(d) if *d == name => true,
+            Some(d) => {
+                return Err(Error::Config(format!(
+                    "group {name:?} with durable({d:?}): a durable group's position is the group's, kept under its name; give .durable({name:?})"
+                )))
+            }
+        };
+        if !matches!(options.start_at, crate::StartAt::New) {
             return Err(Error::Config(format!(
-                "group {name:?}: a durable group is not supported yet (a group's position lives in memory)"
+                "group {name:?}: start_at is for durable consumers; a group gets what its origins publish from when they first count it"
             )));
         }
         let parts = &self.shared.drivers;
@@ -639,6 +648,7 @@ impl Peer {
         }
         let reader = Reader::Group {
             name: name.as_str().into(),
+            durable,
             me: parts.info.id,
         };
         let sub = self.register_as(pattern, decode, reader)?;

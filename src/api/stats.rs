@@ -163,8 +163,14 @@ stats! {
     /// Of those, flagged as possibly handled already (after a failure).
     group_failed_over,
     /// Events of this peer's stream no longer protected against a group
-    /// member's failure because the group's tracking bound was reached.
+    /// member's failure because the group's tracking bound was reached, or
+    /// dropped with a durable group that had no member for longer than
+    /// the retention age.
     group_untracked,
+    /// Events of this peer's stream kept for a durable group while no
+    /// member could take them (published then, or restored from the log
+    /// after this peer restarted), handed to its next member.
+    group_kept,
     /// Gauge: events of this peer's stream owed by group members or
     /// waiting for one.
     group_tracked,

@@ -64,9 +64,13 @@ pub(crate) enum Reader {
     Handler,
     /// A durable handler: handed what its cursor admits.
     Durable(Cursor),
-    /// A handler in consumer group `name` on the peer `me`: handed what the
-    /// origins assign to it.
-    Group { name: Arc<str>, me: PeerId },
+    /// A handler in consumer group `name` (`durable` or not) on the peer
+    /// `me`: handed what the origins assign to it.
+    Group {
+        name: Arc<str>,
+        durable: bool,
+        me: PeerId,
+    },
 }
 
 /// The set of live subscriptions of one peer.
@@ -117,9 +121,15 @@ impl Registry {
         let tracked = !matches!(reader, Reader::Stream);
         let (durable, group) = match reader {
             Reader::Durable(c) => (Some(Mutex::new(c)), None),
-            Reader::Group { name, me } => (
+            Reader::Group { name, durable, me } => (
                 None,
-                Some(Arc::new(GroupSub::new(name, pattern.clone(), me, id))),
+                Some(Arc::new(GroupSub::new(
+                    name,
+                    pattern.clone(),
+                    durable,
+                    me,
+                    id,
+                ))),
             ),
             _ => (None, None),
         };

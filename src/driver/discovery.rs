@@ -283,6 +283,7 @@ impl Discovery {
                     group: g.group.as_str().into(),
                     patterns,
                     active: g.active,
+                    durable: g.durable,
                     start,
                     position,
                 })

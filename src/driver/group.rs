@@ -102,6 +102,9 @@ pub(crate) enum Route {
 pub(crate) struct GroupSub {
     pub name: Arc<str>,
     pub pattern: Pattern,
+    /// Whether the group is durable (announced: origins keep what no live
+    /// member can take).
+    pub durable: bool,
     me: PeerId,
     /// Its subscription's id in the registry (what it has in flight).
     pub sub: u64,
@@ -120,10 +123,17 @@ pub(crate) struct GroupSub {
 }
 
 impl GroupSub {
-    pub(crate) fn new(name: Arc<str>, pattern: Pattern, me: PeerId, sub: u64) -> Self {
+    pub(crate) fn new(
+        name: Arc<str>,
+        pattern: Pattern,
+        durable: bool,
+        me: PeerId,
+        sub: u64,
+    ) -> Self {
         GroupSub {
             name,
             pattern,
+            durable,
             me,
             sub,
             views: Mutex::new(HashMap::new()),
@@ -251,6 +261,7 @@ impl GroupSub {
             patterns: vec![self.pattern.as_str().to_owned()],
             active: !self.is_stopped(),
             positions: self.positions(inflight),
+            durable: self.durable,
         }
     }
 

@@ -155,6 +155,10 @@ impl HandlerOptions {
     /// side effect is not in one transaction with chorus's commit dedups it
     /// by [`Delivery::key`]. What an origin no longer keeps when the
     /// consumer comes back is reported as a [`Loss`](crate::Loss).
+    ///
+    /// With [`group`](Self::group), `name` must be the group's name: the
+    /// group is durable, and its position is the group's, kept by each
+    /// origin (no data dir is needed on the members); see there.
     pub fn durable(mut self, name: impl Into<String>) -> Self {
         self.durable = Some(name.into());
         self
@@ -177,8 +181,24 @@ impl HandlerOptions {
     /// shuts down gracefully hands over what it had not started, unflagged,
     /// and handles nothing twice. Order per key can break around such a
     /// change: the old and the new member may work on the same key at once
-    /// for a moment. One group handler per group name per peer. Not with
-    /// [`durable`](Self::durable) (yet): a group's position lives in memory.
+    /// for a moment. One group handler per group name per peer.
+    ///
+    /// A group that is not durable gets what is published while it has a
+    /// live member. With [`durable`](Self::durable)`(name)` the group is
+    /// durable: an origin that has counted it keeps, while no member is
+    /// live, what matches its members' last patterns, and gives it to the
+    /// next member that joins (so a service whose replicas are all
+    /// redeployed at once misses nothing), up to 65,536 events per group
+    /// and origin (beyond, the oldest are dropped and counted in
+    /// [`Stats::group_untracked`](crate::Stats::group_untracked)). An
+    /// origin with a data dir also records the group's watermark (about
+    /// once a second, and when it stops) and keeps its log for it within
+    /// retention: after the origin restarts, what its log holds above the
+    /// watermark is given again, flagged [`Delivery::redelivered`] (some
+    /// may have been handled before). A durable group no member has
+    /// announced for longer than the retention age is forgotten. A request
+    /// ([`Peer::request`](crate::Peer::request)) is never kept: with no
+    /// live member it fails with no responder.
     pub fn group(mut self, name: impl Into<String>) -> Self {
         self.group = Some(name.into());
         self

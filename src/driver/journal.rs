@@ -5,8 +5,9 @@
 //! Owns: the repair answers' reach into the log for what the
 //! retransmit buffer no longer holds, the durable consumers of the stream
 //! it remembers (what each processed, heard from their heartbeats: the
-//! log keeps it for them past `max_age`, within `max_bytes`), the upkeep
-//! done about once a second (members' watermarks, readers, retention), and
+//! log keeps it for them past `max_age`, within `max_bytes`), the durable
+//! consumer groups' watermarks (the same, for a group), the upkeep done
+//! about once a second (members' watermarks, readers, groups, retention), and
 //! [`StoreHealth`], through which `publish` and `flush` report a log that
 //! cannot be written.
 
@@ -17,7 +18,9 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use crate::error::{Error, Result};
+use crate::proto::assign::DurableGroup;
 use crate::proto::outbox::Outbox;
+use crate::store::groups::{GroupRecord, Groups};
 use crate::store::log::{Retention, StreamLog};
 use crate::store::readers::{Reader, Readers};
 use crate::store::watermarks::{Watermark, Watermarks};
@@ -77,6 +80,11 @@ pub(crate) struct Journal {
     readers: HashMap<(PeerId, String), ReaderState>,
     /// Readers forgotten since the last write.
     forgotten: Vec<(u64, String)>,
+    groups_store: Groups,
+    /// The durable groups as last written (or read at start).
+    groups: HashMap<String, GroupRecord>,
+    /// Groups forgotten since the last write.
+    groups_forgotten: Vec<String>,
     /// Events retention trimmed before a remembered durable consumer had
     /// processed them (it finds them lost when it comes back).
     pub trimmed_unprocessed: u64,
@@ -100,6 +108,7 @@ impl Journal {
         earlier: &[Watermark],
         retention: Retention,
         (readers_store, known): (Readers, Vec<Reader>),
+        (groups_store, groups): (Groups, Vec<GroupRecord>),
     ) -> Self {
         let written = earlier
             .iter()
@@ -127,7 +136,52 @@ impl Journal {
             readers_store,
             readers,
             forgotten: Vec::new(),
+            groups_store,
+            groups: groups.into_iter().map(|g| (g.name.clone(), g)).collect(),
+            groups_forgotten: Vec::new(),
             trimmed_unprocessed: 0,
+        }
+    }
+
+    /// The durable groups recorded before this start.
+    pub(crate) fn groups(&self) -> impl Iterator<Item = &GroupRecord> + '_ {
+        self.groups.values()
+    }
+
+    /// The durable groups as the assigner has them now, and those it
+    /// forgot: what changed is written.
+    pub(crate) fn note_groups(
+        &mut self,
+        now: impl Iterator<Item = DurableGroup>,
+        gone: Vec<Arc<str>>,
+    ) {
+        for name in gone {
+            if self.groups.remove(&*name).is_some() {
+                self.groups_forgotten.push(name.to_string());
+            }
+        }
+        let changed: Vec<GroupRecord> = now
+            .map(|g| GroupRecord {
+                name: g.group.to_string(),
+                through: g.through,
+                patterns: g.patterns.iter().map(|p| p.as_str().to_owned()).collect(),
+            })
+            .filter(|g| self.groups.get(&g.name) != Some(g))
+            .collect();
+        if changed.is_empty() && self.groups_forgotten.is_empty() {
+            return;
+        }
+        match self
+            .groups_store
+            .write(&self.dir, &changed, &self.groups_forgotten)
+        {
+            Ok(()) => {
+                self.groups_forgotten.clear();
+                for g in changed {
+                    self.groups.insert(g.name.clone(), g);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot record the durable groups"),
         }
     }
 
@@ -212,12 +266,9 @@ impl Journal {
     /// reader processed, by size whatever it holds (what a reader had not
     /// processed is counted, and reported to it as lost when it returns).
     fn trim(&mut self, now_us: u64) {
-        let processed = self
-            .readers
-            .values()
-            .map(|r| r.seq)
-            .min()
-            .unwrap_or(u64::MAX);
+        let readers = self.readers.values().map(|r| r.seq);
+        let groups = self.groups.values().map(|g| g.through);
+        let processed = readers.chain(groups).min().unwrap_or(u64::MAX);
         let mut log = self.log.lock();
         let before = log.trimmed_through();
         let after = match log.enforce(&self.dir, self.retention, now_us, processed) {
@@ -232,6 +283,14 @@ impl Journal {
                 tracing::warn!(%member, %name, unprocessed,
                     max_bytes = self.retention.max_bytes,
                     "the log outgrew its size bound: trimmed events a durable consumer had not processed");
+            }
+        }
+        for g in self.groups.values() {
+            let unprocessed = after.saturating_sub(g.through.max(before));
+            if unprocessed > 0 {
+                self.trimmed_unprocessed += unprocessed;
+                tracing::warn!(group = %g.name, unprocessed, max_bytes = self.retention.max_bytes,
+                    "the log outgrew its size bound: trimmed events a durable group had not handled");
             }
         }
     }

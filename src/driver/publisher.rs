@@ -35,14 +35,16 @@ use crate::driver::clock::{self, now_us};
 use crate::driver::journal::Journal;
 use crate::driver::log_writer::{Batch, LogWriter};
 use crate::driver::repair_server::RepairJob;
-use crate::proto::assign::{Announced, Assigner, Control};
-use crate::proto::group_view::seq_hash;
+use crate::proto::assign::{Announced, Assigner, Control, DurableGroup};
+use crate::proto::group_view::{envelope_key, seq_hash};
 use crate::proto::linger::{Linger, LINGER};
 use crate::proto::outbox::Outbox;
 use crate::transport::gate::Gate;
 use crate::wire::batch::BatchWriter;
 use crate::wire::envelope::{Draft, Envelope, Fields, Headers};
-use crate::wire::group::{ReassignBody, ViewInfo, REASSIGN_TOPIC, RESERVED_PREFIX, VIEW_TOPIC};
+use crate::wire::group::{
+    parse_patterns, ReassignBody, ViewInfo, REASSIGN_TOPIC, RESERVED_PREFIX, VIEW_TOPIC,
+};
 use crate::wire::id::PeerId;
 use crate::wire::repair::{Nak, Repair, RepairRequest};
 use crate::wire::topic::Interner;
@@ -134,6 +136,8 @@ pub(crate) struct Publisher {
     pub views: Arc<parking_lot::Mutex<Vec<ViewInfo>>>,
     /// Topics of assigned events, shared.
     pub topics: Interner,
+    /// How long a durable group with no member is kept (the retention age).
+    pub group_max_age_us: u64,
 }
 
 /// How often a durable peer records watermarks, trims its log and retries
@@ -208,7 +212,7 @@ impl Publisher {
                     let repair = self.answer(job.request);
                     let _ = job.reply.send(repair);
                 }
-                _ = upkeep.tick(), if self.journal.is_some() => self.upkeep(),
+                _ = upkeep.tick() => self.upkeep(),
                 // The log writer sent a batch: flushes may be answered.
                 _ = async { self.writer.as_ref().expect("checked").sent.notified().await },
                     if self.writer.is_some() && !self.flushes.is_empty() => {}
@@ -253,7 +257,7 @@ impl Publisher {
             // A flush queued now is answered by its sender being dropped.
             if let Queued::Event(out) | Queued::Request(out, _) = queued {
                 let retain = !self.outbox.is_full();
-                self.stage(out, retain, stamp);
+                self.stage(out, retain, false, stamp);
                 if self.batch_at_bound() {
                     self.send_batch();
                 }
@@ -275,11 +279,12 @@ impl Publisher {
     fn take(&mut self, queued: Queued, stamp: u64) -> bool {
         match queued {
             Queued::Event(draft) => {
-                self.stage(draft, true, stamp);
+                self.stage(draft, true, true, stamp);
                 false
             }
             Queued::Request(draft, assigned) => {
-                let _ = assigned.send(self.stage(draft, true, stamp));
+                // A request nobody can answer now is not kept for later.
+                let _ = assigned.send(self.stage(draft, true, false, stamp));
                 false
             }
             Queued::Flush(request) => {
@@ -413,6 +418,7 @@ impl Publisher {
         Counters::set(&c.group_reassigned, st.reassigned);
         Counters::set(&c.group_failed_over, st.failed_over);
         Counters::set(&c.group_untracked, st.untracked);
+        Counters::set(&c.group_kept, st.kept);
         Counters::set(&c.group_tracked, self.assigner.tracked() as u64);
         let members: usize = self.assigner.views().map(|v| v.members.len()).sum();
         Counters::set(&c.group_members, members as u64);
@@ -420,9 +426,10 @@ impl Publisher {
 
     /// Numbers, retains (if `retain`) and stages one event for the next
     /// message, stamped with `stamp` (µs since the epoch); a consumer
-    /// group's control events go before it. Returns whether a consumer
-    /// group was given it.
-    fn stage(&mut self, draft: Draft, retain: bool, stamp: u64) -> bool {
+    /// group's control events go before it; a durable group with no live
+    /// member for it keeps it if `keep`. Returns whether a live member of
+    /// a consumer group was given it.
+    fn stage(&mut self, draft: Draft, retain: bool, keep: bool, stamp: u64) -> bool {
         if self.assigner.has_control() {
             self.stage_controls(stamp);
         }
@@ -439,7 +446,7 @@ impl Publisher {
             };
         let frame = draft.number(seq, stamp);
         let assigned = match grouped {
-            Some((topic, key)) => self.assigner.assign(seq, &topic, key, &frame) > 0,
+            Some((topic, key)) => self.assigner.assign(seq, &topic, key, &frame, keep) > 0,
             None => false,
         };
         self.stage_frame(seq, frame, retain);
@@ -506,12 +513,70 @@ impl Publisher {
         }
     }
 
-    /// Records watermarks and readers, trims the log (a durable peer).
+    /// Forgets durable groups with no member for longer than the
+    /// retention age; records watermarks, readers and durable groups, and
+    /// trims the log (a durable peer).
     fn upkeep(&mut self) {
+        let now = now_us();
+        let gone = self.assigner.expire(now, self.group_max_age_us);
         if let Some(journal) = &mut self.journal {
-            journal.upkeep(&self.outbox, now_us());
+            journal.note_groups(self.assigner.durable(self.outbox.last_seq()), gone);
+            journal.upkeep(&self.outbox, now);
             Counters::set(&self.counters.log_events, journal.len());
         }
+    }
+
+    /// Before it runs: the durable groups recorded in the data dir are
+    /// kept again, with what its log holds after each one's watermark
+    /// (handed to the next member, flagged: some may have been handled).
+    pub(crate) fn restore_groups(&mut self) {
+        let Some(journal) = &self.journal else {
+            return;
+        };
+        let log = journal.log.lock();
+        for r in journal.groups() {
+            let patterns = match parse_patterns(&r.patterns) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!(group = %r.name, error = %e, "a recorded durable group has bad patterns; not restored");
+                    continue;
+                }
+            };
+            let record = DurableGroup {
+                group: r.name.as_str().into(),
+                through: r.through,
+                patterns,
+            };
+            self.assigner.restore(&record);
+            let (mut from, last) = (r.through + 1, log.last_seq());
+            while from <= last {
+                let read = match log.read(&journal.dir, from, last, 4 << 20, 4096) {
+                    Ok(read) if !read.is_empty() => read,
+                    Ok(_) => break,
+                    Err(e) => {
+                        tracing::warn!(group = %r.name, error = %e, from, "cannot read the log to restore a durable group");
+                        break;
+                    }
+                };
+                for (seq, frame) in read {
+                    from = seq + 1;
+                    let Ok(env) = Envelope::decode(&frame, usize::MAX) else {
+                        continue;
+                    };
+                    if env.topic.starts_with(RESERVED_PREFIX) {
+                        continue;
+                    }
+                    let Ok(topic) = self.topics.intern(&env.topic) else {
+                        continue;
+                    };
+                    self.assigner
+                        .restore_event(&r.name, seq, &topic, envelope_key(&env), frame);
+                }
+            }
+            tracing::info!(group = %r.name, through = r.through, last, "durable group restored");
+        }
+        drop(log);
+        self.update_group_gauges();
     }
 
     /// Hands one message of `n` events to pub0.

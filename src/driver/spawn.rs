@@ -32,6 +32,7 @@ use crate::proto::inbox::{Inbox, InboxConfig};
 use crate::proto::membership::{Membership, MembershipConfig};
 use crate::proto::outbox::{Outbox, OutboxConfig};
 use crate::store::data_dir::Identity;
+use crate::store::groups::{GroupRecord, Groups};
 use crate::store::log::{Retention, StreamLog};
 use crate::store::positions::Positions;
 use crate::store::readers::{Reader, Readers};
@@ -231,10 +232,11 @@ pub(crate) fn spawn(config: Config) -> Result<Drivers> {
                 &s.earlier,
                 config.retention,
                 s.readers,
+                s.groups,
             ))
         }
     };
-    let publisher = Publisher {
+    let mut publisher = Publisher {
         socket: pub_socket,
         outbox,
         origin: id,
@@ -255,7 +257,9 @@ pub(crate) fn spawn(config: Config) -> Result<Drivers> {
         group_members: HashMap::new(),
         views: views.clone(),
         topics: Interner::default(),
+        group_max_age_us: config.retention.max_age_us,
     };
+    publisher.restore_groups();
     let repair_server = RepairServer {
         socket: rep_socket,
         gate: gate.clone(),
@@ -363,6 +367,7 @@ struct OpenStore {
     watermarks: Watermarks,
     earlier: Vec<Watermark>,
     readers: (Readers, Vec<Reader>),
+    groups: (Groups, Vec<GroupRecord>),
 }
 
 /// Opens the data dir: a new one takes the configured id (or a random
@@ -389,6 +394,7 @@ fn open_store(config: &Config, path: &std::path::Path, incarnation: u64) -> Resu
     let (watermarks, earlier) = Watermarks::open(&dir).map_err(store_error)?;
     let positions = Arc::new(Positions::open(&dir).map_err(store_error)?);
     let readers = Readers::open(&dir).map_err(store_error)?;
+    let groups = Groups::open(&dir).map_err(store_error)?;
     tracing::info!(dir = %path.display(), id = %PeerId(dir.identity().id), stream = dir.identity().stream,
         first = log.first_seq(), last = log.last_seq(), "data dir opened");
     Ok(OpenStore {
@@ -398,6 +404,7 @@ fn open_store(config: &Config, path: &std::path::Path, incarnation: u64) -> Resu
         watermarks,
         earlier,
         readers,
+        groups,
     })
 }
 

@@ -23,7 +23,11 @@
 //! its start moved on (it followed the stream before, then lost it). An event no
 //! member can take waits (homeless) until the view changes. Events of a
 //! topic no member wants when they are published are not owed to the
-//! group. At most [`AssignConfig::max_owned`] events are tracked per group;
+//! group — unless the group is *durable*: then it is kept with no member
+//! at all, and what its last members' patterns match waits for the next
+//! member, with the events restored from the log after the origin's
+//! restart (above the group's [`durable`](Assigner::durable) watermark).
+//! At most [`AssignConfig::max_owned`] events are tracked per group;
 //! beyond, the oldest stop being protected against failover (counted).
 
 use std::collections::{BTreeMap, VecDeque};
@@ -34,6 +38,9 @@ use bytes::Bytes;
 use crate::proto::group_view::{GroupView, ViewMember};
 use crate::wire::id::PeerId;
 use crate::wire::topic::Pattern;
+
+/// Most durable groups an origin keeps (their names come from the network).
+pub const MAX_DURABLE_GROUPS: usize = 256;
 
 /// Sizing of an [`Assigner`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,6 +64,8 @@ pub struct Announced {
     pub patterns: Vec<Pattern>,
     /// False once the handler stopped: `position` is final.
     pub active: bool,
+    /// Whether the member says the group is durable.
+    pub durable: bool,
     /// The first sequence number of this stream the member followed the
     /// group's view from (0: not known yet).
     pub start: u64,
@@ -97,8 +106,24 @@ pub struct AssignStats {
     pub reassigned: u64,
     /// Of those, flagged as possibly handled already (after a failure).
     pub failed_over: u64,
-    /// Events no longer tracked because a group's bound was reached.
+    /// Events no longer tracked because a group's bound was reached, or
+    /// because a durable group was forgotten with them.
     pub untracked: u64,
+    /// Events kept for a durable group while no member could take them.
+    pub kept: u64,
+}
+
+/// What an origin records of one of its durable groups.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DurableGroup {
+    /// The group.
+    pub group: Arc<str>,
+    /// Every event of the stream through this sequence number is done for
+    /// the group (handled by a member, or not the group's).
+    pub through: u64,
+    /// The patterns its members last had (what it is owed while none is
+    /// live).
+    pub patterns: Vec<Pattern>,
 }
 
 #[derive(Debug, Clone)]
@@ -127,6 +152,13 @@ struct Group {
     /// member began following the stream again, after a gap) may have
     /// handled some of what lies before it, so that is given again flagged.
     starts: std::collections::HashMap<PeerId, u64>,
+    /// Kept with no member, owed what `wants` matches meanwhile.
+    durable: bool,
+    /// A durable group's patterns: its members', as last seen.
+    wants: Vec<Pattern>,
+    /// Since when a durable group has had no member (µs, as
+    /// [`Assigner::expire`] was told).
+    idle_since: Option<u64>,
 }
 
 impl Group {
@@ -138,11 +170,38 @@ impl Group {
             homeless: VecDeque::new(),
             waiting: VecDeque::new(),
             starts: std::collections::HashMap::new(),
+            durable: false,
+            wants: Vec::new(),
+            idle_since: None,
         }
     }
 
     fn tracked(&self) -> usize {
         self.owned.len() + self.homeless.len() + self.waiting.len()
+    }
+
+    /// A durable group's patterns become its members' (kept once it has
+    /// none).
+    fn refresh_wants(&mut self) {
+        if self.view.members.is_empty() {
+            return;
+        }
+        self.wants.clear();
+        for p in self.view.members.iter().flat_map(|m| &m.patterns) {
+            if !self.wants.iter().any(|w| w.as_str() == p.as_str()) {
+                self.wants.push(p.clone());
+            }
+        }
+    }
+
+    /// The oldest event sequence number it tracks.
+    fn oldest(&self) -> Option<u64> {
+        let all = self
+            .owned
+            .values()
+            .chain(&self.homeless)
+            .chain(&self.waiting);
+        all.map(|o| o.seq).min()
     }
 
     fn mark_changed(&mut self) {
@@ -185,6 +244,8 @@ impl Group {
         if self.view.remove(member) {
             self.mark_changed();
         }
+        self.starts.remove(&member);
+        self.refresh_wants();
         self.evict(member, None, redelivered);
     }
 }
@@ -253,6 +314,7 @@ impl Assigner {
     /// A live member's heartbeat: its groups, as it announces them for this
     /// stream. A group it stopped announcing is left as after a failure.
     pub fn handle_groups(&mut self, member: PeerId, announced: &[Announced]) {
+        let mut durables = self.groups.values().filter(|g| g.durable).count();
         for a in announced {
             let g = self
                 .groups
@@ -268,6 +330,18 @@ impl Assigner {
                 g.evict(member, Some(a.start), moved);
                 g.release(member, a.position);
             }
+            if a.durable != g.durable {
+                if a.durable && durables >= MAX_DURABLE_GROUPS {
+                    tracing::warn!(group = %a.group, "too many durable groups: this one is kept only while it has members");
+                } else {
+                    durables = if a.durable {
+                        durables + 1
+                    } else {
+                        durables - 1
+                    };
+                    g.durable = a.durable;
+                }
+            }
             if !a.active {
                 g.leave(member, false);
                 continue;
@@ -278,6 +352,7 @@ impl Assigner {
             });
             if joined {
                 g.mark_changed();
+                g.refresh_wants();
             }
         }
         for (name, g) in self.groups.iter_mut() {
@@ -317,8 +392,9 @@ impl Assigner {
     pub fn next_control(&mut self, seq: u64) -> Option<Control> {
         let control = self.take_control(seq);
         if control.is_none() {
-            self.groups
-                .retain(|_, g| g.changed || !g.view.members.is_empty() || g.tracked() > 0);
+            self.groups.retain(|_, g| {
+                g.changed || g.durable || !g.view.members.is_empty() || g.tracked() > 0
+            });
         }
         control
     }
@@ -355,28 +431,40 @@ impl Assigner {
     }
 
     /// The event `seq` (of `topic`, partition key `key`) was numbered:
-    /// each group with a member that wants it owes it. Returns how many
-    /// groups do.
-    pub fn assign(&mut self, seq: u64, topic: &Arc<str>, key: u64, frame: &Bytes) -> usize {
+    /// each group with a member that wants it owes it, and (if `keep`) a
+    /// durable group whose patterns match it keeps it for its next member.
+    /// Returns how many groups a live member owes it in.
+    pub fn assign(
+        &mut self,
+        seq: u64,
+        topic: &Arc<str>,
+        key: u64,
+        frame: &Bytes,
+        keep: bool,
+    ) -> usize {
         debug_assert!(!self.has_control(), "controls first");
         let mut groups = 0;
         for g in self.groups.values_mut() {
-            let Some(member) = g.view.assignee(topic, key) else {
-                continue;
-            };
-            self.stats.assigned += 1;
-            groups += 1;
-            g.owned.insert(
+            let owned = Owned {
                 seq,
-                Owned {
-                    seq,
-                    topic: topic.clone(),
-                    key,
-                    frame: frame.clone(),
-                    member,
-                    redelivered: false,
-                },
-            );
+                topic: topic.clone(),
+                key,
+                frame: frame.clone(),
+                member: PeerId(0),
+                redelivered: false,
+            };
+            match g.view.assignee(topic, key) {
+                Some(member) => {
+                    self.stats.assigned += 1;
+                    groups += 1;
+                    g.owned.insert(seq, Owned { member, ..owned });
+                }
+                None if keep && g.durable && g.wants.iter().any(|p| p.matches(topic)) => {
+                    self.stats.kept += 1;
+                    g.waiting.push_back(owned);
+                }
+                None => continue,
+            }
             while g.tracked() > self.cfg.max_owned {
                 self.stats.untracked += 1;
                 if g.waiting.pop_front().is_none() && g.homeless.pop_front().is_none() {
@@ -385,6 +473,87 @@ impl Assigner {
             }
         }
         groups
+    }
+
+    /// The durable groups, each with its watermark: what it tracks is all
+    /// after it; with nothing tracked, `numbered` (the last sequence number
+    /// given to [`assign`](Self::assign)).
+    pub fn durable(&self, numbered: u64) -> impl Iterator<Item = DurableGroup> + '_ {
+        self.groups
+            .values()
+            .filter(|g| g.durable)
+            .map(move |g| DurableGroup {
+                group: g.view.group.clone(),
+                through: g.oldest().map_or(numbered, |s| s - 1),
+                patterns: g.wants.clone(),
+            })
+    }
+
+    /// A durable group as recorded before this origin restarted: kept, with
+    /// no member until one announces itself.
+    pub fn restore(&mut self, record: &DurableGroup) {
+        let g = self
+            .groups
+            .entry(record.group.clone())
+            .or_insert_with(|| Group::new(record.group.clone()));
+        g.durable = true;
+        g.wants = record.patterns.clone();
+    }
+
+    /// An event of the log above a restored durable group's watermark,
+    /// oldest first: waits for a member, flagged (one may have handled it
+    /// before the restart).
+    pub fn restore_event(
+        &mut self,
+        group: &str,
+        seq: u64,
+        topic: &Arc<str>,
+        key: u64,
+        frame: Bytes,
+    ) {
+        let Some(g) = self.groups.get_mut(group) else {
+            return;
+        };
+        if !g.wants.iter().any(|p| p.matches(topic)) {
+            return;
+        }
+        g.waiting.push_back(Owned {
+            seq,
+            topic: topic.clone(),
+            key,
+            frame,
+            member: PeerId(0),
+            redelivered: true,
+        });
+        self.stats.kept += 1;
+        if g.tracked() > self.cfg.max_owned {
+            self.stats.untracked += 1;
+            g.waiting.pop_front();
+        }
+    }
+
+    /// Forgets the durable groups that have had no member for longer than
+    /// `max_age_us` (with what they kept, counted as untracked); returns
+    /// their names.
+    pub fn expire(&mut self, now_us: u64, max_age_us: u64) -> Vec<Arc<str>> {
+        let mut gone = Vec::new();
+        for (name, g) in self.groups.iter_mut().filter(|(_, g)| g.durable) {
+            if !g.view.members.is_empty() {
+                g.idle_since = None;
+                continue;
+            }
+            let since = *g.idle_since.get_or_insert(now_us);
+            if now_us.saturating_sub(since) > max_age_us {
+                tracing::info!(group = %name, dropped = g.tracked(),
+                    "a durable group with no member within the retention age is forgotten");
+                self.stats.untracked += g.tracked() as u64;
+                gone.push(name.clone());
+            }
+        }
+        for name in &gone {
+            self.groups.remove(name);
+        }
+        gone
     }
 }
 
@@ -398,6 +567,7 @@ mod tests {
             group: group.into(),
             patterns: vec![Pattern::parse("orders.>").unwrap()],
             active: true,
+            durable: false,
             start,
             position,
         }
@@ -417,7 +587,7 @@ mod tests {
         let topic: Arc<str> = "orders.new".into();
         for _ in 0..n {
             *seq += 1;
-            a.assign(*seq, &topic, partition_key(None, *seq), &Bytes::new());
+            a.assign(*seq, &topic, partition_key(None, *seq), &Bytes::new(), true);
         }
     }
 
@@ -573,6 +743,130 @@ mod tests {
         }
         assert!(!controls(&mut a, &mut seq).is_empty());
         assert_eq!(a.views().count(), 0, "no empty group kept");
+        assert!(!a.has_groups());
+    }
+
+    fn durable(group: &str, start: u64, position: u64) -> Announced {
+        Announced {
+            durable: true,
+            ..ann(group, start, position)
+        }
+    }
+
+    #[test]
+    fn a_durable_group_keeps_what_is_published_while_it_has_no_member() {
+        let mut a = Assigner::new(AssignConfig::default());
+        let mut seq = 0;
+        a.handle_groups(PeerId(1), &[durable("g", 1, 0)]);
+        controls(&mut a, &mut seq);
+        publish(&mut a, &mut seq, 10);
+        a.handle_failed(PeerId(1));
+        controls(&mut a, &mut seq);
+        publish(&mut a, &mut seq, 5); // kept for the group, not lost
+        let other: Arc<str> = "billing.new".into();
+        seq += 1;
+        a.assign(seq, &other, 0, &Bytes::new(), true); // not the group's patterns
+        seq += 1;
+        let topic: Arc<str> = "orders.new".into();
+        a.assign(seq, &topic, 0, &Bytes::new(), false); // a request: not kept
+        assert_eq!(a.homeless(), 15);
+        assert_eq!(a.stats().kept, 5);
+        assert!(
+            a.has_groups(),
+            "a durable group is not forgotten when empty"
+        );
+        assert_eq!(a.durable(seq).next().unwrap().through, 1);
+        a.handle_groups(PeerId(7), &[durable("g", 0, 0)]);
+        let c = controls(&mut a, &mut seq);
+        let given: Vec<u64> = c
+            .iter()
+            .filter_map(|c| match c {
+                Control::Reassign(r) if r.to == PeerId(7) => Some(r.seq),
+                _ => None,
+            })
+            .collect();
+        // 12 is the empty view.
+        assert_eq!(given, (2..=11).chain(13..=17).collect::<Vec<_>>());
+        // Flagged only what the failed member may have handled.
+        let flagged = c
+            .iter()
+            .filter(|c| matches!(c, Control::Reassign(r) if r.redelivered))
+            .count();
+        assert_eq!(flagged, 10);
+    }
+
+    #[test]
+    fn a_durable_groups_watermark_is_below_what_it_tracks() {
+        let mut a = Assigner::new(AssignConfig::default());
+        let mut seq = 0;
+        a.handle_groups(PeerId(1), &[durable("g", 0, 0)]);
+        controls(&mut a, &mut seq);
+        publish(&mut a, &mut seq, 10); // 2..=11
+        a.handle_groups(PeerId(1), &[durable("g", 1, 6)]);
+        let g = a.durable(seq).next().unwrap();
+        assert_eq!((g.through, g.patterns.len()), (6, 1));
+        a.handle_groups(PeerId(1), &[durable("g", 1, 11)]);
+        assert_eq!(
+            a.durable(seq).next().unwrap().through,
+            11,
+            "nothing tracked"
+        );
+        // A group that is not durable has no watermark.
+        a.handle_groups(PeerId(2), &[ann("h", 0, 0)]);
+        assert_eq!(a.durable(seq).count(), 1);
+    }
+
+    #[test]
+    fn a_restored_durable_group_gives_its_events_to_the_first_member_flagged() {
+        let mut a = Assigner::new(AssignConfig::default());
+        let record = DurableGroup {
+            group: "g".into(),
+            through: 4,
+            patterns: vec![Pattern::parse("orders.>").unwrap()],
+        };
+        a.restore(&record);
+        let topic: Arc<str> = "orders.new".into();
+        let other: Arc<str> = "billing.new".into();
+        for seq in 5..=9 {
+            a.restore_event("g", seq, &topic, seq, Bytes::new());
+        }
+        a.restore_event("g", 10, &other, 10, Bytes::new());
+        assert_eq!(a.homeless(), 5);
+        assert_eq!(a.durable(10).next().unwrap().through, 4);
+        let mut seq = 10;
+        a.handle_groups(PeerId(3), &[durable("g", 0, 0)]);
+        let c = controls(&mut a, &mut seq);
+        assert_eq!(c.len(), 6);
+        assert!(c[1..]
+            .iter()
+            .all(|c| matches!(c, Control::Reassign(r) if r.redelivered && r.to == PeerId(3))));
+    }
+
+    #[test]
+    fn a_durable_group_with_no_member_for_longer_than_the_age_is_forgotten() {
+        let mut a = Assigner::new(AssignConfig::default());
+        let mut seq = 0;
+        a.handle_groups(PeerId(1), &[durable("g", 1, 0)]);
+        controls(&mut a, &mut seq);
+        assert!(a.expire(0, 100).is_empty(), "it has a member");
+        a.handle_failed(PeerId(1));
+        controls(&mut a, &mut seq);
+        publish(&mut a, &mut seq, 3);
+        assert!(a.expire(1_000, 100).is_empty(), "idle from now");
+        assert!(a.expire(1_100, 100).is_empty());
+        assert_eq!(a.expire(1_101, 100), vec![Arc::<str>::from("g")]);
+        assert!(!a.has_groups());
+        assert_eq!(a.stats().untracked, 3);
+    }
+
+    #[test]
+    fn a_group_announced_not_durable_any_more_is_forgotten_when_empty() {
+        let mut a = Assigner::new(AssignConfig::default());
+        let mut seq = 0;
+        a.handle_groups(PeerId(1), &[durable("g", 1, 0)]);
+        a.handle_groups(PeerId(1), &[ann("g", 1, 0)]);
+        a.handle_failed(PeerId(1));
+        controls(&mut a, &mut seq);
         assert!(!a.has_groups());
     }
 

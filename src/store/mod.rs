@@ -1,6 +1,6 @@
 //! Durable state in a peer's data dir: the log of its own stream, what its
-//! members acknowledged, the durable consumers of its stream it remembers,
-//! and its own durable consumers' positions.
+//! members acknowledged, the durable consumers and consumer groups of its
+//! stream it remembers, and its own durable consumers' positions.
 //!
 //! Owns: the files under [`PeerBuilder::data_dir`](crate::PeerBuilder::data_dir)
 //! and the crash-safe storage engine ([fjall], an LSM tree with a journal)
@@ -15,6 +15,7 @@
 //! closing note of issue 13 and in `docs/ARCHITECTURE.md`).
 
 pub mod data_dir;
+pub mod groups;
 pub mod log;
 pub mod positions;
 pub mod readers;

@@ -44,6 +44,16 @@ pub struct GroupStatus {
     pub active: bool,
     /// Per origin stream (up to [`MAX_GROUP_POSITIONS`] in all).
     pub positions: Vec<GroupPosition>,
+    /// Whether the group is durable: each origin keeps what it published
+    /// for the group while no member is live, and (with a data dir) the
+    /// group's position across its own restarts. Optional on the wire
+    /// (absent: false; written only when true).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub durable: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// Where a group member stands in one origin's stream.
@@ -260,6 +270,7 @@ mod tests {
             patterns: vec!["a.>".into()],
             active: true,
             positions: vec![],
+            durable: false,
         };
         assert!(check(std::slice::from_ref(&status), &[view()]).is_ok());
         assert!(check(&vec![status.clone(); MAX_GROUPS + 1], &[]).is_err());
@@ -277,6 +288,31 @@ mod tests {
             MAX_GROUP_POSITIONS + 1
         ];
         assert!(check(&[far], &[]).is_err());
+    }
+
+    #[test]
+    fn durable_is_written_only_when_set_and_read_as_false_when_absent() {
+        let status = GroupStatus {
+            group: "g".into(),
+            patterns: vec!["a.>".into()],
+            active: true,
+            positions: vec![],
+            durable: false,
+        };
+        let plain = rmp_serde::to_vec(&status).unwrap();
+        // An earlier writer's four fields: the same bytes.
+        let four = rmp_serde::to_vec(&("g", ["a.>"], true, Vec::<u8>::new())).unwrap();
+        assert_eq!(plain, four);
+        assert!(!rmp_serde::from_slice::<GroupStatus>(&four).unwrap().durable);
+        let durable = GroupStatus {
+            durable: true,
+            ..status
+        };
+        let bytes = rmp_serde::to_vec(&durable).unwrap();
+        assert_eq!(
+            rmp_serde::from_slice::<GroupStatus>(&bytes).unwrap(),
+            durable
+        );
     }
 
     proptest! {

@@ -266,6 +266,7 @@ mod tests {
                     start: 3,
                     seq: 90,
                 }],
+                durable: true,
             }],
             views: vec![],
         }
