@@ -2,7 +2,9 @@
 //! two origins in this process. Each event is handled once by the group,
 //! fairly spread, per key in order; a member stopped with SIGTERM hands
 //! over without doubles; one killed with SIGKILL is failed over (its
-//! unprocessed share handled by the others, the doubles flagged).
+//! unprocessed share handled by the others, the doubles flagged); a
+//! durable group whose members are all killed at once gets what was
+//! published meanwhile when new members start.
 
 mod common;
 
@@ -30,8 +32,13 @@ impl Drop for Member {
 }
 
 fn member(i: usize, seed: &str, log: &Log) -> Member {
+    spawn_member(i, seed, &[], log)
+}
+
+fn spawn_member(i: usize, seed: &str, extra: &[&str], log: &Log) -> Member {
     let mut child = Command::new(env!("CARGO_BIN_EXE_chorus"))
         .args(["sub", "bids.>", "--group", "work", "--json", "--seed", seed])
+        .args(extra)
         .env("RUST_LOG", "chorus=warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -189,6 +196,58 @@ async fn a_sigterm_hands_over_cleanly_and_a_sigkill_is_failed_over() {
         doubles <= 3000,
         "{doubles} doubles: more than was in flight"
     );
+    members.clear();
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_durable_group_killed_whole_gets_what_was_published_meanwhile() {
+    let (a, b) = origins().await;
+    let log: Log = Default::default();
+    let durable = |i| spawn_member(i, a.local_url(), &["--durable-group"], &log);
+    let mut members: Vec<Member> = (0..3).map(durable).collect();
+    members_counted(&a, &b, 3).await;
+    let publishing = {
+        let (a, b) = (a.clone(), b.clone());
+        tokio::spawn(async move { both(&a, &b, 0, 1500).await })
+    };
+    wait_for("some events handled", || handled(&log).len() > 600).await;
+    for m in &members {
+        signal(m, "-KILL");
+    }
+    publishing.await.unwrap();
+    members_counted(&a, &b, 0).await;
+    both(&a, &b, 1500, 2000).await;
+    members.clear();
+    let mut members: Vec<Member> = (3..5).map(durable).collect();
+    members_counted(&a, &b, 2).await;
+    wait_for("4000 events handled", || handled(&log).len() == 4000).await;
+    let log_now = log.lock().clone();
+    let mut doubles = 0;
+    for (n, c) in handled(&log) {
+        if c > 1 {
+            let flagged = log_now.iter().filter(|e| e.2 == n && e.3).count();
+            assert!(
+                flagged >= c - 1,
+                "event {n} handled {c} times, {flagged} flagged"
+            );
+            doubles += c - 1;
+        }
+    }
+    // What was published while the group was empty went to the new
+    // members, each once and unflagged.
+    for (m, _, n, redelivered) in &log_now {
+        if n % 100_000 >= 1500 {
+            assert!(
+                *m >= 3 && !redelivered,
+                "event {n}: member {m}, {redelivered}"
+            );
+        }
+    }
+    let s = (a.stats(), b.stats());
+    assert!(s.0.group_kept + s.1.group_kept >= 1000);
+    assert!(doubles <= 3000, "{doubles} doubles");
     members.clear();
     a.shutdown().await;
     b.shutdown().await;

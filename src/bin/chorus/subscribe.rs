@@ -44,6 +44,11 @@ pub struct Args {
     /// one of them.
     #[arg(long, value_name = "NAME", conflicts_with = "durable")]
     group: Option<String>,
+    /// With --group: the group is durable. Each origin keeps what the
+    /// group's subscriptions match while none of them runs, and hands it
+    /// to the next one that joins (no data dir needed here).
+    #[arg(long, requires = "group")]
+    durable_group: bool,
 }
 
 /// `--start-at` values.
@@ -71,7 +76,13 @@ async fn print(args: &Args, peer: &Peer) -> Result<()> {
             let opts = HandlerOptions::new().durable(name).start_at(start);
             handled(peer, &args.pattern, opts)?
         }
-        (None, Some(group)) => handled(peer, &args.pattern, HandlerOptions::new().group(group))?,
+        (None, Some(group)) => {
+            let mut opts = HandlerOptions::new().group(group);
+            if args.durable_group {
+                opts = opts.durable(group);
+            }
+            handled(peer, &args.pattern, opts)?
+        }
         (None, None) => peer.subscribe_bytes(&args.pattern)?.boxed(),
     };
     args.join.settle(peer).await?;
