@@ -48,7 +48,7 @@ pub const MAX_NNG_BUFFER: usize = 8192;
 /// | `backpressure` | `Wait` | `publish` waits while that buffer is full (`FailFast`: error) |
 /// | `ordered_delivery` | true | per-origin sequence order, gaps held back until repaired or lost |
 /// | `duplicate_window` | 65536 keys, 120 s | idempotency keys remembered to drop repeats |
-/// | `batch_bytes` | 64 KiB | events already queued are sent together up to this size; above 50 k events/s a batch also gathers ~200 µs of events |
+/// | `batch_bytes` | 64 KiB | events already queued are sent together up to this size; above 50 k events/s a batch also gathers ~1 ms of events |
 /// | `shutdown_linger` | 2 s | how long `shutdown` waits for members to acknowledge what was published |
 /// | `stall_limit` | 30 s | how long a full retransmit buffer waits for members that do not ack before cutting them off |
 /// | `bus_key` / `bus_keys` | none | shared secret(s): every message authenticated (see [`bus_key`](Self::bus_key)) |

@@ -12,7 +12,7 @@
 //! Events already queued when one is taken go out together as one batch
 //! message (one NNG message and one syscall for many small events). While
 //! the event rate is low an event goes out at once, so batching adds no
-//! latency; under load ([`Linger`]) a batch gathers about 200 µs of events
+//! latency; under load ([`Linger`]) a batch gathers about 1 ms of events
 //! first (at most until tokio's next timer tick). Pub0 itself never blocks:
 //! NNG queues up to `send_buffer` messages per subscriber link and drops the
 //! oldest beyond — the receivers repair that. A durable peer's batches go

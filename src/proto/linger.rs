@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 /// Events per second above which the publisher gathers batches.
 pub(crate) const LOADED_RATE: f64 = 50_000.0;
 /// How long a batch gathers events under load (its share of the rate).
-pub(crate) const LINGER: Duration = Duration::from_micros(200);
+pub(crate) const LINGER: Duration = Duration::from_micros(1000);
 
 /// See the module documentation.
 #[derive(Debug)]
@@ -100,18 +100,18 @@ mod tests {
         // 500,000 events per second.
         let t = singles(&mut l, Instant::now(), Duration::from_micros(2), 50);
         assert!(!l.send_now(1));
-        assert!(!l.send_now(50));
-        assert!(l.send_now(100), "200 µs at 500 k/s");
-        // Batches of 100 every 200 µs keep the estimate where it is.
+        assert!(!l.send_now(250));
+        assert!(l.send_now(500), "1 ms at 500 k/s");
+        // Batches of 500 every millisecond keep the estimate where it is.
         let mut t = t;
         for _ in 0..20 {
             t += LINGER;
-            l.sent(100, t);
+            l.sent(500, t);
         }
-        assert!(!l.send_now(50) && l.send_now(100));
+        assert!(!l.send_now(250) && l.send_now(500));
         // The load stops: one slow send and it sends at once again.
-        l.sent(3, t + Duration::from_millis(1));
-        l.sent(1, t + Duration::from_millis(3));
+        l.sent(3, t + Duration::from_millis(5));
+        l.sent(1, t + Duration::from_millis(15));
         assert!(l.send_now(1), "{}", l.rate());
     }
 }
