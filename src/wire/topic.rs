@@ -28,7 +28,9 @@ pub fn validate_topic(topic: &str) -> Result<()> {
     })
 }
 
-/// Token-level validation shared by topics and patterns.
+/// Token-level validation shared by topics and patterns. Runs on every
+/// publish: ASCII text (the usual case) is checked in one pass over its
+/// bytes, anything else by [`check_chars`].
 fn check_tokens(text: &str, wildcards: bool) -> std::result::Result<(), &'static str> {
     if text.is_empty() {
         return Err("must not be empty");
@@ -36,6 +38,42 @@ fn check_tokens(text: &str, wildcards: bool) -> std::result::Result<(), &'static
     if text.len() > MAX_TOPIC_LEN {
         return Err("longer than 1024 bytes");
     }
+    if !text.is_ascii() {
+        return check_chars(text, wildcards);
+    }
+    let bytes = text.as_bytes();
+    let mut start = 0;
+    for end in 0..=bytes.len() {
+        let last = end == bytes.len();
+        if !last && bytes[end] != b'.' {
+            // ASCII whitespace and control characters.
+            if bytes[end] <= b' ' || bytes[end] == 0x7f {
+                return Err("whitespace or control character");
+            }
+            continue;
+        }
+        let token = &bytes[start..end];
+        start = end + 1;
+        match token {
+            [] => return Err("empty token (leading, trailing or double '.')"),
+            b"*" if wildcards => {}
+            b">" if wildcards && last => {}
+            b">" if wildcards => return Err("'>' is only allowed as the last token"),
+            _ if token.iter().any(|b| matches!(b, b'*' | b'>')) => {
+                return Err(if wildcards {
+                    "'*' and '>' must be whole tokens"
+                } else {
+                    "wildcards '*' and '>' are only allowed in subscription patterns"
+                })
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// [`check_tokens`] of any text (Unicode whitespace and control characters).
+fn check_chars(text: &str, wildcards: bool) -> std::result::Result<(), &'static str> {
     let count = text.split('.').count();
     for (i, token) in text.split('.').enumerate() {
         if token.is_empty() {
@@ -223,6 +261,14 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn the_byte_check_agrees_with_the_char_check(
+            text in "[a-c.*> \t\x7f\x01]{1,12}",
+            wildcards in any::<bool>(),
+        ) {
+            prop_assert_eq!(check_tokens(&text, wildcards), check_chars(&text, wildcards));
+        }
+
         #[test]
         fn literal_pattern_matches_only_itself(
             a in prop::collection::vec(token(), 1..5),
