@@ -43,6 +43,11 @@ const RECV_BATCH: usize = 64;
 /// eighth of the default retransmit buffer, so acks come well before it
 /// fills, and about one per 1 ms batch at 1 M events/s.
 const DIRECT_ACK_EVERY: u64 = 1024;
+/// Payload bytes delivered (all origins) after which every origin this
+/// peer moved on in gets a direct ack, however few events that was: large
+/// events fill an origin's byte bound (16 MiB by default) long before
+/// [`DIRECT_ACK_EVERY`] of them arrive.
+const DIRECT_ACK_BYTES: u64 = 1 << 20;
 
 /// Messages to the receive driver.
 pub(crate) enum ReceiverCmd {
@@ -130,6 +135,8 @@ pub(crate) struct Receiver {
     pub me: PeerId,
     /// The last watermark sent as a direct ack, per origin incarnation.
     pub direct_acked: HashMap<(PeerId, u64), u64>,
+    /// Payload bytes delivered since direct acks last went out by bytes.
+    pub delivered_bytes: u64,
     /// Reused buffer of decoded envelopes.
     pub scratch: Vec<Envelope>,
     /// Received topics, validated once and shared.
@@ -341,7 +348,10 @@ impl Receiver {
         let mut go_on = true;
         while let Some(event) = self.inbox.poll() {
             match event {
-                InboxEvent::Deliver(env) if go_on => go_on = self.deliver(env).await,
+                InboxEvent::Deliver(env) if go_on => {
+                    self.delivered_bytes += env.payload.len() as u64;
+                    go_on = self.deliver(env).await;
+                }
                 InboxEvent::Deliver(_) => {}
                 InboxEvent::Lost {
                     origin,
@@ -408,6 +418,13 @@ impl Receiver {
     /// past the watermark it last sent it, so a busy origin frees its buffer
     /// without waiting for a heartbeat (which also carries the watermark).
     fn send_direct_acks(&mut self, received: &[Ack]) {
+        let every = match self.delivered_bytes >= DIRECT_ACK_BYTES {
+            true => {
+                self.delivered_bytes = 0;
+                1
+            }
+            false => DIRECT_ACK_EVERY,
+        };
         for a in received {
             let Some((_, tx)) = self.nak_senders.get(&a.origin) else {
                 continue;
@@ -420,7 +437,7 @@ impl Receiver {
                 .direct_acked
                 .entry((a.origin, a.incarnation))
                 .or_insert(0);
-            if seq >= *last + DIRECT_ACK_EVERY {
+            if seq >= *last + every {
                 let ack = DirectAck {
                     member: self.me,
                     origin: a.origin,

@@ -302,6 +302,7 @@ pub(crate) fn spawn(config: Config) -> Result<Drivers> {
         topics: Default::default(),
         me: id,
         direct_acked: HashMap::new(),
+        delivered_bytes: 0,
         members: HashMap::new(),
         history: Vec::new(),
     };
