@@ -372,3 +372,33 @@ async fn a_gap_that_cannot_be_repaired_is_reported_lost_never_skipped() {
     assert_eq!(b.stats().lost, 2);
     within("shutdown", b.shutdown()).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_events_are_acknowledged_by_bytes_not_only_by_count() {
+    // 400 events of 16 KiB: far fewer than the 1024 events a direct ack
+    // waits for, but 6 MiB — an origin's byte bound fills long before
+    // 1024 such events arrive, so the receiver acks after each MiB (at
+    // most once per batch of frames it takes from NNG).
+    let a = fast("a", &unique_url("inproc", "la"))
+        .start()
+        .await
+        .unwrap();
+    let b = fast("b", &unique_url("inproc", "lb"))
+        .seed(a.local_url())
+        .start()
+        .await
+        .unwrap();
+    wait_mesh(&[&a, &b]).await;
+    let mut sub = b.subscribe_bytes("big").unwrap();
+    for i in 0..400u32 {
+        let mut payload = vec![0u8; 16 * 1024];
+        payload[..4].copy_from_slice(&i.to_le_bytes());
+        a.publish_bytes("big", payload).await.unwrap();
+    }
+    for _ in 0..400 {
+        next("a large event", &mut sub).await;
+    }
+    wait_for("a direct ack by bytes", || b.stats().direct_acks_sent >= 1).await;
+    a.shutdown().await;
+    b.shutdown().await;
+}
