@@ -89,6 +89,24 @@ fn handled(log: &Log) -> HashMap<u64, usize> {
     by
 }
 
+/// How many handlings were beyond the first, asserting that each of those
+/// was flagged redelivered.
+fn flagged_doubles(log: &Log) -> usize {
+    let log_now = log.lock().clone();
+    let mut doubles = 0;
+    for (n, c) in handled(log) {
+        if c > 1 {
+            let flagged = log_now.iter().filter(|e| e.2 == n && e.3).count();
+            assert!(
+                flagged >= c - 1,
+                "event {n} handled {c} times, {flagged} flagged"
+            );
+            doubles += c - 1;
+        }
+    }
+    doubles
+}
+
 async fn origins() -> (Peer, Peer) {
     let a = fast("origin-a", &unique_url("tcp", "a"))
         .start()
@@ -178,18 +196,7 @@ async fn a_sigterm_hands_over_cleanly_and_a_sigkill_is_failed_over() {
     })
     .await;
     members_counted(&a, &b, 1).await;
-    let log_now = log.lock().clone();
-    let mut doubles = 0;
-    for (n, c) in handled(&log) {
-        if c > 1 {
-            let flagged = log_now.iter().filter(|e| e.2 == n && e.3).count();
-            assert!(
-                flagged >= c - 1,
-                "event {n} handled {c} times, {flagged} flagged"
-            );
-            doubles += c - 1;
-        }
-    }
+    let doubles = flagged_doubles(&log);
     let s = (a.stats(), b.stats());
     assert!(s.0.group_failed_over + s.1.group_failed_over >= doubles as u64);
     assert!(
@@ -224,17 +231,7 @@ async fn a_durable_group_killed_whole_gets_what_was_published_meanwhile() {
     members_counted(&a, &b, 2).await;
     wait_for("4000 events handled", || handled(&log).len() == 4000).await;
     let log_now = log.lock().clone();
-    let mut doubles = 0;
-    for (n, c) in handled(&log) {
-        if c > 1 {
-            let flagged = log_now.iter().filter(|e| e.2 == n && e.3).count();
-            assert!(
-                flagged >= c - 1,
-                "event {n} handled {c} times, {flagged} flagged"
-            );
-            doubles += c - 1;
-        }
-    }
+    let doubles = flagged_doubles(&log);
     // What was published while the group was empty went to the new
     // members, each once and unflagged.
     for (m, _, n, redelivered) in &log_now {

@@ -7,7 +7,7 @@ use chorus::Peer;
 use futures::StreamExt;
 use serde_json::{json, Value};
 
-use crate::{cpu_time, histogram, payload, peak_rss_kib, percentiles, ready, Counter, System};
+use crate::{cpu_time, payload, ready, time_pings, Counter, Pinger, System};
 
 pub struct Chorus;
 
@@ -82,33 +82,31 @@ impl System for Chorus {
     fn ping(&self, connect: &str, pings: usize) -> Value {
         runtime().block_on(async {
             let peer = start("ping", Some(connect)).await;
-            let mut pongs = peer.subscribe_bytes("bench.pong").expect("subscribe");
+            let pongs = peer.subscribe_bytes("bench.pong").expect("subscribe");
             // The pong side subscribes to our pongs' topic once it counts us.
             tokio::time::sleep(Duration::from_millis(500)).await;
-            let mut h = histogram();
-            let cpu0 = cpu_time();
-            for n in 0..(crate::PING_WARMUP + pings) as u64 {
-                let sent = Instant::now();
-                peer.publish_bytes("bench.ping", payload(n, 64))
-                    .await
-                    .expect("publish");
-                loop {
-                    let d = pongs.next().await.expect("a pong");
-                    if d.value[..8] == n.to_le_bytes() {
-                        break;
-                    }
-                }
-                if n >= crate::PING_WARMUP as u64 {
-                    h.record(sent.elapsed().as_micros().max(1) as u64)
-                        .expect("in range");
-                }
-            }
-            let cpu = cpu_time() - cpu0;
-            let mut v = percentiles(&h);
-            v["cpu_us_per_round_trip"] =
-                json!(cpu.as_secs_f64() * 1e6 / (crate::PING_WARMUP + pings) as f64);
-            v["peak_rss_kib"] = json!(peak_rss_kib());
-            v
+            let mut pinger = ChorusPinger { peer, pongs };
+            time_pings(&mut pinger, pings).await
         })
+    }
+}
+
+struct ChorusPinger {
+    peer: Peer,
+    pongs: chorus::Subscription<bytes::Bytes>,
+}
+
+impl Pinger for ChorusPinger {
+    async fn round_trip(&mut self, n: u64) {
+        self.peer
+            .publish_bytes("bench.ping", payload(n, 64))
+            .await
+            .expect("publish");
+        loop {
+            let d = self.pongs.next().await.expect("a pong");
+            if d.value[..8] == n.to_le_bytes() {
+                return;
+            }
+        }
     }
 }

@@ -277,6 +277,31 @@ pub fn percentiles(h: &hdrhistogram::Histogram<u64>) -> Value {
 /// Pings not counted at the start of a round-trip run.
 pub const PING_WARMUP: usize = 1_000;
 
+/// One system's ping side: sends ping `n` and waits for its pong.
+pub(crate) trait Pinger {
+    async fn round_trip(&mut self, n: u64);
+}
+
+/// Times `PING_WARMUP + pings` round trips (the first not counted): the
+/// percentiles, the CPU per round trip and the peak RSS of this process.
+pub(crate) async fn time_pings(pinger: &mut impl Pinger, pings: usize) -> Value {
+    let mut h = histogram();
+    let cpu0 = cpu_time();
+    for n in 0..(PING_WARMUP + pings) as u64 {
+        let sent = Instant::now();
+        pinger.round_trip(n).await;
+        if n >= PING_WARMUP as u64 {
+            h.record(sent.elapsed().as_micros().max(1) as u64)
+                .expect("in range");
+        }
+    }
+    let cpu = cpu_time() - cpu0;
+    let mut v = percentiles(&h);
+    v["cpu_us_per_round_trip"] = json!(cpu.as_secs_f64() * 1e6 / (PING_WARMUP + pings) as f64);
+    v["peak_rss_kib"] = json!(peak_rss_kib());
+    v
+}
+
 /// The machine's (steal, total) jiffies so far.
 fn steal_jiffies() -> (u64, u64) {
     let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use zenoh::qos::CongestionControl;
 
-use crate::{cpu_time, histogram, payload, peak_rss_kib, percentiles, ready, Counter, System};
+use crate::{cpu_time, payload, ready, time_pings, Counter, Pinger, System};
 
 pub struct Zenoh;
 
@@ -148,28 +148,28 @@ impl System for Zenoh {
             // The pong side's publisher waits for our subscriber: give it
             // time to see it before the first ping.
             tokio::time::sleep(Duration::from_millis(500)).await;
-            let mut h = histogram();
-            let cpu0 = cpu_time();
-            for n in 0..(crate::PING_WARMUP + pings) as u64 {
-                let sent = Instant::now();
-                p.put(payload(n, 64)).await.expect("put");
-                loop {
-                    let s = pongs.recv_async().await.expect("a pong");
-                    if s.payload().to_bytes()[..8] == n.to_le_bytes() {
-                        break;
-                    }
-                }
-                if n >= crate::PING_WARMUP as u64 {
-                    h.record(sent.elapsed().as_micros().max(1) as u64)
-                        .expect("in range");
-                }
-            }
-            let cpu = cpu_time() - cpu0;
-            let mut v = percentiles(&h);
-            v["cpu_us_per_round_trip"] =
-                json!(cpu.as_secs_f64() * 1e6 / (crate::PING_WARMUP + pings) as f64);
-            v["peak_rss_kib"] = json!(peak_rss_kib());
-            v
+            let mut pinger = ZenohPinger {
+                publisher: p,
+                pongs,
+            };
+            time_pings(&mut pinger, pings).await
         })
+    }
+}
+
+struct ZenohPinger {
+    publisher: zenoh::pubsub::Publisher<'static>,
+    pongs: zenoh::pubsub::Subscriber<zenoh::handlers::FifoChannelHandler<zenoh::sample::Sample>>,
+}
+
+impl Pinger for ZenohPinger {
+    async fn round_trip(&mut self, n: u64) {
+        self.publisher.put(payload(n, 64)).await.expect("put");
+        loop {
+            let s = self.pongs.recv_async().await.expect("a pong");
+            if s.payload().to_bytes()[..8] == n.to_le_bytes() {
+                return;
+            }
+        }
     }
 }
