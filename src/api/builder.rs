@@ -41,7 +41,7 @@ pub const MAX_NNG_BUFFER: usize = 8192;
 /// | `send_buffer` | 1024 | messages NNG queues per subscriber link before dropping the oldest |
 /// | `recv_buffer` | 1024 | messages NNG queues on receive before dropping the oldest |
 /// | `subscription_buffer` | 1024 | deliveries queued per subscription before the receive path waits |
-/// | `publish_queue` | 1024 | messages queued between `publish` and the socket before `publish` waits |
+/// | `publish_queue` | 1024 | flushes queued for the publisher task (events do not queue: `publish` stages them itself and waits only for room in the retransmit buffer) |
 /// | `max_message_size` | 1 MiB | largest encoded frame sent or accepted |
 /// | `retransmit_buffer` | 8192 | envelopes kept until every live member acknowledged them |
 /// | `retransmit_bytes` | 16 MiB | bytes of those envelopes at most (whichever bound is reached first) |
@@ -249,7 +249,9 @@ impl PeerBuilder {
         self
     }
 
-    /// Messages queued between `publish` and the socket before `publish` waits (≥ 1).
+    /// Flushes queued for the publisher task before `flush` waits (≥ 1).
+    /// Events do not queue: `publish` numbers and stages them itself and
+    /// waits only for room in the retransmit buffer.
     pub fn publish_queue(mut self, messages: usize) -> Self {
         self.driver.publish_queue = messages;
         self

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use std::future::Future;
@@ -27,7 +27,7 @@ use crate::api::subscription::{decode_msgpack, decode_raw, Reader, Subscription}
 use crate::driver::discovery::DiscoveryCmd;
 use crate::driver::durable;
 use crate::driver::handler::{self, Handler, HandlerOptions, HandlerParts};
-use crate::driver::publisher::{FlushRequest, PublisherCmd, Queued, Unacked};
+use crate::driver::publisher::{FlushRequest, NotStaged, PublisherCmd, Queued, Unacked};
 use crate::driver::receiver::ReceiverCmd;
 use crate::driver::spawn::{spawn, Drivers};
 use crate::error::{Error, Result};
@@ -373,21 +373,14 @@ impl Peer {
             None => Queued::Event(out),
             Some(tx) => Queued::Request(out, tx),
         };
+        // Numbered and staged by this task itself.
         match self.shared.limits.backpressure {
-            Backpressure::Wait => parts
-                .publish_tx
-                .send(out)
-                .await
-                .map_err(|_| Error::Shutdown),
-            Backpressure::FailFast => {
-                if parts.outbox_full.load(Ordering::Relaxed) {
-                    return Err(Error::BufferFull);
-                }
-                parts.publish_tx.try_send(out).map_err(|e| match e {
-                    mpsc::error::TrySendError::Full(_) => Error::BufferFull,
-                    mpsc::error::TrySendError::Closed(_) => Error::Shutdown,
-                })
-            }
+            Backpressure::Wait => parts.publish.stage(out).await.map_err(|_| Error::Shutdown),
+            Backpressure::FailFast => match parts.publish.try_stage(out) {
+                Ok(()) => Ok(()),
+                Err(NotStaged::Full(_)) => Err(Error::BufferFull),
+                Err(NotStaged::Closed) => Err(Error::Shutdown),
+            },
         }
     }
 
@@ -422,7 +415,8 @@ impl Peer {
         });
         let work = async {
             parts
-                .publish_tx
+                .publish
+                .tx
                 .send(request)
                 .await
                 .map_err(|_| Error::Shutdown)?;
@@ -451,7 +445,8 @@ impl Peer {
         let Ok((last_seq, unacked)) = rx.await else {
             return Error::Shutdown;
         };
-        let queued = parts.publish_tx.max_capacity() - parts.publish_tx.capacity();
+        let tx = &parts.publish.tx;
+        let queued = tx.max_capacity() - tx.capacity();
         Error::Timeout(describe_unacked(
             &self.members(),
             last_seq,
@@ -670,7 +665,7 @@ impl Peer {
             committer,
             finished,
             group,
-            publish: d.publish_tx.clone(),
+            publish: d.publish.tx.clone(),
         }
     }
 

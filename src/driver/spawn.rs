@@ -6,7 +6,7 @@
 //! [`Config`] (the builder validates them).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,7 +21,7 @@ use crate::driver::clock::now_us;
 use crate::driver::discovery::{Discovery, DiscoveryCmd, View};
 use crate::driver::journal::{Journal, StoreHealth};
 use crate::driver::log_writer::{LogWriter, WriterParts};
-use crate::driver::publisher::{Publisher, PublisherCmd, Queued};
+use crate::driver::publisher::{PublishPath, Publisher, PublisherCmd};
 use crate::driver::receiver::{AckView, LastSeqBoard, Receiver, ReceiverCmd};
 use crate::driver::repair_server::RepairServer;
 use crate::error::{Error, Result};
@@ -98,10 +98,9 @@ pub(crate) struct Drivers {
     pub events: broadcast::Sender<MemberEvent>,
     /// Events and flushes to the publish driver (bounded: `publish` waits
     /// when full).
-    pub publish_tx: mpsc::Sender<Queued>,
+    /// Where `publish` stages its events.
+    pub publish: Arc<PublishPath>,
     pub publisher: mpsc::UnboundedSender<PublisherCmd>,
-    /// True while the retransmit buffer is full (read by fail-fast `publish`).
-    pub outbox_full: Arc<AtomicBool>,
     pub losses: broadcast::Sender<Loss>,
     /// Events that did not decode for a subscription.
     pub undecodable: broadcast::Sender<Undecodable>,
@@ -191,7 +190,6 @@ pub(crate) fn spawn(config: Config) -> Result<Drivers> {
     let (publish_tx, publish_rx) = mpsc::channel(config.publish_queue);
     let (publisher_tx, publisher_rx) = mpsc::unbounded_channel();
     let (repair_tx, repair_rx) = mpsc::channel(1);
-    let outbox_full = Arc::new(AtomicBool::new(false));
     let outbox = OutboxConfig {
         capacity: config.retransmit_buffer,
         max_bytes: config.retransmit_bytes,
@@ -242,7 +240,6 @@ pub(crate) fn spawn(config: Config) -> Result<Drivers> {
         origin: id,
         counters: counters.clone(),
         last_seq: last_seq.clone(),
-        outbox_full: outbox_full.clone(),
         batch: BatchWriter::default(),
         batch_bytes: config.batch_bytes.min(config.max_message_size / 2),
         gate: gate.clone(),
@@ -258,8 +255,16 @@ pub(crate) fn spawn(config: Config) -> Result<Drivers> {
         views: views.clone(),
         topics: Interner::default(),
         group_max_age_us: config.retention.max_age_us,
+        linger_until: None,
+        closed: false,
     };
     publisher.restore_groups();
+    let publish = Arc::new(PublishPath {
+        core: parking_lot::Mutex::new(publisher),
+        tx: publish_tx,
+        wake: tokio::sync::Notify::new(),
+        room: tokio::sync::Notify::new(),
+    });
     let repair_server = RepairServer {
         socket: rep_socket,
         gate: gate.clone(),
@@ -334,7 +339,7 @@ pub(crate) fn spawn(config: Config) -> Result<Drivers> {
     };
     let tasks = vec![
         tokio::spawn(discovery.run(discovery_rx)),
-        tokio::spawn(publisher.run(publish_rx, publisher_rx, repair_rx)),
+        tokio::spawn(publish.clone().run(publish_rx, publisher_rx, repair_rx)),
         tokio::spawn(repair_server.run()),
         tokio::spawn(receiver.run(receiver_rx)),
     ];
@@ -345,9 +350,8 @@ pub(crate) fn spawn(config: Config) -> Result<Drivers> {
         registry,
         view,
         events,
-        publish_tx,
+        publish,
         publisher: publisher_tx,
-        outbox_full,
         losses,
         undecodable,
         receiver: receiver_tx,
