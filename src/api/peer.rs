@@ -247,8 +247,9 @@ impl Peer {
 
     /// Publishes `value`, serialized as MessagePack (named fields), on `topic`.
     ///
-    /// Returns once the message is queued for sending. Waits while the
-    /// publish queue or the retransmit buffer is full (see
+    /// Returns once the message is numbered and staged for sending (sent
+    /// at once at a low rate, within ~1 ms under load). Waits while the
+    /// retransmit buffer is full (see
     /// [`PeerBuilder::backpressure`]). Every live member receives it at least
     /// once (repaired on loss) and processes it at most once.
     pub async fn publish<T: Serialize + ?Sized>(&self, topic: &str, value: &T) -> Result<()> {

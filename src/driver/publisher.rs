@@ -152,7 +152,7 @@ pub(crate) struct Publisher {
 /// repairs, upkeep and flushes.
 pub(crate) struct PublishPath {
     pub core: parking_lot::Mutex<Publisher>,
-    /// Flushes (and events published while the driver shuts down).
+    /// Flushes, for the driver task (events are never queued).
     pub tx: mpsc::Sender<Queued>,
     /// Rung when `publish` armed a linger (the driver keeps the timer).
     pub wake: tokio::sync::Notify,
@@ -183,14 +183,20 @@ impl PublishPath {
         if p.after_take(flushed) {
             self.wake.notify_one();
         }
-        // Stats read right after a publish see it (a few relaxed stores).
-        p.update_gauges();
+        // Stats read right after a publish see the buffer it filled.
+        p.update_buffer_gauges();
         Ok(())
     }
 
     /// Stages `item`, waiting for room in the buffer while it is full.
-    pub(crate) async fn stage(&self, mut item: Queued) -> std::result::Result<(), ()> {
+    pub(crate) async fn stage(&self, item: Queued) -> std::result::Result<(), ()> {
+        let mut item = match self.try_stage(item) {
+            Ok(()) => return Ok(()),
+            Err(NotStaged::Closed) => return Err(()),
+            Err(NotStaged::Full(back)) => back,
+        };
         loop {
+            // Registered before trying again: room made in between wakes it.
             let room = self.room.notified();
             tokio::pin!(room);
             room.as_mut().enable();
@@ -348,22 +354,12 @@ impl Publisher {
         false
     }
 
-    /// At shutdown: what is queued goes out (best effort), the log writer
-    /// finishes, the socket closes.
+    /// At shutdown: what is staged goes out, the log writer finishes, the
+    /// socket closes; nothing is staged any more. A flush still queued is
+    /// answered by its sender being dropped.
     fn finish(&mut self, queue: &mut mpsc::Receiver<Queued>) {
         self.closed = true;
         queue.close();
-        let stamp = now_us();
-        while let Ok(queued) = queue.try_recv() {
-            // A flush queued now is answered by its sender being dropped.
-            if let Queued::Event(out) | Queued::Request(out, _) = queued {
-                let retain = !self.outbox.is_full();
-                self.stage(out, retain, false, stamp);
-                if self.batch_at_bound() {
-                    self.send_batch();
-                }
-            }
-        }
         self.send_batch();
         if let Some(writer) = &mut self.writer {
             writer.finish(); // what was queued is written and sent
@@ -381,12 +377,12 @@ impl Publisher {
     fn take(&mut self, queued: Queued, stamp: u64) -> bool {
         match queued {
             Queued::Event(draft) => {
-                self.stage(draft, true, true, stamp);
+                self.stage(draft, true, stamp);
                 false
             }
             Queued::Request(draft, assigned) => {
                 // A request nobody can answer now is not kept for later.
-                let _ = assigned.send(self.stage(draft, true, false, stamp));
+                let _ = assigned.send(self.stage(draft, false, stamp));
                 false
             }
             Queued::Flush(request) => {
@@ -499,7 +495,7 @@ impl Publisher {
             );
             let frame = Draft::new(fields, size, None).number(seq, stamp);
             Counters::add(&self.counters.group_controls, 1);
-            self.stage_frame(seq, frame, true);
+            self.stage_frame(seq, frame);
             if self.batch_at_bound() {
                 self.update_group_gauges();
                 self.send_batch();
@@ -526,12 +522,12 @@ impl Publisher {
         Counters::set(&c.group_members, members as u64);
     }
 
-    /// Numbers, retains (if `retain`) and stages one event for the next
+    /// Numbers, retains and stages one event for the next
     /// message, stamped with `stamp` (µs since the epoch); a consumer
     /// group's control events go before it; a durable group with no live
     /// member for it keeps it if `keep`. Returns whether a live member of
     /// a consumer group was given it.
-    fn stage(&mut self, draft: Draft, retain: bool, keep: bool, stamp: u64) -> bool {
+    fn stage(&mut self, draft: Draft, keep: bool, stamp: u64) -> bool {
         if self.assigner.has_control() {
             self.stage_controls(stamp);
         }
@@ -551,13 +547,12 @@ impl Publisher {
             Some((topic, key)) => self.assigner.assign(seq, &topic, key, &frame, keep) > 0,
             None => false,
         };
-        self.stage_frame(seq, frame, retain);
+        self.stage_frame(seq, frame);
         assigned
     }
 
-    /// Stages a numbered frame for the next message and retains it (if
-    /// `retain`).
-    fn stage_frame(&mut self, seq: u64, frame: bytes::Bytes, retain: bool) {
+    /// Stages a numbered frame for the next message and retains it.
+    fn stage_frame(&mut self, seq: u64, frame: bytes::Bytes) {
         if tracing::enabled!(tracing::Level::DEBUG) {
             if let Ok(env) = Envelope::decode(&frame, usize::MAX) {
                 tracing::debug_span!("publish", topic = %env.topic, origin = %env.origin, seq,
@@ -573,13 +568,9 @@ impl Publisher {
             // Release: a heartbeat that reads it sees the views before it.
             self.last_seq.store(seq, Ordering::Release);
         }
-        if retain {
-            // Control events (and the event they came before) may go
-            // beyond a full buffer's bound: it stays full until acks free it.
-            self.outbox.push_beyond(frame);
-        } else {
-            self.outbox.skip();
-        }
+        // Control events (and the event they came before) may go beyond a
+        // full buffer's bound: it stays full until acks free it.
+        self.outbox.push_beyond(frame);
     }
 
     /// Whether the staged batch is at its size or count bound.
@@ -681,6 +672,13 @@ impl Publisher {
         self.update_group_gauges();
     }
 
+    /// The retransmit buffer's gauges (two relaxed stores: per publish).
+    fn update_buffer_gauges(&self) {
+        let c = &self.counters;
+        Counters::set(&c.retransmit_buffer, self.outbox.len() as u64);
+        Counters::set(&c.retransmit_bytes, self.outbox.bytes() as u64);
+    }
+
     /// Hands one message of `n` events to pub0.
     fn send(&mut self, msg: nng::Message, n: u32) {
         match self.socket.try_send(msg) {
@@ -753,9 +751,8 @@ impl Publisher {
         if self.assigner.has_groups() {
             self.update_group_gauges();
         }
+        self.update_buffer_gauges();
         let c = &self.counters;
-        Counters::set(&c.retransmit_buffer, self.outbox.len() as u64);
-        Counters::set(&c.retransmit_bytes, self.outbox.bytes() as u64);
         let refused = self.outbox.refused();
         Counters::set(&c.acks_refused, refused.acks);
         Counters::set(&c.naks_refused, refused.naks + refused.unpublished);

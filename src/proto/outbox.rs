@@ -257,18 +257,6 @@ impl Outbox {
         self.last_seq
     }
 
-    /// Uses the next sequence number without retaining the envelope (only
-    /// at shutdown, for what was queued while full): a NAK for it is
-    /// answered "gone".
-    pub fn skip(&mut self) -> u64 {
-        self.last_seq += 1;
-        // Retained frames must stay contiguous: older ones can no longer be
-        // answered in order, so they are released too.
-        self.retained.clear();
-        self.retained_bytes = 0;
-        self.last_seq
-    }
-
     /// The live members changed (each with its incarnation): only their
     /// acks count from now on. A new member is owed what is published from
     /// now on; one that restarted or came back after failing resumes from
