@@ -63,7 +63,6 @@ fn run(
             max_bytes: usize::MAX,
             max_reply_bytes: 4096,
             max_nak_seqs: 64,
-            backed: false,
         },
     );
     outbox.set_members([(RECEIVER, 1)]);

@@ -194,7 +194,6 @@ pub(crate) fn spawn(config: Config) -> Result<Drivers> {
         capacity: config.retransmit_buffer,
         max_bytes: config.retransmit_bytes,
         max_reply_bytes: config.max_message_size / 2,
-        backed: store.is_some(),
         ..OutboxConfig::default()
     };
     let mut outbox = Outbox::new(id, info.stream_epoch(), outbox);

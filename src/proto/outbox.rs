@@ -32,6 +32,11 @@
 //! malicious member therefore cannot stop a publisher for longer than the
 //! stall limit. A member that was cut off counts again once its ack reaches
 //! what is still retained.
+//! A durable peer's buffer is the same, in front of its log: what it
+//! answers "gone" the driver reads from the log; it still holds the
+//! publisher back while a live member lags (the log serves repairs, not
+//! flow control: a publisher outrunning its receivers would only make them
+//! repair from the log what pub/sub dropped).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
@@ -59,10 +64,6 @@ pub struct OutboxConfig {
     pub max_reply_bytes: usize,
     /// Most sequence numbers looked at for one NAK.
     pub max_nak_seqs: u64,
-    /// A log holds every envelope behind this buffer (a data dir): the
-    /// buffer is then a cache, never full; what it evicted is answered
-    /// `gone` here and read from the log by the driver.
-    pub backed: bool,
 }
 
 impl Default for OutboxConfig {
@@ -72,7 +73,6 @@ impl Default for OutboxConfig {
             max_bytes: 16 << 20,
             max_reply_bytes: 512 * 1024,
             max_nak_seqs: 4096,
-            backed: false,
         }
     }
 }
@@ -212,8 +212,7 @@ impl Outbox {
     /// True when a new envelope cannot be retained without dropping one a
     /// live member has not acknowledged.
     pub fn is_full(&self) -> bool {
-        !self.cfg.backed
-            && self.at_bound()
+        self.at_bound()
             && self
                 .retained
                 .front()
@@ -518,7 +517,6 @@ mod tests {
                 max_bytes: usize::MAX,
                 max_reply_bytes: 100,
                 max_nak_seqs: 50,
-                backed: false,
             },
         )
     }
@@ -568,7 +566,6 @@ mod tests {
                     max_bytes: 35, // three 10-byte frames are below, four are not
                     max_reply_bytes: 100,
                     max_nak_seqs: 50,
-                    backed: false,
                 },
             )
         };

@@ -16,8 +16,9 @@ use fjall::{Keyspace, PartitionCreateOptions, PartitionHandle, PersistMode};
 
 use super::StoreError;
 
-/// The marker file's content: format 1 of the data dir.
-const MARKER: &str = "chorus data dir, format 1\n";
+/// The marker file's content: format 2 of the data dir (format 1 kept
+/// the log in the storage engine).
+const MARKER: &str = "chorus data dir, format 2\n";
 const MARKER_FILE: &str = "CHORUS";
 const TMP_MARKER_FILE: &str = "CHORUS.tmp";
 const LOCK_FILE: &str = "LOCK";

@@ -1,22 +1,24 @@
 //! The log of a peer's own stream: every event it published, by sequence
 //! number, until retention trims it.
 //!
-//! Owns: the segments the log is cut into (one storage partition each, of
-//! about [`SEGMENT_EVENTS`] events or [`SEGMENT_BYTES`] bytes), their index
-//! in the meta partition, appending a batch as one atomic write (group
-//! commit: one entry — its frames, length-prefixed, keyed by its first
-//! sequence number — and at most one fsync per batch, whatever its size),
-//! reading a range back, and trimming whole segments. The index and the
-//! events of a batch are committed together, so after a crash the log is a
-//! prefix of what was appended, never a torn batch; an index that does not
-//! match its segments is reported as damage, never repaired by guessing.
+//! Owns: the segments the log is cut into (one [segment file](super::segment)
+//! each under `log/` in the data dir, of about [`SEGMENT_EVENTS`] events or
+//! [`SEGMENT_BYTES`] bytes), the record of which segments exist and how far
+//! retention trimmed (in the meta partition), appending a batch as one
+//! record (group commit: one write and at most one fsync per batch,
+//! whatever its size), reading a range back, and trimming whole segments.
+//! After a crash the log is a prefix of what was appended, never a torn
+//! batch (the newest segment's torn tail is cut off); a recorded segment
+//! whose file is missing, or segments that do not follow on from each
+//! other, are reported as damage, never repaired by guessing.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use fjall::{PartitionCreateOptions, PartitionHandle};
 
-use super::data_dir::{corrupt, DataDir};
+use super::data_dir::{corrupt, DataDir, Fsync};
+use super::segment::{self, SegmentFile};
 use super::StoreError;
 
 /// Most events per segment.
@@ -24,19 +26,13 @@ pub const SEGMENT_EVENTS: u64 = 65_536;
 /// Bytes after which a segment is closed.
 pub const SEGMENT_BYTES: u64 = 64 << 20;
 
-/// Prefix of a segment's index entry in the meta partition.
+/// Prefix of a segment's entry in the meta partition (key: its first
+/// sequence number; value: empty).
 const SEG_PREFIX: &[u8] = b"seg";
 /// Meta key: the highest sequence number ever trimmed.
 const TRIMMED: &str = "trimmed_through";
-
-#[derive(Clone)]
-struct Segment {
-    last: u64,
-    bytes: u64,
-    /// When its last event was appended, µs since the Unix epoch.
-    last_time_us: u64,
-    partition: PartitionHandle,
-}
+/// The log's directory under the data dir.
+const LOG_DIR: &str = "log";
 
 /// How far the log may grow before its oldest segments are trimmed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,10 +45,13 @@ pub struct Retention {
 
 /// See the module documentation.
 pub struct StreamLog {
+    path: PathBuf,
     /// By first sequence number, ascending and contiguous.
-    segments: BTreeMap<u64, Segment>,
+    segments: BTreeMap<u64, SegmentFile>,
     last_seq: u64,
     trimmed_through: u64,
+    /// The record being appended (kept to reuse its allocation).
+    record: Vec<u8>,
 }
 
 impl std::fmt::Debug for StreamLog {
@@ -65,97 +64,8 @@ impl std::fmt::Debug for StreamLog {
     }
 }
 
-fn seq_key(seq: u64) -> [u8; 8] {
-    seq.to_be_bytes()
-}
-
 fn seg_key(first: u64) -> Vec<u8> {
     [SEG_PREFIX, &first.to_be_bytes()].concat()
-}
-
-/// One log entry: the frames of a batch, each as `[len: u32 BE][bytes]`.
-/// Returns the entry, the number of frames and their bytes.
-fn encode_entry<'a, I>(frames: I) -> (fjall::Slice, u64, u64)
-where
-    I: IntoIterator<Item = &'a [u8]>,
-    I::IntoIter: Clone,
-{
-    let frames = frames.into_iter();
-    let (mut n, mut bytes) = (0u64, 0u64);
-    for f in frames.clone() {
-        n += 1;
-        bytes += f.len() as u64;
-    }
-    let len = (bytes + 4 * n) as usize;
-    // Written straight into the engine's buffer: one copy of each frame.
-    let mut reader = EntryReader {
-        frames,
-        prefix: [0; 4],
-        at: 4,
-        frame: &[],
-    };
-    let value = fjall::Slice::from_reader(&mut reader, len).expect("reads from memory");
-    (value, n, bytes)
-}
-
-/// Reads frames as one entry: each one's length (u32, big-endian), then it.
-struct EntryReader<'a, I> {
-    frames: I,
-    prefix: [u8; 4],
-    /// How much of `prefix` was read (4: all of it).
-    at: usize,
-    frame: &'a [u8],
-}
-
-impl<'a, I: Iterator<Item = &'a [u8]>> std::io::Read for EntryReader<'a, I> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        loop {
-            if self.at < 4 {
-                let n = (4 - self.at).min(buf.len());
-                buf[..n].copy_from_slice(&self.prefix[self.at..self.at + n]);
-                self.at += n;
-                return Ok(n);
-            }
-            if !self.frame.is_empty() {
-                let n = self.frame.len().min(buf.len());
-                buf[..n].copy_from_slice(&self.frame[..n]);
-                self.frame = &self.frame[n..];
-                return Ok(n);
-            }
-            match self.frames.next() {
-                Some(f) => {
-                    self.prefix = (f.len() as u32).to_be_bytes();
-                    self.at = 0;
-                    self.frame = f;
-                }
-                None => return Ok(0),
-            }
-        }
-    }
-}
-
-/// The frames of an entry; `None` if it does not decode whole.
-fn decode_entry(v: &[u8]) -> Option<impl Iterator<Item = &[u8]>> {
-    let mut rest = v;
-    let mut frames = Vec::new();
-    while !rest.is_empty() {
-        let len = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
-        let frame = rest.get(4..4 + len)?;
-        frames.push(frame);
-        rest = &rest[4 + len..];
-    }
-    (!frames.is_empty()).then(|| frames.into_iter())
-}
-
-/// How a segment is stored: its entries (whole batches, kilobytes to
-/// megabytes) go to blob files, written once, so compaction never copies
-/// them again.
-fn segment_options() -> PartitionCreateOptions {
-    PartitionCreateOptions::default().with_kv_separation(fjall::KvSeparationOptions::default())
-}
-
-fn partition_name(first: u64) -> String {
-    format!("log_{first:020}")
 }
 
 fn u64_at(v: &[u8], at: usize) -> Option<u64> {
@@ -163,95 +73,90 @@ fn u64_at(v: &[u8], at: usize) -> Option<u64> {
         .map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")))
 }
 
+/// Makes the entries of directory `path` durable (a created or removed file).
+fn sync_dir(path: &Path) -> std::io::Result<()> {
+    std::fs::File::open(path)?.sync_all()
+}
+
 impl StreamLog {
-    /// Opens the log of `dir`, checking its index against its segments.
+    /// Opens the log of `dir`, checking its record against its segments.
     pub fn open(dir: &DataDir) -> Result<StreamLog, StoreError> {
         let damaged = |reason: String| corrupt(dir.path(), reason);
+        let path = dir.path().join(LOG_DIR);
+        std::fs::create_dir_all(&path).map_err(|e| dir.error("create the log directory", e))?;
         let trimmed_through = match dir.meta().get(TRIMMED) {
             Ok(None) => 0,
             Ok(Some(v)) => u64_at(&v, 0).ok_or_else(|| damaged("trim mark malformed".into()))?,
             Err(e) => return Err(damaged(format!("cannot read the trim mark: {e}"))),
         };
-        let mut segments = BTreeMap::new();
+        let mut recorded = Vec::new();
         for entry in dir.meta().prefix(SEG_PREFIX) {
             let (k, v) = entry.map_err(|e| damaged(format!("cannot read the log index: {e}")))?;
-            let (Some(first), Some(last), Some(bytes), Some(last_time_us)) = (
-                u64_at(&k, SEG_PREFIX.len()),
-                u64_at(&v, 0),
-                u64_at(&v, 8),
-                u64_at(&v, 16),
-            ) else {
-                return Err(damaged("a log index entry is malformed".into()));
-            };
-            let name = partition_name(first);
-            if !dir.keyspace().partition_exists(&name) || last < first {
-                return Err(damaged(format!("log segment {first}..={last} is missing")));
+            match u64_at(&k, SEG_PREFIX.len()) {
+                Some(first) if v.is_empty() => recorded.push(first),
+                _ => return Err(damaged("a log index entry is malformed".into())),
             }
-            let partition = dir
-                .keyspace()
-                .open_partition(&name, segment_options())
-                .map_err(|e| damaged(format!("cannot open log segment {first}: {e}")))?;
-            segments.insert(
-                first,
-                Segment {
-                    last,
-                    bytes,
-                    last_time_us,
-                    partition,
-                },
-            );
+        }
+        let mut files = Vec::new();
+        let listing = std::fs::read_dir(&path).map_err(|e| dir.error("list the log", e))?;
+        for entry in listing {
+            let entry = entry.map_err(|e| dir.error("list the log", e))?;
+            if let Some(first) = entry.file_name().to_str().and_then(segment::parse_name) {
+                files.push(first);
+            }
+        }
+        files.sort_unstable();
+        // Segments trimmed whose files a crash left behind.
+        for &first in files.iter().filter(|f| **f <= trimmed_through) {
+            let _ = std::fs::remove_file(path.join(segment::file_name(first)));
+        }
+        files.retain(|f| *f > trimmed_through);
+        recorded.retain(|f| *f > trimmed_through);
+        if let Some(missing) = recorded.iter().find(|f| files.binary_search(f).is_err()) {
+            return Err(damaged(format!("log segment {missing} is missing")));
+        }
+        // A file beyond the record: created by a roll-over that a crash
+        // interrupted before it was recorded.
+        let newest_recorded = recorded.last().copied().unwrap_or(0);
+        let unrecorded: Vec<u64> = files
+            .iter()
+            .copied()
+            .filter(|f| recorded.binary_search(f).is_err())
+            .collect();
+        if let Some(stray) = unrecorded.iter().find(|f| **f < newest_recorded) {
+            return Err(damaged(format!(
+                "log segment {stray} is not in the log's record"
+            )));
         }
         let mut log = StreamLog {
-            segments,
+            path,
+            segments: BTreeMap::new(),
             last_seq: trimmed_through,
             trimmed_through,
+            record: Vec::new(),
         };
-        let mut next = trimmed_through + 1;
-        for (&first, seg) in &log.segments {
-            if first != next {
+        for (i, &first) in files.iter().enumerate() {
+            if first != log.last_seq + 1 {
                 return Err(damaged(format!(
                     "the log jumps from {} to {first}",
-                    next - 1
+                    log.last_seq
                 )));
             }
-            next = seg.last + 1;
-        }
-        log.last_seq = next - 1;
-        if let Some((_, seg)) = log.segments.iter().next_back() {
-            let last = seg
-                .partition
-                .last_key_value()
-                .map_err(|e| damaged(format!("cannot read the log's end: {e}")))?
-                .and_then(|(k, v)| {
-                    let n = decode_entry(&v)?.count() as u64;
-                    Some(u64_at(&k, 0)? + n - 1)
-                });
-            if last != Some(seg.last) {
-                return Err(damaged(format!(
-                    "the log's index ends at {} but its events at {last:?}",
-                    seg.last
-                )));
+            let newest = i + 1 == files.len();
+            let file = log.path.join(segment::file_name(first));
+            let (seg, torn) = SegmentFile::open(&file, first, newest).map_err(damaged)?;
+            if let Some(t) = torn {
+                tracing::warn!(segment = %file.display(), bytes = t.bytes, reason = %t.reason,
+                    "cut off the torn tail of the log (an append a crash interrupted)");
             }
-        }
-        // Segments trimmed from the index whose files a crash left behind.
-        let mut cleanup = Vec::new();
-        for name in dir.keyspace().list_partitions() {
-            let first = name
-                .strip_prefix("log_")
-                .and_then(|n| n.parse::<u64>().ok());
-            if let Some(first) = first {
-                if !log.segments.contains_key(&first) {
-                    cleanup.push(name);
-                }
+            if !newest && seg.events() == 0 {
+                return Err(damaged(format!("log segment {first} is empty")));
             }
+            log.last_seq = seg.last();
+            log.segments.insert(first, seg);
         }
-        for name in cleanup {
-            if let Ok(p) = dir
-                .keyspace()
-                .open_partition(&name, PartitionCreateOptions::default())
-            {
-                let _ = dir.keyspace().delete_partition(p);
-            }
+        for first in unrecorded {
+            log.record_segment(dir, first)?;
         }
         Ok(log)
     }
@@ -278,86 +183,68 @@ impl StreamLog {
 
     /// Bytes of events held.
     pub fn bytes(&self) -> u64 {
-        self.segments.values().map(|s| s.bytes).sum()
+        self.segments.values().map(|s| s.bytes()).sum()
     }
 
     /// Appends `frames`, which carry the sequence numbers `last_seq() + 1`
-    /// onwards, as one atomic write, then makes it as durable as the data
-    /// dir's fsync policy says. On error nothing of the batch is in the log.
+    /// onwards, as one record, then makes it as durable as the data dir's
+    /// fsync policy says. On error nothing of the batch is in the log.
     pub fn append<'a, I>(&mut self, dir: &DataDir, frames: I, now_us: u64) -> Result<(), StoreError>
     where
         I: IntoIterator<Item = &'a [u8]>,
-        I::IntoIter: Clone,
     {
-        // The whole batch is one entry, keyed by its first sequence number:
-        // one insert however many events it holds.
-        let (value, count, bytes) = encode_entry(frames);
-        dir.check_space(value.len() as u64, now_us)?;
+        let first = self.last_seq + 1;
+        let (count, _) = segment::encode(&mut self.record, first, now_us, frames);
         if count == 0 {
             return Ok(());
         }
-        let first_seq = self.last_seq + 1;
-        let seq = self.last_seq + count;
-        let mut batch = dir.keyspace().batch();
-        // The segments this batch writes to, as they will be once it is
-        // committed; `self` is only updated then.
-        let mut staged: Vec<(u64, Segment)> = Vec::new();
-        let mut current = self
+        dir.check_space(self.record.len() as u64, now_us)?;
+        let full = self
             .segments
-            .iter()
+            .values()
             .next_back()
-            .map(|(f, s)| (*f, s.clone()));
-        let full = current.as_ref().is_none_or(|(first, s)| {
-            s.last + 1 - first >= SEGMENT_EVENTS || s.bytes >= SEGMENT_BYTES
-        });
+            .is_none_or(|s| s.events() >= SEGMENT_EVENTS || s.bytes() >= SEGMENT_BYTES);
         if full {
-            let partition = dir
-                .keyspace()
-                .open_partition(&partition_name(first_seq), segment_options())
-                .map_err(|e| dir.error("create a log segment", e))?;
-            current = Some((
-                first_seq,
-                Segment {
-                    last: first_seq - 1,
-                    bytes: 0,
-                    last_time_us: now_us,
-                    partition,
-                },
-            ));
+            self.roll_over(dir, first)?;
         }
-        let (_, seg) = current.as_mut().expect("a segment is open");
-        batch.insert(&seg.partition, seq_key(first_seq), value);
-        seg.last = seq;
-        seg.bytes += bytes;
-        seg.last_time_us = now_us;
-        staged.extend(current);
-        for (first, s) in &staged {
-            let mut v = Vec::with_capacity(24);
-            v.extend_from_slice(&s.last.to_be_bytes());
-            v.extend_from_slice(&s.bytes.to_be_bytes());
-            v.extend_from_slice(&s.last_time_us.to_be_bytes());
-            batch.insert(dir.meta(), seg_key(*first), v);
-        }
-        let committed = batch
-            .commit()
-            .map_err(|e| dir.error("append to the log", e))
-            .and_then(|()| dir.persist("append to the log"));
-        if let Err(e) = committed {
-            self.abandon(dir, staged);
-            return Err(e);
-        }
-        self.segments.extend(staged);
-        self.last_seq = seq;
+        let seg = self
+            .segments
+            .values_mut()
+            .next_back()
+            .expect("a segment is open");
+        seg.append(&self.record, dir.fsync() == Fsync::EveryBatch)
+            .map_err(|e| dir.error("append to the log", e))?;
+        self.last_seq = first + count - 1;
         Ok(())
     }
 
-    /// Drops the segments a failed append had created.
-    fn abandon(&self, dir: &DataDir, staged: Vec<(u64, Segment)>) {
-        for (first, s) in staged {
-            if !self.segments.contains_key(&first) {
-                let _ = dir.keyspace().delete_partition(s.partition);
-            }
+    /// Closes the newest segment (synced whatever the policy: only the
+    /// newest can have a torn tail) and opens one starting at `first`.
+    fn roll_over(&mut self, dir: &DataDir, first: u64) -> Result<(), StoreError> {
+        if let Some(closed) = self.segments.values().next_back() {
+            closed
+                .sync()
+                .map_err(|e| dir.error("close a log segment", e))?;
         }
+        let seg = SegmentFile::create(&self.path, first)
+            .map_err(|e| dir.error("create a log segment", e))?;
+        let made = sync_dir(&self.path)
+            .map_err(|e| dir.error("create a log segment", e))
+            .and_then(|()| self.record_segment(dir, first));
+        if let Err(e) = made {
+            let _ = std::fs::remove_file(seg.path());
+            return Err(e);
+        }
+        self.segments.insert(first, seg);
+        Ok(())
+    }
+
+    /// Records in the meta partition that the segment `first` exists.
+    fn record_segment(&self, dir: &DataDir, first: u64) -> Result<(), StoreError> {
+        dir.meta()
+            .insert(seg_key(first), [])
+            .map_err(|e| dir.error("record a log segment", e))?;
+        dir.persist("record a log segment")
     }
 
     /// The events `first..=last` still in the log, ascending, up to about
@@ -382,40 +269,12 @@ impl StreamLog {
             .next_back()
             .map_or(first, |(f, _)| *f);
         let mut bytes = 0usize;
-        for seg in self.segments.range(start..).map(|(_, s)| s) {
-            // The entry holding `first` is the last one keyed at or below it.
-            let from = match seg.partition.range(..=seq_key(first)).next_back() {
-                Some(entry) => {
-                    let (k, _) = entry.map_err(|e| dir.error("read the log", e))?;
-                    u64_at(&k, 0).unwrap_or(first)
-                }
-                None => first,
-            };
-            for entry in seg.partition.range(seq_key(from)..=seq_key(last)) {
-                let (k, v) = entry.map_err(|e| dir.error("read the log", e))?;
-                let Some(mut seq) = u64_at(&k, 0) else {
-                    continue;
-                };
-                let frames = decode_entry(&v)
-                    .ok_or_else(|| corrupt(dir.path(), format!("log entry {seq} is malformed")))?;
-                for frame in frames {
-                    if seq > last {
-                        return Ok(out);
-                    }
-                    if seq >= first {
-                        if !out.is_empty() && bytes + frame.len() > max_bytes {
-                            return Ok(out);
-                        }
-                        bytes += frame.len();
-                        out.push((seq, Bytes::copy_from_slice(frame)));
-                        if out.len() >= max_count {
-                            return Ok(out);
-                        }
-                    }
-                    seq += 1;
-                }
-            }
-            if seg.last >= last {
+        for seg in self.segments.range(start..=last).map(|(_, s)| s) {
+            let from = first.max(seg.first());
+            let more = seg
+                .read(from, last, (max_bytes, max_count), &mut bytes, &mut out)
+                .map_err(|e| corrupt(dir.path(), e))?;
+            if !more {
                 break;
             }
         }
@@ -441,12 +300,12 @@ impl StreamLog {
             if drop.len() + 1 >= self.segments.len() {
                 break; // the newest stays
             }
-            let old = now_us.saturating_sub(seg.last_time_us) > retention.max_age_us
-                && seg.last <= processed;
+            let old = now_us.saturating_sub(seg.last_time_us()) > retention.max_age_us
+                && seg.last() <= processed;
             if !(old || total > retention.max_bytes) {
                 break;
             }
-            total -= seg.bytes;
+            total -= seg.bytes();
             drop.push(first);
         }
         self.trim(dir, &drop)?;
@@ -455,7 +314,7 @@ impl StreamLog {
 
     /// Removes the segments starting at `firsts` (the oldest ones, in order).
     fn trim(&mut self, dir: &DataDir, firsts: &[u64]) -> Result<(), StoreError> {
-        let Some(through) = firsts.last().map(|f| self.segments[f].last) else {
+        let Some(through) = firsts.last().map(|f| self.segments[f].last()) else {
             return Ok(());
         };
         let mut batch = dir.keyspace().batch();
@@ -468,11 +327,12 @@ impl StreamLog {
         self.trimmed_through = through;
         for first in firsts {
             if let Some(seg) = self.segments.remove(first) {
-                // Once the index no longer names it; a crash before this
+                // Once the record no longer names it; a crash before this
                 // leaves files that the next open removes.
-                let _ = dir.keyspace().delete_partition(seg.partition);
+                let _ = std::fs::remove_file(seg.path());
             }
         }
+        let _ = sync_dir(&self.path);
         Ok(())
     }
 }
@@ -593,22 +453,52 @@ mod tests {
     }
 
     #[test]
-    fn an_index_that_disagrees_with_its_events_is_damage() {
+    fn a_recorded_segment_whose_file_is_gone_is_damage() {
         let path = tmp("damage");
         let (dir, mut log) = open(&path);
-        append(&dir, &mut log, 3, 1);
-        // Claim more than the segment holds.
-        let mut v = Vec::new();
-        v.extend_from_slice(&9u64.to_be_bytes());
-        v.extend_from_slice(&0u64.to_be_bytes());
-        v.extend_from_slice(&0u64.to_be_bytes());
-        dir.meta().insert(seg_key(1), v).unwrap();
+        let frames: Vec<Vec<u8>> = (1..=SEGMENT_EVENTS).map(frame).collect();
+        log.append(&dir, frames.iter().map(|f| f.as_slice()), 1)
+            .unwrap();
+        append(&dir, &mut log, 3, 2);
         drop((dir, log));
+        let newest = path
+            .join(LOG_DIR)
+            .join(segment::file_name(SEGMENT_EVENTS + 1));
+        std::fs::remove_file(&newest).unwrap();
         let dir =
             DataDir::open(&path, Fsync::OsBuffered, || Identity { id: 1, stream: 2 }).unwrap();
         let e = StreamLog::open(&dir).unwrap_err();
-        assert!(e.to_string().contains("index ends at 9"), "{e}");
+        assert!(e.to_string().contains("is missing"), "{e}");
         drop(dir);
+        // The oldest gone instead: the log would jump.
+        std::fs::remove_dir_all(&path).unwrap();
+        let (dir, mut log) = open(&path);
+        log.append(&dir, frames.iter().map(|f| f.as_slice()), 1)
+            .unwrap();
+        append(&dir, &mut log, 3, 2);
+        drop((dir, log));
+        std::fs::remove_file(path.join(LOG_DIR).join(segment::file_name(1))).unwrap();
+        let dir =
+            DataDir::open(&path, Fsync::OsBuffered, || Identity { id: 1, stream: 2 }).unwrap();
+        let e = StreamLog::open(&dir).unwrap_err();
+        assert!(e.to_string().contains("is missing"), "{e}");
+        drop(dir);
+        std::fs::remove_dir_all(&path).unwrap();
+    }
+
+    #[test]
+    fn a_segment_created_but_not_recorded_before_a_crash_is_taken_up() {
+        let path = tmp("unrecorded");
+        let (dir, mut log) = open(&path);
+        append(&dir, &mut log, 3, 1);
+        // As if the roll-over had crashed between the file and its record.
+        dir.meta().remove(seg_key(1)).unwrap();
+        drop((dir, log));
+        let (dir, mut log) = open(&path);
+        assert_eq!((log.first_seq(), log.last_seq()), (1, 3));
+        append(&dir, &mut log, 2, 2);
+        assert!(dir.meta().get(seg_key(1)).unwrap().is_some());
+        drop((dir, log));
         std::fs::remove_dir_all(&path).unwrap();
     }
 }

@@ -19,6 +19,7 @@ pub mod groups;
 pub mod log;
 pub mod positions;
 pub mod readers;
+pub mod segment;
 pub mod watermarks;
 
 use std::path::PathBuf;
