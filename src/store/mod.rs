@@ -2,17 +2,16 @@
 //! members acknowledged, the durable consumers and consumer groups of its
 //! stream it remembers, and its own durable consumers' positions.
 //!
-//! Owns: the files under [`PeerBuilder::data_dir`](crate::PeerBuilder::data_dir)
-//! and the crash-safe storage engine ([fjall], an LSM tree with a journal)
-//! they are kept in. Every write here is synchronous and returns once the
-//! engine has it (and, as the [`Fsync`] policy says, once the disk has it);
+//! Owns: the files under [`PeerBuilder::data_dir`](crate::PeerBuilder::data_dir):
+//! the log's segment files ([`segment`], written once per batch) and the
+//! crash-safe storage engine ([fjall], an LSM tree with a journal) that
+//! keeps the rest. Every write here is synchronous and returns once the
+//! files have it (and, as the [`Fsync`] policy says, once the disk has it);
 //! the drivers decide when to write. Must not touch sockets, tokio or the
 //! protocol cores: it stores bytes and numbers, never interprets a frame.
 //!
-//! The engine was chosen by measuring this workload (batches of 64 events
-//! appended, then scanned): fjall appended 2.5 to 4 times as many events per
-//! second as redb, with or without an fsync per batch (figures in the
-//! closing note of issue 13 and in `docs/ARCHITECTURE.md`).
+//! fjall was chosen over redb by measuring this workload; the log then
+//! left it for its own files (figures in `docs/ARCHITECTURE.md`).
 
 pub mod data_dir;
 pub mod groups;
