@@ -56,6 +56,16 @@ impl Header {
     fn last(&self) -> u64 {
         self.first + u64::from(self.count) - 1
     }
+
+    /// The crc32 of the header after it and of `body`, as [`encode`] wrote it.
+    fn checksum(&self, body: &[u8]) -> u32 {
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&self.first.to_be_bytes());
+        crc.update(&self.time_us.to_be_bytes());
+        crc.update(&self.count.to_be_bytes());
+        crc.update(body);
+        crc.finalize()
+    }
 }
 
 /// Encodes one record of `frames` into `buf` (cleared first). Returns how
@@ -141,7 +151,12 @@ impl SegmentFile {
             .append(true)
             .create_new(true)
             .open(&path)?;
-        Ok(SegmentFile {
+        Ok(SegmentFile::empty(path, file, first))
+    }
+
+    /// The state of a segment with no record yet.
+    fn empty(path: PathBuf, file: File, first: u64) -> SegmentFile {
+        SegmentFile {
             path,
             file,
             first,
@@ -150,7 +165,7 @@ impl SegmentFile {
             last_time_us: 0,
             index: Vec::new(),
             indexed_at: 0,
-        })
+        }
     }
 
     /// Opens the segment starting at `first`. `newest`: check every
@@ -170,16 +185,7 @@ impl SegmentFile {
             .metadata()
             .map_err(|e| format!("cannot stat {}: {e}", path.display()))?
             .len();
-        let mut seg = SegmentFile {
-            path: path.to_path_buf(),
-            file,
-            first,
-            last: first - 1,
-            len: 0,
-            last_time_us: 0,
-            index: Vec::new(),
-            indexed_at: 0,
-        };
+        let mut seg = SegmentFile::empty(path.to_path_buf(), file, first);
         let scan = seg
             .file
             .try_clone()
@@ -209,12 +215,7 @@ impl SegmentFile {
                 if let Err(e) = reader.read_exact(&mut body) {
                     break Some(format!("a record is cut short ({e})"));
                 }
-                let mut crc = crc32fast::Hasher::new();
-                crc.update(&h.first.to_be_bytes());
-                crc.update(&h.time_us.to_be_bytes());
-                crc.update(&h.count.to_be_bytes());
-                crc.update(&body);
-                if crc.finalize() != h.crc || frames(&body, h.count, |_, _| ()).is_none() {
+                if h.checksum(&body) != h.crc || frames(&body, h.count, |_, _| ()).is_none() {
                     break Some(format!("the record at byte {} fails its checksum", seg.len));
                 }
             } else if seg.len + (HEADER as u64) + u64::from(h.body) > size
@@ -351,12 +352,7 @@ impl SegmentFile {
             self.file
                 .read_exact_at(&mut body, offset + HEADER as u64)
                 .map_err(|e| damaged(format!("cannot read byte {offset}: {e}")))?;
-            let mut crc = crc32fast::Hasher::new();
-            crc.update(&h.first.to_be_bytes());
-            crc.update(&h.time_us.to_be_bytes());
-            crc.update(&h.count.to_be_bytes());
-            crc.update(&body);
-            if crc.finalize() != h.crc {
+            if h.checksum(&body) != h.crc {
                 return Err(damaged(format!(
                     "the record at byte {offset} fails its checksum"
                 )));
