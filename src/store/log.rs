@@ -355,6 +355,12 @@ mod tests {
         (dir, log)
     }
 
+    /// Why the log at `path` does not open.
+    fn open_damaged(path: &std::path::Path) -> StoreError {
+        let dir = DataDir::open(path, Fsync::OsBuffered, || Identity { id: 1, stream: 2 }).unwrap();
+        StreamLog::open(&dir).unwrap_err()
+    }
+
     fn frame(seq: u64) -> Vec<u8> {
         format!("event {seq:06}").into_bytes()
     }
@@ -465,11 +471,8 @@ mod tests {
             .join(LOG_DIR)
             .join(segment::file_name(SEGMENT_EVENTS + 1));
         std::fs::remove_file(&newest).unwrap();
-        let dir =
-            DataDir::open(&path, Fsync::OsBuffered, || Identity { id: 1, stream: 2 }).unwrap();
-        let e = StreamLog::open(&dir).unwrap_err();
+        let e = open_damaged(&path);
         assert!(e.to_string().contains("is missing"), "{e}");
-        drop(dir);
         // The oldest gone instead: the log would jump.
         std::fs::remove_dir_all(&path).unwrap();
         let (dir, mut log) = open(&path);
@@ -478,11 +481,8 @@ mod tests {
         append(&dir, &mut log, 3, 2);
         drop((dir, log));
         std::fs::remove_file(path.join(LOG_DIR).join(segment::file_name(1))).unwrap();
-        let dir =
-            DataDir::open(&path, Fsync::OsBuffered, || Identity { id: 1, stream: 2 }).unwrap();
-        let e = StreamLog::open(&dir).unwrap_err();
+        let e = open_damaged(&path);
         assert!(e.to_string().contains("is missing"), "{e}");
-        drop(dir);
         std::fs::remove_dir_all(&path).unwrap();
     }
 
