@@ -438,16 +438,25 @@ async fn a_lagging_durable_consumer_holds_back_the_age_bound_across_the_origins_
         a.stats().durable_readers == 1
     })
     .await;
-    // Two segments it does not get to, and a restart of the origin.
-    let total = 70_000u32;
+    // Two segments it does not get to (the first closed: only a whole
+    // segment other than the newest is trimmed), and a restart of the origin.
+    // A segment rolls over at the first append after it holds
+    // SEGMENT_EVENTS, so the second wave starts once the first is in.
+    let first_wave = chorus::store::log::SEGMENT_EVENTS as u32 + 100;
+    let total = first_wave + 4_000;
     let publish_all = |p: Peer| async move {
-        for i in 11..=total {
+        let wave = p.stats().log_events + u64::from(first_wave - 10);
+        for i in 11..=first_wave {
             p.publish("t", &i).await.unwrap();
         }
-        p // in the log: publish returned
+        wait_for("the first wave in the log", || p.stats().log_events >= wave).await;
+        for i in first_wave + 1..=total {
+            p.publish("t", &i).await.unwrap();
+        }
+        p
     };
     let a = publish_all(a).await;
-    a.shutdown().await;
+    a.shutdown().await; // its log has all of it (shutdown drains the writer)
     let a = origin("a", &a_url)
         .seed(c.local_url())
         .start()

@@ -50,7 +50,7 @@ pub const MAX_NNG_BUFFER: usize = 8192;
 /// | `duplicate_window` | 65536 keys, 120 s | idempotency keys remembered to drop repeats |
 /// | `batch_bytes` | 64 KiB | events already queued are sent together up to this size; above 50 k events/s a batch also gathers ~1 ms of events |
 /// | `shutdown_linger` | 2 s | how long `shutdown` waits for members to acknowledge what was published |
-/// | `stall_limit` | 30 s | how long a full retransmit buffer waits for members that do not ack before cutting them off |
+/// | `stall_limit` | 30 s (2 s with a data dir) | how long a full retransmit buffer waits for members that do not ack before cutting them off |
 /// | `bus_key` / `bus_keys` | none | shared secret(s): every message authenticated (see [`bus_key`](Self::bus_key)) |
 /// | `data_dir` | none | makes the peer durable: identity and the log of its stream live there |
 /// | `fsync` | `EveryBatch` | with a data dir: fsync every batch (`OsBuffered`: hand it to the OS) |
@@ -128,7 +128,7 @@ impl Default for PeerBuilder {
             max_message_size: 1 << 20,
             link_faults: LinkFaults::default(),
             bus_keys: Vec::new(),
-            stall_limit: Duration::from_secs(30),
+            stall_limit: None,
             retransmit_buffer: 8192,
             retransmit_bytes: 16 << 20,
             ordered: true,
@@ -269,9 +269,13 @@ impl PeerBuilder {
     /// (default 30 s). Until then `publish` waits (backpressure); after,
     /// publishing goes on, those members are counted in
     /// `Stats::members_cut_off` and what they can no longer be sent is
-    /// reported as lost on their side.
+    /// reported as lost on their side — except by a durable peer (a
+    /// [`data_dir`](Self::data_dir)), which repairs it from its log: losing
+    /// nothing within retention, it waits 2 s by default (at least four
+    /// heartbeat intervals), so that one paused consumer does not hold its
+    /// publishing back for long.
     pub fn stall_limit(mut self, limit: Duration) -> Self {
-        self.driver.stall_limit = limit;
+        self.driver.stall_limit = Some(limit);
         self
     }
 

@@ -699,8 +699,13 @@ impl Publisher {
     fn check_stall(&mut self) {
         for member in self.outbox.check_stall(clock::now(), self.stall_limit) {
             Counters::add(&self.counters.members_cut_off, 1);
-            tracing::warn!(%member, limit = ?self.stall_limit,
-                "a member held the retransmit buffer full too long: no longer waiting for it (what it misses, it reports lost)");
+            let misses = if self.journal.is_some() {
+                "repaired from the log"
+            } else {
+                "reported lost on its side"
+            };
+            tracing::warn!(%member, limit = ?self.stall_limit, misses,
+                "a member held the retransmit buffer full too long: no longer waiting for it");
         }
     }
 

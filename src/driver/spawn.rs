@@ -67,7 +67,8 @@ pub(crate) struct Config {
     pub max_message_size: usize,
     pub link_faults: LinkFaults,
     pub bus_keys: Vec<BusSecret>,
-    pub stall_limit: Duration,
+    /// `None`: [`STALL_LIMIT`], or [`DURABLE_STALL_LIMIT`] with a data dir.
+    pub stall_limit: Option<Duration>,
     pub retransmit_buffer: usize,
     pub retransmit_bytes: usize,
     pub ordered: bool,
@@ -77,6 +78,27 @@ pub(crate) struct Config {
     pub data_dir: Option<std::path::PathBuf>,
     pub fsync: Fsync,
     pub retention: Retention,
+}
+
+/// How long a full retransmit buffer waits for the members holding it back
+/// before cutting them off (they report what they miss as lost).
+pub(crate) const STALL_LIMIT: Duration = Duration::from_secs(30);
+
+/// The same for a durable peer: a member it cuts off loses nothing within
+/// retention (its repairs are read from the log), so one paused consumer
+/// holds publishing back for this long at most, or four heartbeat
+/// intervals if that is longer (what an ack can take to arrive).
+pub(crate) const DURABLE_STALL_LIMIT: Duration = Duration::from_secs(2);
+
+impl Config {
+    /// The stall limit set, or the default for this kind of peer.
+    fn stall_limit(&self) -> Duration {
+        match (self.stall_limit, &self.data_dir) {
+            (Some(limit), _) => limit,
+            (None, Some(_)) => DURABLE_STALL_LIMIT.max(self.heartbeat_interval * 4),
+            (None, None) => STALL_LIMIT,
+        }
+    }
 }
 
 /// A bus secret; never printed.
@@ -242,7 +264,7 @@ pub(crate) fn spawn(config: Config) -> Result<Drivers> {
         batch: BatchWriter::default(),
         batch_bytes: config.batch_bytes.min(config.max_message_size / 2),
         gate: gate.clone(),
-        stall_limit: config.stall_limit,
+        stall_limit: config.stall_limit(),
         linger: Default::default(),
         flushes: Vec::new(),
         journal,

@@ -36,7 +36,8 @@
 //! answers "gone" the driver reads from the log; it still holds the
 //! publisher back while a live member lags (the log serves repairs, not
 //! flow control: a publisher outrunning its receivers would only make them
-//! repair from the log what pub/sub dropped).
+//! repair from the log what pub/sub dropped), but for a shorter stall
+//! limit by default: a member it cuts off loses nothing within retention.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
