@@ -43,7 +43,7 @@ pub const MAX_NNG_BUFFER: usize = 8192;
 /// | `subscription_buffer` | 1024 | deliveries queued per subscription before the receive path waits |
 /// | `publish_queue` | 1024 | flushes queued for the publisher task (events do not queue: `publish` stages them itself and waits only for room in the retransmit buffer) |
 /// | `max_message_size` | 1 MiB | largest encoded frame sent or accepted |
-/// | `retransmit_buffer` | 8192 | envelopes kept until every live member acknowledged them |
+/// | `retransmit_buffer` | 8192 (65536 with a data dir) | envelopes kept until every live member acknowledged them |
 /// | `retransmit_bytes` | 16 MiB | bytes of those envelopes at most (whichever bound is reached first) |
 /// | `backpressure` | `Wait` | `publish` waits while that buffer is full (`FailFast`: error) |
 /// | `ordered_delivery` | true | per-origin sequence order, gaps held back until repaired or lost |
@@ -129,7 +129,7 @@ impl Default for PeerBuilder {
             link_faults: LinkFaults::default(),
             bus_keys: Vec::new(),
             stall_limit: None,
-            retransmit_buffer: 8192,
+            retransmit_buffer: None,
             retransmit_bytes: 16 << 20,
             ordered: true,
             dedup_keys: 65536,
@@ -312,9 +312,11 @@ impl PeerBuilder {
     }
 
     /// Envelopes kept for retransmission until every live member has
-    /// acknowledged them (≥ 16). Full: see [`backpressure`](Self::backpressure).
+    /// acknowledged them (≥ 16; default 8192, or 65536 with a
+    /// [`data_dir`](Self::data_dir), whose log lengthens the time from
+    /// publish to ack). Full: see [`backpressure`](Self::backpressure).
     pub fn retransmit_buffer(mut self, envelopes: usize) -> Self {
-        self.driver.retransmit_buffer = envelopes;
+        self.driver.retransmit_buffer = Some(envelopes);
         self
     }
 
@@ -446,12 +448,9 @@ impl PeerBuilder {
             1,
             1 << 16,
         )?;
-        range(
-            "retransmit_buffer",
-            self.driver.retransmit_buffer,
-            16,
-            1 << 24,
-        )?;
+        if let Some(n) = self.driver.retransmit_buffer {
+            range("retransmit_buffer", n, 16, 1 << 24)?;
+        }
         range(
             "retransmit_bytes",
             self.driver.retransmit_bytes,

@@ -89,6 +89,7 @@ pub fn run(o: &Options) -> serde_json::Value {
     let peers = PeerSettings {
         batch_bytes: o.batch_bytes,
         bus_key: o.bus_key.clone(),
+        retransmit_buffer: o.retransmit_buffer,
     };
 
     let mut points = Vec::new();

@@ -38,6 +38,8 @@ pub struct Options {
     pub batch_bytes: usize,
     /// A bus key for the chorus peers (every message authenticated).
     pub bus_key: Option<String>,
+    /// The chorus peers' retransmit buffer (`None`: the default).
+    pub retransmit_buffer: Option<usize>,
     /// Runs per mode of the user-shaped point across processes (0 skips it).
     pub user_runs: usize,
     /// Its warm-up and measured window, seconds.
@@ -75,6 +77,7 @@ impl Options {
             child: None,
             batch_bytes: 64 * 1024,
             bus_key: None,
+            retransmit_buffer: None,
             user_runs: match mode {
                 Mode::Smoke => 1,
                 Mode::Quick => 1,
@@ -169,6 +172,10 @@ pub struct Args {
     /// Authenticate every chorus message with this bus key (what it costs).
     #[arg(long, value_name = "SECRET")]
     pub bus_key: Option<String>,
+    /// The chorus peers' retransmit buffer in envelopes (default: the
+    /// library's, 8192 or 65536 with a data dir).
+    #[arg(long, value_name = "N")]
+    pub retransmit_buffer: Option<usize>,
     /// Where to write every figure as JSON (default target/throughput.json).
     #[arg(long, value_name = "FILE")]
     pub json: Option<String>,
@@ -230,6 +237,7 @@ impl Args {
         o.child = child;
         o.batch_bytes = self.batch_bytes;
         o.bus_key = self.bus_key.clone();
+        o.retransmit_buffer = self.retransmit_buffer;
         o.user_only = self.user_only;
         if let Some(m) = &self.user_modes {
             o.user_modes = parse_modes(m)?;

@@ -58,14 +58,19 @@ pub(crate) struct PeerSettings {
     pub batch_bytes: usize,
     /// Bus key (`--bus-key`; none by default).
     pub bus_key: Option<String>,
+    /// Retransmit buffer (`--retransmit-buffer`; the library's default).
+    pub retransmit_buffer: Option<usize>,
 }
 
 impl PeerSettings {
     pub(crate) fn builder(&self, name: String, url: String) -> PeerBuilder {
-        let b = Peer::builder()
+        let mut b = Peer::builder()
             .name(name)
             .listen(url)
             .batch_bytes(self.batch_bytes);
+        if let Some(n) = self.retransmit_buffer {
+            b = b.retransmit_buffer(n);
+        }
         match self.bus_key.as_deref() {
             Some(key) => b.bus_key(key),
             None => b,
