@@ -225,6 +225,7 @@ impl StreamLog {
             closed
                 .sync()
                 .map_err(|e| dir.error("close a log segment", e))?;
+            closed.evict();
         }
         let seg = SegmentFile::create(&self.path, first)
             .map_err(|e| dir.error("create a log segment", e))?;

@@ -283,6 +283,14 @@ impl SegmentFile {
         self.file.sync_data()
     }
 
+    /// Tells the kernel its pages will not be needed soon (once synced: a
+    /// closed segment), so the page cache does not grow with the log and
+    /// the next segment's writes reuse the freed pages.
+    pub fn evict(&self) {
+        #[cfg(target_os = "linux")]
+        let _ = rustix::fs::fadvise(&self.file, 0, None, rustix::fs::Advice::DontNeed);
+    }
+
     /// Its first sequence number.
     pub fn first(&self) -> u64 {
         self.first
