@@ -93,6 +93,9 @@ stats! {
     log_reads,
     /// Gauge: events in this peer's log (a durable peer).
     log_events,
+    /// Gauge: segment files of that log (retention trims whole closed
+    /// segments, never the newest).
+    log_segments,
     /// Batches appended to the log that the disk refused (see `Error::Store`).
     log_append_failures,
     /// Gauge: durable consumers of this peer's stream it remembers (heard

@@ -17,6 +17,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
+use crate::api::stats::Counters;
 use crate::error::{Error, Result};
 use crate::proto::assign::DurableGroup;
 use crate::proto::outbox::Outbox;
@@ -62,6 +63,12 @@ impl StoreHealth {
             *self.error.lock() = None;
         }
     }
+}
+
+/// Sets the gauges of `log` (events, segments).
+pub(crate) fn set_log_gauges(counters: &Counters, log: &StreamLog) {
+    Counters::set(&counters.log_events, log.events());
+    Counters::set(&counters.log_segments, log.segment_count() as u64);
 }
 
 /// See the module documentation.
@@ -347,10 +354,9 @@ impl Journal {
         read
     }
 
-    /// Events in the log.
-    pub(crate) fn len(&self) -> u64 {
-        let log = self.log.lock();
-        (log.last_seq() + 1).saturating_sub(log.first_seq())
+    /// Sets the log's gauges (events, segments).
+    pub(crate) fn set_gauges(&self, counters: &Counters) {
+        set_log_gauges(counters, &self.log.lock());
     }
 
     /// About once a second: records the members' watermarks and the

@@ -25,7 +25,7 @@ use tokio::sync::Notify;
 
 use crate::api::stats::Counters;
 use crate::driver::clock::now_us;
-use crate::driver::journal::StoreHealth;
+use crate::driver::journal::{set_log_gauges, StoreHealth};
 use crate::store::{DataDir, StreamLog};
 
 /// Bytes of batches appended in one write at most.
@@ -178,8 +178,7 @@ fn append(p: &WriterParts, pending: &mut Vec<Bytes>) {
         Ok(()) => {
             pending.clear();
             p.health.clear();
-            let events = (log.last_seq() + 1).saturating_sub(log.first_seq());
-            Counters::set(&p.counters.log_events, events);
+            set_log_gauges(&p.counters, &log);
         }
         Err(e) => {
             tracing::error!(error = %e, pending = pending.len(),

@@ -615,7 +615,7 @@ impl Publisher {
         if let Some(journal) = &mut self.journal {
             journal.note_groups(self.assigner.durable(self.outbox.last_seq()), gone);
             journal.upkeep(&self.outbox, now);
-            Counters::set(&self.counters.log_events, journal.len());
+            journal.set_gauges(&self.counters);
         }
     }
 

@@ -176,6 +176,16 @@ impl StreamLog {
             .unwrap_or(self.last_seq + 1)
     }
 
+    /// Events it holds.
+    pub fn events(&self) -> u64 {
+        (self.last_seq + 1).saturating_sub(self.first_seq())
+    }
+
+    /// Segment files it holds (retention trims whole closed ones).
+    pub fn segment_count(&self) -> usize {
+        self.segments.len()
+    }
+
     /// The highest sequence number retention trimmed (0: none).
     pub fn trimmed_through(&self) -> u64 {
         self.trimmed_through
@@ -410,8 +420,9 @@ mod tests {
                 .unwrap();
         }
         append(&dir, &mut log, 3, 4_000_000);
-        assert_eq!(log.segments.len(), 4);
+        assert_eq!(log.segment_count(), 4);
         let last = log.last_seq();
+        assert_eq!(log.events(), last);
         // Nothing is old enough or too big.
         let keep = Retention {
             max_bytes: u64::MAX,
@@ -449,6 +460,7 @@ mod tests {
             (log.first_seq(), log.last_seq()),
             (SEGMENT_EVENTS * 3 + 1, last)
         );
+        assert_eq!((log.segment_count(), log.events()), (1, 3));
         assert_eq!(
             log.read(&dir, 1, last, usize::MAX, 10).unwrap()[0].0,
             SEGMENT_EVENTS * 3 + 1
