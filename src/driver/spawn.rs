@@ -97,9 +97,9 @@ pub(crate) const RETRANSMIT_BUFFER: usize = 8192;
 
 /// The same for a durable peer: its events go through the log before they
 /// are sent, which lengthens the time from publish to ack, and an 8192
-/// window then bounds the rate (64 B, OS buffered: 63 % of in-memory at
-/// 8192, 80 % at 65536; `chorus bench --user-only`). `retransmit_bytes`
-/// still bounds its memory.
+/// window then bounds the rate (64 B, OS buffered: 63–65 % of in-memory
+/// at 8192, 77–80 % at 65536; `chorus bench --user-only --retransmit-buffer
+/// N`). `retransmit_bytes` still bounds its memory.
 pub(crate) const DURABLE_RETRANSMIT_BUFFER: usize = 65536;
 
 impl Config {
