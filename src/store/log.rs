@@ -204,7 +204,7 @@ impl StreamLog {
         I: IntoIterator<Item = &'a [u8]>,
     {
         let first = self.last_seq + 1;
-        let (count, _) = segment::encode(&mut self.record, first, now_us, frames);
+        let count = segment::encode(&mut self.record, first, now_us, frames);
         if count == 0 {
             return Ok(());
         }

@@ -69,21 +69,20 @@ impl Header {
 }
 
 /// Encodes one record of `frames` into `buf` (cleared first). Returns how
-/// many frames it holds and their bytes.
+/// many frames it holds.
 pub fn encode<'a>(
     buf: &mut Vec<u8>,
     first: u64,
     time_us: u64,
     frames: impl IntoIterator<Item = &'a [u8]>,
-) -> (u64, u64) {
+) -> u64 {
     buf.clear();
     buf.resize(HEADER, 0);
-    let (mut count, mut bytes) = (0u64, 0u64);
+    let mut count = 0u64;
     for f in frames {
         buf.extend_from_slice(&(f.len() as u32).to_be_bytes());
         buf.extend_from_slice(f);
         count += 1;
-        bytes += f.len() as u64;
     }
     let body = (buf.len() - HEADER) as u32;
     buf[0..4].copy_from_slice(&body.to_be_bytes());
@@ -92,7 +91,7 @@ pub fn encode<'a>(
     buf[24..28].copy_from_slice(&(count as u32).to_be_bytes());
     let crc = crc32fast::hash(&buf[8..]);
     buf[4..8].copy_from_slice(&crc.to_be_bytes());
-    (count, bytes)
+    count
 }
 
 /// Calls `f` with each frame of a record's body; `None` if it does not
