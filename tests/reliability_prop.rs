@@ -5,7 +5,6 @@
 //! once. Never both, never neither, never silently.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -102,7 +101,7 @@ fn run(
             };
             let bytes = wire.remove(i);
             let env = Envelope::decode(&bytes, 1 << 20).unwrap();
-            inbox.handle_envelope(Arc::new(env), now);
+            inbox.handle_envelope(env, now);
         }
         // Heartbeats: the origin advertises its last seq, the receiver its ack.
         if step.is_multiple_of(25) {
@@ -131,7 +130,7 @@ fn run(
                     let envs = repair
                         .frames
                         .iter()
-                        .map(|f| Arc::new(Envelope::decode(f, 1 << 20).unwrap()))
+                        .map(|f| Envelope::decode(f, 1 << 20).unwrap())
                         .collect();
                     inbox.handle_repair(
                         repair.origin,

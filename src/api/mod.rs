@@ -11,6 +11,7 @@ pub(crate) mod events;
 pub(crate) mod observer;
 pub(crate) mod peer;
 pub(crate) mod publish_options;
+pub(crate) mod queue;
 pub(crate) mod request;
 pub(crate) mod stats;
 pub(crate) mod subscription;

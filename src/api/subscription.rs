@@ -17,9 +17,10 @@ use bytes::Bytes;
 use futures::Stream;
 use parking_lot::{Mutex, RwLock};
 use serde::de::DeserializeOwned;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::broadcast;
 
 use crate::api::delivery::{Delivery, Undecodable};
+use crate::api::queue::{self, Feed, Refused};
 use crate::api::stats::Counters;
 use crate::driver::group::{ControlEvent, GroupSub, Route};
 use crate::driver::inflight::InFlight;
@@ -35,7 +36,7 @@ use crate::wire::topic::Pattern;
 /// One envelope on its way to a subscription.
 #[derive(Debug, Clone)]
 pub(crate) struct Routed {
-    pub envelope: Arc<Envelope>,
+    pub envelope: Envelope,
     /// It may already have reached an earlier life of this peer.
     pub redelivered: bool,
     /// Only for durable subscriptions (see `Inbox::is_replay`).
@@ -45,7 +46,7 @@ pub(crate) struct Routed {
 struct Entry {
     id: u64,
     pattern: Pattern,
-    tx: mpsc::Sender<Routed>,
+    tx: Feed<Routed>,
     /// A handler subscription: what it is given is in flight until it is done.
     tracked: bool,
     /// A durable subscription: what it is handed.
@@ -102,7 +103,7 @@ pub(crate) enum Dispatched {
     /// Every matching subscription had room.
     Done,
     /// These matching subscriptions were full: the caller awaits them.
-    Full(Vec<(mpsc::Sender<Routed>, Routed)>),
+    Full(Vec<(Feed<Routed>, Routed)>),
 }
 
 impl Registry {
@@ -111,13 +112,13 @@ impl Registry {
         pattern: Pattern,
         capacity: usize,
         reader: Reader,
-    ) -> Option<(u64, mpsc::Receiver<Routed>)> {
+    ) -> Option<(u64, queue::Reader<Routed>)> {
         let mut entries = self.entries.write();
         if self.closed.load(Ordering::Acquire) {
             return None;
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = mpsc::channel(capacity);
+        let (tx, rx) = queue::queue(capacity);
         let tracked = !matches!(reader, Reader::Stream);
         let (durable, group) = match reader {
             Reader::Durable(c) => (Some(Mutex::new(c)), None),
@@ -237,15 +238,25 @@ impl Registry {
         }
     }
 
-    /// Offers `env` to every subscription whose pattern matches its topic
-    /// without waiting; the full ones are returned for the caller to await,
-    /// so that a slow subscription exerts backpressure instead of losing data.
-    pub(crate) fn dispatch(&self, received: &Routed) -> Dispatched {
+    /// Wakes every subscription whose reader has deliveries it was not
+    /// woken for: the receive path calls it once it has dispatched what it
+    /// had (see [`queue`]).
+    pub(crate) fn flush(&self) {
+        for e in self.entries.read().iter() {
+            e.tx.flush();
+        }
+    }
+
+    /// Offers `received` to every subscription whose pattern matches its
+    /// topic without waiting (a copy to each but the last); the full ones
+    /// are returned for the caller to await, so that a slow subscription
+    /// exerts backpressure instead of losing data.
+    pub(crate) fn dispatch(&self, received: Routed) -> Dispatched {
         let env = &received.envelope;
         let reserved = env.topic.starts_with(RESERVED_PREFIX);
         if reserved && self.reply_topic.get().is_some_and(|t| **t == *env.topic) {
-            match env.headers.get(REPLY_FOR_HEADER) {
-                Some(id) => self.replies.deliver(id, env.clone()),
+            match env.headers.get(REPLY_FOR_HEADER).cloned() {
+                Some(id) => self.replies.deliver(&id, Arc::new(received.envelope)),
                 None => {
                     self.replies.unclaimed.fetch_add(1, Ordering::Relaxed);
                 }
@@ -269,19 +280,25 @@ impl Registry {
         }
         let mut matched = reserved; // a control event is never "unmatched"
         let mut full = Vec::new();
+        // The last subscription found to take `received` as it is: it is
+        // handed the original once every other one has had its copy.
+        let mut last: Option<&Entry> = None;
         for e in entries.iter() {
             // A replay is for durable subscriptions only; each of those
             // skips what it committed and flags its uncommitted tail.
-            let mut routed = None;
+            let mut own = None;
             if let Some(g) = &e.group {
                 if received.replay {
                     continue;
                 }
-                match g.route(env, control.as_ref()) {
+                match g.route(&received.envelope, control.as_ref()) {
                     Route::Skip => continue,
-                    Route::Take(envelope, flagged) => {
+                    Route::Take => {
                         self.group_delivered.fetch_add(1, Ordering::Relaxed);
-                        routed = Some(Routed {
+                    }
+                    Route::Reassigned(envelope, flagged) => {
+                        self.group_delivered.fetch_add(1, Ordering::Relaxed);
+                        own = Some(Routed {
                             envelope,
                             redelivered: received.redelivered || flagged,
                             replay: false,
@@ -301,7 +318,7 @@ impl Registry {
                             continue;
                         }
                         if cursor.redelivered(env) && !received.redelivered {
-                            routed = Some(Routed {
+                            own = Some(Routed {
                                 redelivered: true,
                                 ..received.clone()
                             });
@@ -310,19 +327,35 @@ impl Registry {
                 }
             }
             matched = true;
-            let routed = routed.unwrap_or_else(|| received.clone());
-            if e.tracked {
-                let r = &routed.envelope;
-                self.inflight.add(e.id, r.origin, r.incarnation, r.seq);
+            match own {
+                Some(routed) => self.offer(e, routed, &mut full),
+                None => {
+                    if let Some(before) = last.replace(e) {
+                        self.offer(before, received.clone(), &mut full);
+                    }
+                }
             }
-            if let Err(mpsc::error::TrySendError::Full(r)) = e.tx.try_send(routed) {
-                full.push((e.tx.clone(), r));
-            }
+        }
+        if let Some(e) = last {
+            self.offer(e, received, &mut full);
         }
         match (matched, full.is_empty()) {
             (false, _) => Dispatched::Unmatched,
             (true, true) => Dispatched::Done,
             (true, false) => Dispatched::Full(full),
+        }
+    }
+
+    /// Queues `routed` for the subscription `e` (tracked until done for
+    /// a handler), or adds it to `full`.
+    fn offer(&self, e: &Entry, routed: Routed, full: &mut Vec<(Feed<Routed>, Routed)>) {
+        if e.tracked {
+            let r = &routed.envelope;
+            self.inflight.add(e.id, r.origin, r.incarnation, r.seq);
+        }
+        match e.tx.try_push(routed) {
+            Ok(()) | Err(Refused::Gone) => {}
+            Err(Refused::Full(r)) => full.push((e.tx.clone(), *r)),
         }
     }
 }
@@ -343,9 +376,10 @@ pub(crate) fn decode_raw(payload: &Bytes) -> Result<Bytes, String> {
 /// Ends when the peer shuts down. Dropping it unsubscribes. Each
 /// subscription has a bounded buffer
 /// ([`PeerBuilder::subscription_buffer`](crate::PeerBuilder::subscription_buffer));
-/// when it is full the peer's receive path waits for it.
+/// when it is full the peer's receive path waits for it. The stream takes
+/// what is queued in one go, so up to as many again may be in its hands.
 pub struct Subscription<T> {
-    rx: mpsc::Receiver<Routed>,
+    rx: queue::Reader<Routed>,
     decode: Decode<T>,
     id: u64,
     pattern: Pattern,
@@ -420,6 +454,10 @@ impl<T> Subscription<T> {
             Poll::Ready(None) => return Poll::Ready(None),
             Poll::Pending => return Poll::Pending,
         };
+        // Allocated here, on the reader's thread, which frees it too: a
+        // block freed by another thread than the one that allocated it
+        // takes the allocator's lock (glibc's arenas).
+        let env = Arc::new(env);
         match (self.decode)(&env.payload) {
             Ok(value) => {
                 Counters::add(&self.counters.delivered, 1);

@@ -38,7 +38,7 @@ pub(crate) enum ControlEvent {
         group: Arc<str>,
         to: PeerId,
         redelivered: bool,
-        envelope: Arc<Envelope>,
+        envelope: Envelope,
     },
 }
 
@@ -68,7 +68,7 @@ impl ControlEvent {
                     group: body.group.as_str().into(),
                     to: body.to,
                     redelivered: body.redelivered,
-                    envelope: Arc::new(inner),
+                    envelope: inner,
                 })
             })()),
             _ => None,
@@ -92,9 +92,11 @@ fn decode_one(frame: &Bytes, max_size: usize) -> Result<Envelope, DecodeError> {
 pub(crate) enum Route {
     /// Not its own.
     Skip,
-    /// Its share: this envelope (the reassigned event for a reassignment),
-    /// flagged as possibly handled elsewhere.
-    Take(Arc<Envelope>, bool),
+    /// Its share: this envelope.
+    Take,
+    /// Its share of a reassignment: the event it carries, flagged as
+    /// possibly handled elsewhere.
+    Reassigned(Envelope, bool),
 }
 
 /// See the module documentation.
@@ -152,7 +154,7 @@ impl GroupSub {
 
     /// The next envelope of a stream, in order; `control` is its control
     /// event, decoded (if it is one and decoded).
-    pub(crate) fn route(&self, env: &Arc<Envelope>, control: Option<&ControlEvent>) -> Route {
+    pub(crate) fn route(&self, env: &Envelope, control: Option<&ControlEvent>) -> Route {
         if self.is_stopped() {
             return Route::Skip;
         }
@@ -182,7 +184,7 @@ impl GroupSub {
                     && self.pattern.matches(&envelope.topic)
                     && o.takes(self.me, group, env.seq, *to)
                 {
-                    Route::Take(envelope.clone(), *redelivered)
+                    Route::Reassigned(envelope.clone(), *redelivered)
                 } else {
                     Route::Skip
                 }
@@ -192,7 +194,7 @@ impl GroupSub {
                     && self.pattern.matches(&env.topic)
                     && o.is_mine(self.me, &self.name, env.seq, &env.topic, envelope_key(env))
                 {
-                    Route::Take(env.clone(), false)
+                    Route::Take
                 } else {
                     Route::Skip
                 }

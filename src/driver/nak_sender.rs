@@ -28,7 +28,7 @@ const ANSWER_DEADLINE: Duration = Duration::from_millis(500);
 pub(crate) struct Repaired {
     pub origin: PeerId,
     pub incarnation: u64,
-    pub envelopes: Vec<Arc<Envelope>>,
+    pub envelopes: Vec<Envelope>,
     pub gone: Vec<(u64, u64)>,
     pub owed_from: u64,
     pub redelivered_through: u64,
@@ -162,7 +162,7 @@ impl Client {
             match Envelope::decode(frame, self.max_message_size) {
                 // The decoder checks the topic.
                 Ok(e) if e.origin == repair.origin && e.incarnation == repair.incarnation => {
-                    envelopes.push(Arc::new(e))
+                    envelopes.push(e)
                 }
                 _ => return bad("retained frame not from this origin"),
             }

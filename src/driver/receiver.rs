@@ -328,7 +328,7 @@ impl Receiver {
         for msg in frames.drain(..) {
             self.decode(msg, &mut envelopes);
             for env in envelopes.drain(..) {
-                self.inbox.handle_envelope(Arc::new(env), now);
+                self.inbox.handle_envelope(env, now);
             }
         }
         self.scratch = envelopes;
@@ -381,6 +381,7 @@ impl Receiver {
                 },
             }
         }
+        self.registry.flush();
         let c = self.inbox.counters();
         let s = &self.counters;
         Counters::set(&s.duplicates, c.duplicates);
@@ -489,7 +490,7 @@ impl Receiver {
 
     /// Drops a repeated idempotency key, else hands the envelope to every
     /// matching subscription; false if shutdown interrupted a wait.
-    async fn deliver(&mut self, env: Arc<Envelope>) -> bool {
+    async fn deliver(&mut self, env: Envelope) -> bool {
         // A replay is for durable subscriptions, which skip by position:
         // its key was seen when it was first delivered here, or belongs to
         // a stretch the others were never owed.
@@ -520,14 +521,17 @@ impl Receiver {
             redelivered,
             replay,
         };
-        match self.registry.dispatch(&received) {
+        match self.registry.dispatch(received) {
             Dispatched::Unmatched => Counters::add(&self.counters.unmatched, 1),
             Dispatched::Done => {}
             Dispatched::Full(waiting) => {
+                // Wake every reader first: the one that is full may be read
+                // by a task waiting on another.
+                self.registry.flush();
                 for (tx, routed) in waiting {
-                    // A send error means the subscription was dropped meanwhile.
+                    // An error means the subscription was dropped meanwhile.
                     tokio::select! {
-                        _ = tx.send(routed) => {}
+                        _ = tx.push(routed) => {}
                         _ = self.stopping.wait_for(|stop| *stop) => return false,
                     }
                 }

@@ -17,7 +17,6 @@
 //! number of origins by `max_origins`.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::proto::dedup::{Seen, SeqWindow, WINDOW};
@@ -69,7 +68,7 @@ impl Default for InboxConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum InboxEvent {
     /// Hand this envelope to the subscriptions.
-    Deliver(Arc<Envelope>),
+    Deliver(Envelope),
     /// These sequence numbers of this origin will never be delivered.
     Lost {
         /// The origin.
@@ -111,7 +110,7 @@ pub struct InboxCounters {
 struct Stream {
     incarnation: u64,
     window: SeqWindow,
-    held: BTreeMap<u64, Arc<Envelope>>,
+    held: BTreeMap<u64, Envelope>,
     highest: u64,
     last_nak: Option<Instant>,
     /// The last NAK is not answered yet.
@@ -205,7 +204,7 @@ pub struct Inbox {
     /// envelopes wait here (bounded by `max_held`) until a heartbeat tells
     /// where their stream starts, so losing an origin's first messages can
     /// never pass for "published before we joined".
-    pending: HashMap<PeerId, Vec<Arc<Envelope>>>,
+    pending: HashMap<PeerId, Vec<Envelope>>,
     /// Origins forgotten (left or failed), with the incarnation and the
     /// sequence number through which their stream was settled (delivered or
     /// declared lost): an envelope of that incarnation arriving later is a
@@ -260,7 +259,7 @@ impl Inbox {
     }
 
     /// An envelope arrived (from pub/sub or a repair).
-    pub fn handle_envelope(&mut self, env: Arc<Envelope>, now: Instant) {
+    pub fn handle_envelope(&mut self, env: Envelope, now: Instant) {
         if let Some(waiting) = self.pending.get_mut(&env.origin) {
             if waiting.len() < self.cfg.max_held {
                 waiting.push(env);
@@ -341,7 +340,7 @@ impl Inbox {
         &mut self,
         origin: PeerId,
         incarnation: u64,
-        envelopes: Vec<Arc<Envelope>>,
+        envelopes: Vec<Envelope>,
         gone: &[(u64, u64)],
         owed_from: u64,
         now: Instant,
@@ -640,8 +639,8 @@ mod tests {
     use crate::wire::envelope::Headers;
     use bytes::Bytes;
 
-    fn env(origin: u64, incarnation: u64, seq: u64) -> Arc<Envelope> {
-        Arc::new(Envelope {
+    fn env(origin: u64, incarnation: u64, seq: u64) -> Envelope {
+        Envelope {
             origin: PeerId(origin),
             incarnation,
             seq,
@@ -651,7 +650,7 @@ mod tests {
             correlation_id: None,
             headers: Headers::new(),
             payload: Bytes::new(),
-        })
+        }
     }
 
     fn drain(i: &mut Inbox) -> Vec<String> {
