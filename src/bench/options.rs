@@ -75,7 +75,7 @@ impl Options {
             json: format!("{files}.json"),
             svg: format!("{files}.svg"),
             child: None,
-            batch_bytes: 64 * 1024,
+            batch_bytes: crate::api::builder::BATCH_BYTES,
             bus_key: None,
             retransmit_buffer: None,
             user_runs: match mode {
@@ -167,7 +167,7 @@ pub struct Args {
     #[arg(long, value_name = "LIST")]
     pub transports: Option<String>,
     /// chorus's batch size in bytes; 0 turns batching off.
-    #[arg(long, value_name = "BYTES", default_value_t = 64 * 1024)]
+    #[arg(long, value_name = "BYTES", default_value_t = crate::api::builder::BATCH_BYTES)]
     pub batch_bytes: usize,
     /// Authenticate every chorus message with this bus key (what it costs).
     #[arg(long, value_name = "SECRET")]
