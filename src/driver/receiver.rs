@@ -20,6 +20,7 @@ use parking_lot::{Mutex, RwLock};
 use tokio::sync::{broadcast, mpsc, oneshot, watch, Notify};
 
 use crate::api::delivery::Loss;
+use crate::api::queue::Feed;
 use crate::api::stats::Counters;
 use crate::api::subscription::{Dispatched, Registry, Routed};
 use crate::driver::clock;
@@ -350,7 +351,10 @@ impl Receiver {
             match event {
                 InboxEvent::Deliver(env) if go_on => {
                     self.delivered_bytes += env.payload.len() as u64;
-                    go_on = self.deliver(env).await;
+                    let waiting = self.deliver(env);
+                    if !waiting.is_empty() {
+                        go_on = self.wait_for_room(waiting).await;
+                    }
                 }
                 InboxEvent::Deliver(_) => {}
                 InboxEvent::Lost {
@@ -489,8 +493,10 @@ impl Receiver {
     }
 
     /// Drops a repeated idempotency key, else hands the envelope to every
-    /// matching subscription; false if shutdown interrupted a wait.
-    async fn deliver(&mut self, env: Envelope) -> bool {
+    /// matching subscription without waiting; what full subscriptions
+    /// could not take yet is returned for [`wait_for_room`](Self::wait_for_room).
+    /// Synchronous, so the envelope is not moved into a future's state.
+    fn deliver(&mut self, env: Envelope) -> Vec<(Feed<Routed>, Routed)> {
         // A replay is for durable subscriptions, which skip by position:
         // its key was seen when it was first delivered here, or belongs to
         // a stretch the others were never owed.
@@ -502,7 +508,7 @@ impl Receiver {
                 Counters::add(&self.counters.duplicate_keys, 1);
                 tracing::debug!(topic = %env.topic, key, origin = %env.origin, seq = env.seq,
                     "duplicate idempotency key dropped");
-                return true;
+                return Vec::new();
             }
             self.keys.record(&env.topic, key, now);
         }
@@ -524,17 +530,22 @@ impl Receiver {
         match self.registry.dispatch(received) {
             Dispatched::Unmatched => Counters::add(&self.counters.unmatched, 1),
             Dispatched::Done => {}
-            Dispatched::Full(waiting) => {
-                // Wake every reader first: the one that is full may be read
-                // by a task waiting on another.
-                self.registry.flush();
-                for (tx, routed) in waiting {
-                    // An error means the subscription was dropped meanwhile.
-                    tokio::select! {
-                        _ = tx.push(routed) => {}
-                        _ = self.stopping.wait_for(|stop| *stop) => return false,
-                    }
-                }
+            Dispatched::Full(waiting) => return waiting,
+        }
+        Vec::new()
+    }
+
+    /// Waits until each full subscription took what it was offered; false
+    /// if shutdown interrupted the wait.
+    async fn wait_for_room(&mut self, waiting: Vec<(Feed<Routed>, Routed)>) -> bool {
+        // Wake every reader first: the one that is full may be read by a
+        // task waiting on another.
+        self.registry.flush();
+        for (tx, routed) in waiting {
+            // An error means the subscription was dropped meanwhile.
+            tokio::select! {
+                _ = tx.push(routed) => {}
+                _ = self.stopping.wait_for(|stop| *stop) => return false,
             }
         }
         true

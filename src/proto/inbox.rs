@@ -199,12 +199,13 @@ impl Stream {
 #[derive(Debug, Default)]
 pub struct Inbox {
     cfg: InboxConfig,
-    streams: HashMap<PeerId, Stream>,
+    /// FNV-hashed: looked up per envelope; bounded by `max_origins`.
+    streams: fnv::FnvHashMap<PeerId, Stream>,
     /// Members announced but not heard from by heartbeat yet: their
     /// envelopes wait here (bounded by `max_held`) until a heartbeat tells
     /// where their stream starts, so losing an origin's first messages can
     /// never pass for "published before we joined".
-    pending: HashMap<PeerId, Vec<Envelope>>,
+    pending: fnv::FnvHashMap<PeerId, Vec<Envelope>>,
     /// Origins forgotten (left or failed), with the incarnation and the
     /// sequence number through which their stream was settled (delivered or
     /// declared lost): an envelope of that incarnation arriving later is a
@@ -269,6 +270,22 @@ impl Inbox {
             return;
         }
         let (origin, seq) = (env.origin, env.seq);
+        // The common case, with one lookup: the next one of a known
+        // stream, nothing held back and nothing missing (so no NAK).
+        if let Some(st) = self.streams.get_mut(&origin) {
+            let next = st.window.contiguous() + 1;
+            if self.cfg.ordered
+                && st.incarnation == env.incarnation
+                && seq == next
+                && st.highest < seq
+                && st.held.is_empty()
+                && st.window.insert(seq) == Seen::Fresh
+            {
+                st.highest = seq;
+                self.events.push_back(InboxEvent::Deliver(env));
+                return;
+            }
+        }
         if !self.open(origin, env.incarnation, seq.saturating_sub(1)) {
             return;
         }
