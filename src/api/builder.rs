@@ -50,7 +50,7 @@ pub const MAX_NNG_BUFFER: usize = 8192;
 /// | `subscription_buffer` | 1024 | deliveries queued per subscription before the receive path waits |
 /// | `publish_queue` | 1024 | flushes queued for the publisher task (events do not queue: `publish` stages them itself and waits only for room in the retransmit buffer) |
 /// | `max_message_size` | 1 MiB | largest encoded frame sent or accepted |
-/// | `retransmit_buffer` | 8192 (65536 with a data dir) | envelopes kept until every live member acknowledged them |
+/// | `retransmit_buffer` | 16384 (65536 with a data dir) | envelopes kept until every live member acknowledged them |
 /// | `retransmit_bytes` | 16 MiB | bytes of those envelopes at most (whichever bound is reached first) |
 /// | `backpressure` | `Wait` | `publish` waits while that buffer is full (`FailFast`: error) |
 /// | `ordered_delivery` | true | per-origin sequence order, gaps held back until repaired or lost |
@@ -319,7 +319,7 @@ impl PeerBuilder {
     }
 
     /// Envelopes kept for retransmission until every live member has
-    /// acknowledged them (≥ 16; default 8192, or 65536 with a
+    /// acknowledged them (≥ 16; default 16384, or 65536 with a
     /// [`data_dir`](Self::data_dir), whose log lengthens the time from
     /// publish to ack). Full: see [`backpressure`](Self::backpressure).
     pub fn retransmit_buffer(mut self, envelopes: usize) -> Self {

@@ -173,7 +173,7 @@ pub struct Args {
     #[arg(long, value_name = "SECRET")]
     pub bus_key: Option<String>,
     /// The chorus peers' retransmit buffer in envelopes (default: the
-    /// library's, 8192 or 65536 with a data dir).
+    /// library's, 16384 or 65536 with a data dir).
     #[arg(long, value_name = "N")]
     pub retransmit_buffer: Option<usize>,
     /// Where to write every figure as JSON (default target/throughput.json).

@@ -41,8 +41,8 @@ use crate::wire::topic::Interner;
 /// How many frames are taken from NNG per wake-up.
 const RECV_BATCH: usize = 64;
 /// Progress (in events of one origin) that triggers a direct ack: a
-/// eighth of the default retransmit buffer, so acks come well before it
-/// fills, and about one per 1 ms batch at 1 M events/s.
+/// sixteenth of the default retransmit buffer, so acks come well before it
+/// fills, and about one per 1 ms at 1 M events/s.
 const DIRECT_ACK_EVERY: u64 = 1024;
 /// Payload bytes delivered (all origins) after which every origin this
 /// peer moved on in gets a direct ack, however few events that was: large

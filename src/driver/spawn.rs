@@ -92,8 +92,12 @@ pub(crate) const STALL_LIMIT: Duration = Duration::from_secs(30);
 /// intervals if that is longer (what an ack can take to arrive).
 pub(crate) const DURABLE_STALL_LIMIT: Duration = Duration::from_secs(2);
 
-/// Envelopes a retransmit buffer keeps at most.
-pub(crate) const RETRANSMIT_BUFFER: usize = 8192;
+/// Envelopes a retransmit buffer keeps at most: four full batches of
+/// small events (a batch holds at most 4096), so the publisher numbers the
+/// next ones while the receiver acknowledges the earlier (benches/peers,
+/// 64 B, 3 alternating rounds: 8192 2.37–2.67 M msg/s, 16384 2.81–2.98 M,
+/// 32768 2.62–2.97 M, subscriber RSS 13, 16, 19 MiB).
+pub(crate) const RETRANSMIT_BUFFER: usize = 16384;
 
 /// The same for a durable peer: its events go through the log before they
 /// are sent, which lengthens the time from publish to ack, and an 8192
