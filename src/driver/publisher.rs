@@ -185,6 +185,11 @@ impl PublishPath {
         }
         // Stats read right after a publish see the buffer it filled.
         p.update_buffer_gauges();
+        // What acks freed is dropped here, by a publishing thread (where
+        // such frames are allocated), outside the lock.
+        let freed = p.outbox.take_freed();
+        drop(p);
+        drop(freed);
         Ok(())
     }
 
@@ -610,6 +615,8 @@ impl Publisher {
     /// retention age; records watermarks, readers and durable groups, and
     /// trims the log (a durable peer).
     fn upkeep(&mut self) {
+        // Freed frames nobody published after (see `try_stage`).
+        drop(self.outbox.take_freed());
         let now = now_us();
         let gone = self.assigner.expire(now, self.group_max_age_us);
         if let Some(journal) = &mut self.journal {

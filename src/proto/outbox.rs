@@ -99,6 +99,9 @@ pub struct Outbox {
     /// `(seq, frame)`, ascending and contiguous.
     retained: VecDeque<(u64, Bytes)>,
     retained_bytes: usize,
+    /// Frames no longer retained, not dropped yet: the driver drops them
+    /// on the thread that allocated them ([`take_freed`](Self::take_freed)).
+    freed: Vec<Bytes>,
     /// Highest sequence number every member with a known watermark has
     /// (`u64::MAX`: none known), and what every live member has (0: some
     /// watermark is unknown); both kept up to date by [`free`](Self::free)
@@ -137,6 +140,7 @@ impl Outbox {
             last_seq: 0,
             retained: VecDeque::new(),
             retained_bytes: 0,
+            freed: Vec::new(),
             floor: u64::MAX,
             freeable: u64::MAX,
             members: HashMap::new(),
@@ -421,8 +425,18 @@ impl Outbox {
                 break;
             }
             self.retained_bytes -= frame.len();
-            self.retained.pop_front();
+            let (_, frame) = self.retained.pop_front().expect("looked at");
+            self.freed.push(frame);
         }
+    }
+
+    /// The frames freed by acks since the last call, for the caller to
+    /// drop where it likes: a block freed on another thread than the one
+    /// that allocated it takes the allocator's lock (glibc's arenas), and
+    /// acks arrive on the driver's thread while `publish` allocates on the
+    /// caller's. At most what was retained.
+    pub fn take_freed(&mut self) -> Vec<Bytes> {
+        std::mem::take(&mut self.freed)
     }
 
     /// Answers a NAK: retained frames (up to the reply size), ranges no
