@@ -261,13 +261,22 @@ impl Inbox {
 
     /// An envelope arrived (from pub/sub or a repair).
     pub fn handle_envelope(&mut self, env: Envelope, now: Instant) {
+        if let Some(env) = self.accept(env, now) {
+            self.events.push_back(InboxEvent::Deliver(env));
+        }
+    }
+
+    /// [`handle_envelope`](Self::handle_envelope), except that an envelope
+    /// to deliver with no event queued before it comes straight back: the
+    /// caller delivers it now, as [`poll`](Self::poll) would have next.
+    pub fn accept(&mut self, env: Envelope, now: Instant) -> Option<Envelope> {
         if let Some(waiting) = self.pending.get_mut(&env.origin) {
             if waiting.len() < self.cfg.max_held {
                 waiting.push(env);
             } else {
                 self.counters.held_overflow += 1; // asked for once the stream is known
             }
-            return;
+            return None;
         }
         let (origin, seq) = (env.origin, env.seq);
         // The common case, with one lookup: the next one of a known
@@ -282,17 +291,20 @@ impl Inbox {
                 && st.window.insert(seq) == Seen::Fresh
             {
                 st.highest = seq;
+                if self.events.is_empty() {
+                    return Some(env);
+                }
                 self.events.push_back(InboxEvent::Deliver(env));
-                return;
+                return None;
             }
         }
         if !self.open(origin, env.incarnation, seq.saturating_sub(1)) {
-            return;
+            return None;
         }
         let (cfg, st) = (self.cfg, self.streams.get_mut(&origin).expect("opened"));
         if st.window.contains(seq) {
             self.counters.duplicates += 1;
-            return;
+            return None;
         }
         st.highest = st.highest.max(seq);
         if seq > st.window.contiguous() + WINDOW {
@@ -317,6 +329,7 @@ impl Inbox {
             }
         }
         self.nak(origin, now);
+        None
     }
 
     /// A heartbeat from `origin` said it has published through `last_seq`:

@@ -120,6 +120,8 @@ enum Token {
 pub struct Pattern {
     text: Box<str>,
     tokens: Vec<Token>,
+    /// No wildcard: it matches only a topic equal to its text.
+    literal: bool,
 }
 
 impl Pattern {
@@ -136,9 +138,10 @@ impl Pattern {
                 ">" => Token::Rest,
                 lit => Token::Literal(lit.into()),
             })
-            .collect();
+            .collect::<Vec<_>>();
         Ok(Pattern {
             text: pattern.into(),
+            literal: tokens.iter().all(|t| matches!(t, Token::Literal(_))),
             tokens,
         })
     }
@@ -150,6 +153,9 @@ impl Pattern {
 
     /// Whether `topic` matches this pattern. Does not allocate.
     pub fn matches(&self, topic: &str) -> bool {
+        if self.literal {
+            return *self.text == *topic;
+        }
         let mut parts = topic.split('.');
         for token in &self.tokens {
             match (token, parts.next()) {
