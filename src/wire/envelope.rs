@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 
 use crate::wire::frame::{self, DecodeError, WIRE_VERSION};
@@ -340,7 +340,7 @@ fn write_event(buf: &mut Vec<u8>, f: Fields<'_>) -> (usize, usize, std::ops::Ran
 /// publish driver neither encodes nor allocates per event.
 #[derive(Debug)]
 pub(crate) struct Draft {
-    frame: Vec<u8>,
+    frame: BytesMut,
     seq_at: usize,
     ts_at: usize,
     topic_at: std::ops::Range<usize>,
@@ -348,13 +348,43 @@ pub(crate) struct Draft {
     pub key: Option<u64>,
 }
 
+/// Frames up to this size are cut from the publishing thread's
+/// [`ARENA`]; larger ones get their own buffer.
+const ARENA_FRAME: usize = 8 * 1024;
+
+thread_local! {
+    /// Where this thread encodes frames (reused) and the block they are
+    /// cut from: one allocation per ~64 KiB of small frames instead of two
+    /// per frame (a `Vec`, then the `Bytes` header its first clone adds),
+    /// freed once every frame cut from it is dropped.
+    static ARENA: std::cell::RefCell<(Vec<u8>, BytesMut)> =
+        std::cell::RefCell::new((Vec::new(), BytesMut::new()));
+}
+
+/// Bytes of a fresh arena block.
+const ARENA_BLOCK: usize = 64 * 1024;
+
 impl Draft {
     /// Encodes `f` (its seq and timestamp are placeholders) into a buffer
     /// of `capacity` bytes (the size bound checked by the caller), with the
     /// hash of its partition key.
     pub fn new(f: Fields<'_>, capacity: usize, key: Option<u64>) -> Self {
-        let mut frame = Vec::with_capacity(capacity);
-        let (seq_at, ts_at, topic_at) = write_event(&mut frame, f);
+        let (frame, (seq_at, ts_at, topic_at)) = if capacity > ARENA_FRAME {
+            let mut frame = Vec::with_capacity(capacity);
+            let at = write_event(&mut frame, f);
+            (BytesMut::from(&frame[..]), at)
+        } else {
+            ARENA.with(|arena| {
+                let (scratch, block) = &mut *arena.borrow_mut();
+                scratch.clear();
+                let at = write_event(scratch, f);
+                if block.capacity() - block.len() < scratch.len() {
+                    *block = BytesMut::with_capacity(ARENA_BLOCK);
+                }
+                block.extend_from_slice(scratch);
+                (block.split(), at)
+            })
+        };
         Draft {
             frame,
             seq_at,
@@ -373,7 +403,7 @@ impl Draft {
     pub fn number(mut self, seq: u64, timestamp_us: u64) -> Bytes {
         self.frame[self.seq_at..self.seq_at + 8].copy_from_slice(&seq.to_be_bytes());
         self.frame[self.ts_at..self.ts_at + 8].copy_from_slice(&timestamp_us.to_be_bytes());
-        Bytes::from(self.frame)
+        self.frame.freeze()
     }
 }
 
