@@ -960,4 +960,41 @@ mod tests {
         i.handle_repair(PeerId(1), 7, vec![], &[(1, u64::MAX)], 1, t);
         assert_eq!(i.counters().lost, 0);
     }
+
+    proptest::proptest! {
+        /// The receiver delivers what `accept` hands back at once, the rest
+        /// through `poll`: the same events in the same order as
+        /// `handle_envelope` followed by `poll`, whatever arrives (late,
+        /// twice, out of order, from a restarted origin).
+        #[test]
+        fn accept_delivers_what_handle_and_poll_deliver(
+            arrivals in proptest::collection::vec((1u64..3, 1u64..3, 1u64..40), 1..200),
+            frame in 1usize..8,
+            heartbeat_every in 1usize..20,
+        ) {
+            let t = Instant::now();
+            let (mut queued, mut direct) = (Inbox::default(), Inbox::default());
+            let (mut a, mut b) = (Vec::new(), Vec::new());
+            // As the receiver takes them: a frame's envelopes, then a drain.
+            for (n, chunk) in arrivals.chunks(frame).enumerate() {
+                for &(origin, incarnation, seq) in chunk {
+                    queued.handle_envelope(env(origin, incarnation, seq), t);
+                    if let Some(e) = direct.accept(env(origin, incarnation, seq), t) {
+                        b.push(format!("d{}", e.seq));
+                    }
+                }
+                a.extend(drain(&mut queued));
+                b.extend(drain(&mut direct));
+                if n % heartbeat_every == 0 {
+                    let (origin, incarnation, seq) = chunk[0];
+                    queued.handle_heartbeat(PeerId(origin), incarnation, seq + 2, t);
+                    direct.handle_heartbeat(PeerId(origin), incarnation, seq + 2, t);
+                    a.extend(drain(&mut queued));
+                    b.extend(drain(&mut direct));
+                }
+            }
+            proptest::prop_assert_eq!(a, b);
+            proptest::prop_assert_eq!(queued.counters(), direct.counters());
+        }
+    }
 }
