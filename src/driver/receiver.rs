@@ -336,7 +336,6 @@ impl Receiver {
                     continue;
                 };
                 if go_on {
-                    self.delivered_bytes += env.payload.len() as u64;
                     let waiting = self.deliver(env);
                     if !waiting.is_empty() {
                         go_on = self.wait_for_room(waiting).await;
@@ -362,7 +361,6 @@ impl Receiver {
         while let Some(event) = self.inbox.poll() {
             match event {
                 InboxEvent::Deliver(env) if go_on => {
-                    self.delivered_bytes += env.payload.len() as u64;
                     let waiting = self.deliver(env);
                     if !waiting.is_empty() {
                         go_on = self.wait_for_room(waiting).await;
@@ -509,6 +507,7 @@ impl Receiver {
     /// could not take yet is returned for [`wait_for_room`](Self::wait_for_room).
     /// Synchronous, so the envelope is not moved into a future's state.
     fn deliver(&mut self, env: Envelope) -> Vec<(Feed<Routed>, Routed)> {
+        self.delivered_bytes += env.payload.len() as u64;
         // A replay is for durable subscriptions, which skip by position:
         // its key was seen when it was first delivered here, or belongs to
         // a stretch the others were never owed.

@@ -444,12 +444,18 @@ impl Assigner {
     ) -> usize {
         debug_assert!(!self.has_control(), "controls first");
         let mut groups = 0;
+        // Kept in a buffer of its own: `frame` may be a slice of a larger
+        // block (the publisher's), which a frame tracked for long would
+        // keep alive whole. One copy per event, shared by its groups.
+        let mut own: Option<Bytes> = None;
         for g in self.groups.values_mut() {
-            let owned = Owned {
+            let mut owned = || Owned {
                 seq,
                 topic: topic.clone(),
                 key,
-                frame: frame.clone(),
+                frame: own
+                    .get_or_insert_with(|| Bytes::copy_from_slice(frame))
+                    .clone(),
                 member: PeerId(0),
                 redelivered: false,
             };
@@ -457,11 +463,11 @@ impl Assigner {
                 Some(member) => {
                     self.stats.assigned += 1;
                     groups += 1;
-                    g.owned.insert(seq, Owned { member, ..owned });
+                    g.owned.insert(seq, Owned { member, ..owned() });
                 }
                 None if keep && g.durable && g.wants.iter().any(|p| p.matches(topic)) => {
                     self.stats.kept += 1;
-                    g.waiting.push_back(owned);
+                    g.waiting.push_back(owned());
                 }
                 None => continue,
             }
@@ -521,7 +527,8 @@ impl Assigner {
             seq,
             topic: topic.clone(),
             key,
-            frame,
+            // Its own buffer: `frame` may be a slice of a whole log record.
+            frame: Bytes::copy_from_slice(&frame),
             member: PeerId(0),
             redelivered: true,
         });
