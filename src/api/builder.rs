@@ -47,7 +47,7 @@ pub const MAX_NNG_BUFFER: usize = 8192;
 /// | `max_members` | 1024 | members remembered; more are refused and counted |
 /// | `send_buffer` | 1024 | messages NNG queues per subscriber link before dropping the oldest |
 /// | `recv_buffer` | 1024 | messages NNG queues on receive before dropping the oldest |
-/// | `subscription_buffer` | 1024 | deliveries queued per subscription before the receive path waits |
+/// | `subscription_buffer` | 1024 | deliveries queued per subscription before the receive path waits (its reader takes them all at once, so as many again may be in its hands) |
 /// | `publish_queue` | 1024 | flushes queued for the publisher task (events do not queue: `publish` stages them itself and waits only for room in the retransmit buffer) |
 /// | `max_message_size` | 1 MiB | largest encoded frame sent or accepted |
 /// | `retransmit_buffer` | 16384 (65536 with a data dir) | envelopes kept until every live member acknowledged them |
@@ -251,6 +251,8 @@ impl PeerBuilder {
     }
 
     /// Deliveries queued per subscription before the receive path waits (≥ 1).
+    /// The subscription's reader takes what is queued in one go, so as many
+    /// again may be in its hands.
     pub fn subscription_buffer(mut self, deliveries: usize) -> Self {
         self.subscription_buffer = deliveries;
         self
