@@ -1,15 +1,14 @@
-//! The receive driver: the sub0 socket and the receiving side of reliable
-//! delivery, run by sub0's receive `Aio` callback (on an NNG thread, for
-//! each frame) and a tokio task (everything else), which share the state.
+//! The receive driver: the tokio task that owns the sub0 socket and the
+//! receiving side of reliable delivery.
 //!
 //! Owns: dialing members' publishers and starting their repair clients,
-//! receiving frames (through the optional fault layer), rejecting bad
-//! input (counted, logged once per source), feeding the [`Inbox`] (gaps,
-//! NAKs, order, losses) and the idempotency-key cache, dispatching what the
-//! inbox releases to the subscriptions, and publishing the ack watermarks
-//! that heartbeats carry. A full subscription stops the receiving until
-//! the task has waited for room, so NNG's bounded queue takes the overflow
-//! and repair fills the gaps afterwards.
+//! reading frames without blocking the runtime (through the optional fault
+//! layer), rejecting bad input (counted, logged once per source), feeding
+//! the [`Inbox`] (gaps, NAKs, order, losses) and the idempotency-key cache,
+//! dispatching what the inbox releases to the subscriptions, and publishing
+//! the ack watermarks that heartbeats carry. A full subscription makes this
+//! task wait, so NNG's bounded queue takes the overflow and repair fills the
+//! gaps afterwards.
 
 use bytes::Bytes;
 use std::collections::HashMap;
