@@ -288,14 +288,12 @@ impl Receiver {
                 continue; // shutting down: the Shutdown command follows
             }
         }
-        // Closing the socket ends a pending receive (and any the callback
-        // starts after this) with `Closed`; then no callback runs any more.
         // NNG-NOTES: never drop an Aio whose callback may still run.
-        socket.close();
         aio.cancel();
         aio.wait();
         let mut r = core.lock();
         r.nak_senders.clear();
+        r.socket.close();
         r.registry.close();
         drop(r);
         if let Some(done) = ack {
