@@ -340,12 +340,30 @@ fn write_event(buf: &mut Vec<u8>, f: Fields<'_>) -> (usize, usize, std::ops::Ran
 /// publish driver neither encodes nor allocates per event.
 #[derive(Debug)]
 pub(crate) struct Draft {
-    frame: BytesMut,
+    frame: Frame,
     seq_at: usize,
     ts_at: usize,
     topic_at: std::ops::Range<usize>,
     /// The consumer groups' partition key, hashed (`None`: by seq).
     pub key: Option<u64>,
+}
+
+/// Where a draft's frame lives.
+#[derive(Debug)]
+enum Frame {
+    /// Cut from the publishing thread's [`ARENA`] block.
+    Block(BytesMut),
+    /// A large frame's own buffer (no copy into a block).
+    Own(Vec<u8>),
+}
+
+impl Frame {
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        match self {
+            Frame::Block(b) => b,
+            Frame::Own(v) => v,
+        }
+    }
 }
 
 /// Frames up to this size are cut from the publishing thread's
@@ -372,7 +390,7 @@ impl Draft {
         let (frame, (seq_at, ts_at, topic_at)) = if capacity > ARENA_FRAME {
             let mut frame = Vec::with_capacity(capacity);
             let at = write_event(&mut frame, f);
-            (BytesMut::from(&frame[..]), at)
+            (Frame::Own(frame), at)
         } else {
             ARENA.with(|arena| {
                 let (scratch, block) = &mut *arena.borrow_mut();
@@ -382,7 +400,7 @@ impl Draft {
                     *block = BytesMut::with_capacity(ARENA_BLOCK);
                 }
                 block.extend_from_slice(scratch);
-                (block.split(), at)
+                (Frame::Block(block.split()), at)
             })
         };
         Draft {
@@ -396,14 +414,22 @@ impl Draft {
 
     /// Its topic.
     pub fn topic(&self) -> &str {
-        std::str::from_utf8(&self.frame[self.topic_at.clone()]).expect("written from a str")
+        let frame = match &self.frame {
+            Frame::Block(b) => &b[..],
+            Frame::Own(v) => &v[..],
+        };
+        std::str::from_utf8(&frame[self.topic_at.clone()]).expect("written from a str")
     }
 
     /// The finished frame with `seq` and `timestamp_us` in place.
     pub fn number(mut self, seq: u64, timestamp_us: u64) -> Bytes {
-        self.frame[self.seq_at..self.seq_at + 8].copy_from_slice(&seq.to_be_bytes());
-        self.frame[self.ts_at..self.ts_at + 8].copy_from_slice(&timestamp_us.to_be_bytes());
-        self.frame.freeze()
+        let frame = self.frame.bytes_mut();
+        frame[self.seq_at..self.seq_at + 8].copy_from_slice(&seq.to_be_bytes());
+        frame[self.ts_at..self.ts_at + 8].copy_from_slice(&timestamp_us.to_be_bytes());
+        match self.frame {
+            Frame::Block(b) => b.freeze(),
+            Frame::Own(v) => Bytes::from(v),
+        }
     }
 }
 
@@ -519,6 +545,44 @@ mod tests {
                 headers,
                 payload: Bytes::from(p),
             })
+    }
+
+    #[test]
+    fn drafts_cut_from_one_block_and_a_large_one_keep_their_own_bytes() {
+        let headers = Headers::new();
+        let draft = |topic: &str, payload: &[u8]| {
+            let fields = Fields {
+                origin: PeerId(1),
+                incarnation: 2,
+                seq: 0,
+                id: None,
+                topic,
+                timestamp_us: 0,
+                correlation_id: None,
+                headers: &headers,
+                payload,
+            };
+            let size = encoded_len_bound(topic, None, None, &headers, payload.len());
+            Draft::new(fields, size, None)
+        };
+        // Small ones share the thread's block; each stays what it was.
+        let frames: Vec<Bytes> = (0..2000u64)
+            .map(|n| draft("a.b", &n.to_le_bytes()).number(n + 1, n))
+            .collect();
+        let big = vec![7u8; 16 * 1024];
+        let large = draft("a.big", &big).number(9, 9);
+        for (n, frame) in frames.iter().enumerate() {
+            let env = Envelope::decode(frame, usize::MAX).unwrap();
+            assert_eq!(
+                (env.seq, &env.payload[..]),
+                (n as u64 + 1, &(n as u64).to_le_bytes()[..])
+            );
+        }
+        let env = Envelope::decode(&large, usize::MAX).unwrap();
+        assert_eq!(
+            (env.seq, env.payload.len(), &*env.topic),
+            (9, big.len(), "a.big")
+        );
     }
 
     proptest! {
