@@ -270,7 +270,12 @@ impl Inbox {
     /// to deliver with no event queued before it comes straight back: the
     /// caller delivers it now, as [`poll`](Self::poll) would have next.
     pub fn accept(&mut self, env: Envelope, now: Instant) -> Option<Envelope> {
-        if let Some(waiting) = self.pending.get_mut(&env.origin) {
+        // Mostly empty: no hash per envelope then.
+        let waiting = match self.pending.is_empty() {
+            true => None,
+            false => self.pending.get_mut(&env.origin),
+        };
+        if let Some(waiting) = waiting {
             if waiting.len() < self.cfg.max_held {
                 waiting.push(env);
             } else {
