@@ -26,8 +26,9 @@
 //! taking new messages (so `publish` waits, or fails fast if configured)
 //! until acks arrive or the lagging member fails — or, if the buffer stays
 //! full for longer than the stall limit, until the members holding it back
-//! are cut off ([`Outbox::check_stall`]): their watermarks stop counting,
-//! the buffer turns into a ring for them, and what they ask for after it
+//! are cut off ([`Outbox::check_stall`]): their watermarks stop counting
+//! (they are still what a durable peer records of them, so after its
+//! restart they are owed what follows), the buffer turns into a ring for them, and what they ask for after it
 //! was evicted is answered "gone", so they report it as lost. One stuck or
 //! malicious member therefore cannot stop a publisher for longer than the
 //! stall limit. A member that was cut off counts again once its ack reaches
@@ -39,7 +40,7 @@
 //! repair from the log what pub/sub dropped), but for a shorter stall
 //! limit by default: a member it cuts off loses nothing within retention.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -123,8 +124,11 @@ pub struct Outbox {
     provisional: HashMap<PeerId, u32>,
     /// The last sequence number published when each member joined.
     joined_at: HashMap<PeerId, u64>,
-    /// Members cut off for holding the buffer full too long.
-    cut_off: HashSet<PeerId>,
+    /// Members cut off for holding the buffer full too long, with the
+    /// watermark each has reached since: it no longer holds the buffer
+    /// back, but is still what the member is owed after (kept across a
+    /// restart like any other, see [`watermarks`](Self::watermarks)).
+    cut_off: HashMap<PeerId, u64>,
     /// Since when the buffer has been full.
     full_since: Option<Instant>,
     refused: OutboxRefused,
@@ -149,7 +153,7 @@ impl Outbox {
             redeliver_through: HashMap::new(),
             provisional: HashMap::new(),
             joined_at: HashMap::new(),
-            cut_off: HashSet::new(),
+            cut_off: HashMap::new(),
             full_since: None,
             refused: OutboxRefused::default(),
         }
@@ -177,7 +181,7 @@ impl Outbox {
         for id in &laggards {
             self.acks.remove(id);
             self.provisional.remove(id);
-            self.cut_off.insert(*id);
+            self.cut_off.insert(*id, floor);
         }
         self.full_since = None;
         self.free();
@@ -271,7 +275,7 @@ impl Outbox {
             .members
             .iter()
             .filter(|(id, _)| !live.contains_key(id))
-            .filter_map(|(id, inc)| self.acks.get(id).map(|ack| (*id, *inc, *ack)))
+            .filter_map(|(id, inc)| self.watermark(*id).map(|ack| (*id, *inc, ack)))
             .collect();
         for (gone, incarnation, ack) in departing {
             self.remember_departed(gone, incarnation, ack);
@@ -283,7 +287,7 @@ impl Outbox {
             // sent again can reach its handlers twice).
             let (earlier, same_life) = match known {
                 Some(k) if k >= incarnation => continue, // the same life
-                Some(_) => (self.acks.get(&id).copied(), false), // restarted
+                Some(_) => (self.watermark(id), false),  // restarted
                 None => match self
                     .departed
                     .iter()
@@ -306,7 +310,7 @@ impl Outbox {
             self.cut_off.remove(&id);
         }
         self.members = live;
-        self.cut_off.retain(|id| self.members.contains_key(id));
+        self.cut_off.retain(|id, _| self.members.contains_key(id));
         self.joined_at.retain(|id, _| self.members.contains_key(id));
         self.acks.retain(|id, _| self.members.contains_key(id));
         self.provisional
@@ -341,15 +345,26 @@ impl Outbox {
         }
     }
 
-    /// Every watermark known, of live and of departed members: `(member,
-    /// incarnation, acknowledged through)` (what a log keeps across a
-    /// restart, see [`resume`](Self::resume)).
+    /// Every watermark known, of live (cut off or not) and of departed
+    /// members: `(member, incarnation, acknowledged through)` (what a log
+    /// keeps across a restart, see [`resume`](Self::resume)). A live
+    /// member missing here would be taken for a new one after a restart,
+    /// and skip what it had not received as "published before it joined".
     pub fn watermarks(&self) -> impl Iterator<Item = (PeerId, u64, u64)> + '_ {
         let live = self
             .acks
             .iter()
+            .chain(&self.cut_off)
             .map(|(id, ack)| (*id, self.members[id], *ack));
         live.chain(self.departed.iter().copied())
+    }
+
+    /// What `member` acknowledged, whether or not it still counts.
+    fn watermark(&self, member: PeerId) -> Option<u64> {
+        self.acks
+            .get(&member)
+            .or(self.cut_off.get(&member))
+            .copied()
     }
 
     /// `member` sent a heartbeat without an ack for this origin.
@@ -372,10 +387,11 @@ impl Outbox {
             return;
         }
         let seq = seq.min(self.last_seq);
-        if self.cut_off.contains(&member) {
+        if let Some(reached) = self.cut_off.get_mut(&member) {
             // Counts again only once it has caught up with what is retained.
             let oldest = self.retained.front().map_or(self.last_seq + 1, |(s, _)| *s);
             if seq + 1 < oldest {
+                *reached = (*reached).max(seq);
                 return;
             }
             self.cut_off.remove(&member);
@@ -712,6 +728,35 @@ mod tests {
         assert_eq!(o.len(), 2, "an ack behind the ring does not count");
         o.handle_ack(PeerId(2), 9, 2);
         assert_eq!(o.len(), 1, "caught up: counts again, 1 and 2 freed");
+    }
+
+    #[test]
+    fn a_cut_off_member_keeps_its_watermark_across_the_origins_restart() {
+        let (t0, limit) = (Instant::now(), Duration::from_secs(1));
+        let mut o = outbox(4);
+        o.set_members([(PeerId(2), 1)]);
+        for s in 1..=4 {
+            o.push(frame(s));
+        }
+        o.handle_ack(PeerId(2), 9, 0);
+        assert!(o.check_stall(t0, limit).is_empty());
+        assert_eq!(o.check_stall(t0 + limit, limit), [PeerId(2)]);
+        for s in 5..=20 {
+            o.push(frame(s));
+        }
+        o.handle_ack(PeerId(2), 9, 3); // behind the ring: still cut off
+        assert_eq!(o.watermarks().collect::<Vec<_>>(), [(PeerId(2), 1, 3)]);
+        // A durable origin restarts with what it recorded: the member is
+        // known, owed what follows its watermark, not taken for a new one.
+        let mut restarted = outbox(4);
+        restarted.resume(20, o.watermarks());
+        restarted.set_members([(PeerId(2), 1)]);
+        let r = restarted.handle_nak(&nak(&[(4, 20)]));
+        assert_eq!(r.owed_from, 4, "not skipped as published before it joined");
+        assert_eq!(r.gone, [(4, 20)], "the log has them, the buffer does not");
+        // Failing instead, it is remembered as departed with that watermark.
+        o.set_members([]);
+        assert_eq!(o.watermarks().collect::<Vec<_>>(), [(PeerId(2), 1, 3)]);
     }
 
     #[test]
