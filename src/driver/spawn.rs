@@ -356,6 +356,12 @@ pub(crate) fn spawn(config: Config) -> Result<Drivers> {
         delivered_bytes: 0,
         members: HashMap::new(),
         history: Vec::new(),
+        blocked: Vec::new(),
+        awaiting_room: false,
+        parked: None,
+        rearm: false,
+        pending_forget: Vec::new(),
+        frames: Vec::new(),
     };
     let (discovery_tx, discovery_rx) = mpsc::channel(4);
     let discovery = Discovery {
