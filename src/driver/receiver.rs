@@ -184,8 +184,8 @@ impl Receiver {
     /// Frames are received through an NNG `Aio` whose callback runs the
     /// receive path itself, on NNG's thread, and wakes the subscriptions'
     /// readers directly: one thread hand-off fewer per event than waking
-    /// this task first (a prototype measured the 64 B round trip's p50
-    /// 139–143 → 101–106 µs). This task keeps the commands, timers,
+    /// this task first (benches/peers, 64 B round trip: p50 165–168 →
+    /// 107–120 µs, p99 243–262 → 191–215 µs). This task keeps the commands, timers,
     /// heartbeats' news and repairs, and the waits on a full subscription:
     /// while one is full the callback parks what it receives and stops
     /// receiving (NNG's queue and repair take the overflow), and this task
@@ -334,10 +334,11 @@ impl Receiver {
                 idle_at = tokio::time::Instant::now() + STREAM_IDLE;
             }
         }
-        drop(ready); // before the socket closes (NNG-NOTES)
-                     // Closing the socket ends a pending receive (and any the callback
-                     // starts after this) with `Closed`; then no callback runs any more.
-                     // NNG-NOTES: never drop an Aio whose callback may still run.
+        // The poller goes before the socket closes (closing does not wake
+        // it). Closing the socket ends a pending receive (and any the
+        // callback starts after this) with `Closed`; then no callback runs
+        // any more. NNG-NOTES: never drop an Aio whose callback may still run.
+        drop(ready);
         socket.close();
         aio.cancel();
         aio.wait();
@@ -351,8 +352,9 @@ impl Receiver {
     }
 
     /// The receive `Aio`, armed: its callback takes each frame through the
-    /// receive path unless a full subscription blocks it (then it parks the
-    /// frame for this task and stops receiving).
+    /// receive path, unless a full subscription blocks it or the frame is
+    /// larger than [`INLINE_FRAME_BYTES`]: then it parks the frame for this
+    /// task and stops receiving.
     fn receive_aio(
         core: &Arc<Mutex<Receiver>>,
         wake: &Arc<Notify>,
