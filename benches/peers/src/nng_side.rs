@@ -58,7 +58,12 @@ impl System for RawNng {
     fn ping(&self, connect: &str, pings: usize) -> Value {
         let (out, url) = listening_pub();
         let back = dialed_sub(connect);
-        std::fs::write(pong_file(connect), &url).expect("tell the pong side");
+        // Written whole, then renamed: the pong side polls for the file
+        // and must never read it half written.
+        let file = pong_file(connect);
+        let partial = file.with_extension("partial");
+        std::fs::write(&partial, &url).expect("tell the pong side");
+        std::fs::rename(&partial, &file).expect("tell the pong side");
         back.set_opt::<RecvTimeout>(Some(Duration::from_millis(100)))
             .expect("timeout");
         // Until both links are up, pings go nowhere: send until one returns.
