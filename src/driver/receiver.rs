@@ -361,7 +361,12 @@ impl Receiver {
         socket: &Socket,
     ) -> Result<Aio, nng::Error> {
         let (core, wake, sock) = (core.clone(), wake.clone(), socket.clone());
+        // The callback runs on NNG's thread: in the runtime's context, so
+        // it reads the task's clock (`clock::now`, paused in tests that
+        // pause time) and can reach tokio.
+        let runtime = tokio::runtime::Handle::current();
         let aio = Aio::new(move |aio, result| {
+            let _context = runtime.enter();
             let msg = match result {
                 AioResult::Recv(Ok(msg)) => msg,
                 AioResult::Recv(Err(nng::Error::Closed | nng::Error::Canceled)) => return,
