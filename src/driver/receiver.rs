@@ -221,7 +221,6 @@ impl Receiver {
                 return;
             }
         };
-        let mut frames = Vec::with_capacity(RECV_BATCH);
         let mut batch = Vec::with_capacity(RECV_BATCH);
         // Whether this task reads NNG's queue (the callback is not armed).
         let mut streaming = false;
@@ -299,9 +298,8 @@ impl Receiver {
                     let mut r = core.lock();
                     if let Some(f) = &mut r.faults {
                         f.handle_timeout(clock::now());
-                        frames.extend(std::iter::from_fn(|| f.poll()));
                     }
-                    r.process(&mut frames);
+                    r.take_frames(std::iter::empty()); // what the fault layer released
                 }
                 _ = last_seqs.wake.notified() => {
                     let mut r = core.lock();
@@ -380,7 +378,8 @@ impl Receiver {
             let mut r = core.lock();
             if r.is_blocked() || msg.len() > INLINE_FRAME_BYTES {
                 // At most one: it does not receive again until the task
-                // has delivered what is blocked and this frame.
+                // has taken this frame (after what is blocked), and, if it
+                // streams, what follows.
                 r.parked = Some(msg);
                 r.rearm = true;
                 drop(r);
@@ -468,7 +467,8 @@ impl Receiver {
         )
     }
 
-    /// Received frames, through the fault layer if there is one.
+    /// Received frames, through the fault layer if there is one (which may
+    /// release earlier ones, or, given none, what is due by now).
     fn take_frames(&mut self, msgs: impl IntoIterator<Item = nng::Message>) {
         let mut frames = std::mem::take(&mut self.frames);
         match &mut self.faults {
@@ -546,8 +546,9 @@ impl Receiver {
     fn process(&mut self, frames: &mut Vec<nng::Message>) {
         let now = clock::now();
         let mut envelopes = std::mem::take(&mut self.scratch);
+        let mut received = 0;
         for msg in frames.drain(..) {
-            self.decode(msg, &mut envelopes);
+            received += self.decode(msg, &mut envelopes);
             for env in envelopes.drain(..) {
                 if !self.blocked.is_empty() {
                     // Behind a full subscription: queued in the inbox, in order.
@@ -570,6 +571,10 @@ impl Receiver {
             Counters::set(&self.counters.faults_delayed, c.delayed);
         }
         self.drain();
+        // Last, so that a reader who sees these frames as received sees
+        // what else they were counted as (duplicates, malformed, …) too:
+        // the receive path may run on NNG's thread while `stats()` reads.
+        Counters::add(&self.counters.received, received);
     }
 
     /// Acts on what the inbox decided, in order, until a subscription is
@@ -681,17 +686,17 @@ impl Receiver {
     }
 
     /// One frame (an event or a batch) to envelopes appended to `out`; a
-    /// bad frame is counted, logged and dropped whole.
-    fn decode(&mut self, mut msg: nng::Message, out: &mut Vec<Envelope>) {
+    /// bad frame is counted, logged and dropped whole. Returns how many it
+    /// counts as received (its events, or 1 for a bad frame).
+    fn decode(&mut self, mut msg: nng::Message, out: &mut Vec<Envelope>) -> u64 {
         let pipe = msg.pipe();
         let Ok(len) = self.sockets.gate.check(&mut msg) else {
-            Counters::add(&self.counters.received, 1);
             self.bad.reject(
                 "unauthentic",
                 &source_of(pipe),
                 &"failed bus-key authentication",
             );
-            return;
+            return 1;
         };
         // The frame is the NNG message itself (without its tag): every
         // payload is a slice of it, nothing is copied.
@@ -699,10 +704,9 @@ impl Receiver {
         let decoded =
             Envelope::decode_events_shared(&frame, self.max_message_size, &mut self.topics, out);
         match decoded {
-            Ok(()) => Counters::add(&self.counters.received, out.len() as u64),
+            Ok(()) => out.len() as u64,
             Err(e) => {
                 out.clear();
-                Counters::add(&self.counters.received, 1);
                 let (counter, kind) = match e {
                     DecodeError::Oversized { .. } => (&self.counters.oversized, "oversized"),
                     DecodeError::Version(_) | DecodeError::UnknownKind(_) => {
@@ -712,6 +716,7 @@ impl Receiver {
                 };
                 Counters::add(counter, 1);
                 self.bad.reject(kind, &source_of(pipe), &e);
+                1
             }
         }
     }
