@@ -5,8 +5,14 @@
 //! snapshot is a consistent-enough view, not a transaction. Updates release
 //! and the snapshot acquires, reading the fields in declaration order, so a
 //! snapshot that sees one counter's update sees every update made before it
-//! to a counter declared after it (the receive path counts `received` last
-//! for this). On x86 these are the same instructions as relaxed ones.
+//! to a counter declared after it. The receive path counts a frame as
+//! `received` after decoding it (and counting it as malformed, oversized, …)
+//! and before delivering any of its events, and `delivered` is declared
+//! first: a snapshot never shows more delivered than received, nor a
+//! received bad frame not yet counted as bad. What the inbox made of a
+//! frame (`duplicates`, `stale`, `held`, …) is published once the frames
+//! read together are processed, so it may trail `received` for a moment.
+//! On x86 these are the same instructions as relaxed ones.
 
 use std::sync::atomic::{
     AtomicU64,
@@ -41,11 +47,11 @@ stats! {
     published,
     /// Batch messages sent (each carrying several events).
     batches_sent,
+    /// Deliveries handed to subscriptions (one event matching two subscriptions counts twice).
+    delivered,
     /// Events received by pub/sub (each event of a batch counts), plus
     /// every frame rejected as bad input.
     received,
-    /// Deliveries handed to subscriptions (one event matching two subscriptions counts twice).
-    delivered,
     /// Valid events that matched no subscription of this peer.
     unmatched,
     /// Frames that were not valid MessagePack frames (garbage, truncated, wrong types).

@@ -546,9 +546,11 @@ impl Receiver {
     fn process(&mut self, frames: &mut Vec<nng::Message>) {
         let now = clock::now();
         let mut envelopes = std::mem::take(&mut self.scratch);
-        let mut received = 0;
         for msg in frames.drain(..) {
-            received += self.decode(msg, &mut envelopes);
+            // Before any of its events is delivered, after what decoding
+            // counted it as (malformed, oversized, …).
+            let received = self.decode(msg, &mut envelopes);
+            Counters::add(&self.counters.received, received);
             for env in envelopes.drain(..) {
                 if !self.blocked.is_empty() {
                     // Behind a full subscription: queued in the inbox, in order.
@@ -571,10 +573,6 @@ impl Receiver {
             Counters::set(&self.counters.faults_delayed, c.delayed);
         }
         self.drain();
-        // Last, so that a reader who sees these frames as received sees
-        // what else they were counted as (duplicates, malformed, …) too:
-        // the receive path may run on NNG's thread while `stats()` reads.
-        Counters::add(&self.counters.received, received);
     }
 
     /// Acts on what the inbox decided, in order, until a subscription is
