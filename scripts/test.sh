@@ -16,4 +16,4 @@ RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --all-features --quiet
 # the layer rule of src/), the examples (built as programs and run by
 # tests/examples.rs) and doc tests.
 cargo test --all-features --benches "$@"
-cargo test --all-features "$@"
+cargo test --all-features --no-fail-fast "$@"
