@@ -97,8 +97,9 @@ async fn a_frame_beyond_the_transport_cap_costs_a_reconnect_not_the_peer() {
     let raw = FakeMember::honest(b.local_url(), 77);
     wait_for("link from the fake member", || b.stats().links_in == 1).await;
     let mut sub = b.subscribe::<u32>("t.>").unwrap();
-    // 3x the limit: NNG refuses it and drops the link; the dialer reconnects.
-    raw.send(&frame(1, "t.huge", vec![7; 12_000]));
+    // 10x the limit, past what NNG accepts on the event socket (2x a batch's
+    // 4x): NNG refuses it and drops the link; the dialer reconnects.
+    raw.send(&frame(1, "t.huge", vec![7; 41_000]));
     // Valid traffic resumes: resend until one arrives (messages sent while
     // the link is down are lost, as pub/sub does).
     let got = within("traffic after the oversized frame", async {

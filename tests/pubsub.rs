@@ -278,3 +278,45 @@ async fn shutdown_does_not_wait_for_a_full_unread_subscription() {
     within("shutdown with a full subscription", b.shutdown()).await;
     within("shutdown", a.shutdown()).await;
 }
+
+/// A batch that reaches its bound with an event of the largest size is
+/// still a frame every receiver accepts: mixed sizes up to the limit,
+/// published back to back, arrive whole, in batches, with nothing counted
+/// as oversized and nothing to repair.
+#[tokio::test]
+async fn batches_of_events_up_to_the_limit_are_accepted() {
+    const MAX: usize = 64 * 1024;
+    let a = fast("a", "tcp://127.0.0.1:0")
+        .max_message_size(MAX)
+        .start()
+        .await
+        .unwrap();
+    let b = fast("b", "tcp://127.0.0.1:0")
+        .max_message_size(MAX)
+        .seed(a.local_url())
+        .start()
+        .await
+        .unwrap();
+    wait_mesh(&[&a, &b]).await;
+    let mut sub = b.subscribe_bytes("big.>").unwrap();
+    let sizes = [1_000, 30_000, 63_000, 63_000, 5];
+    let n = 2_000;
+    let reader = tokio::spawn(async move {
+        for i in 0..n {
+            let d = next("an event", &mut sub).await;
+            assert_eq!(d.value.len(), sizes[i % sizes.len()], "event {i}");
+            assert_eq!(d.value[0], i as u8, "event {i}");
+        }
+    });
+    for i in 0..n {
+        let payload = vec![i as u8; sizes[i % sizes.len()]];
+        a.publish_bytes("big.x", payload).await.unwrap();
+    }
+    within("every event", reader).await.unwrap();
+    let (sa, sb) = (a.stats(), b.stats());
+    assert!(sa.batches_sent < n as u64 / 2, "batched: {sa:?}");
+    assert_eq!(sb.oversized + sb.malformed, 0, "{sb:?}");
+    assert_eq!(sb.naks_sent, 0, "{sb:?}");
+    within("shutdown", a.shutdown()).await;
+    within("shutdown", b.shutdown()).await;
+}

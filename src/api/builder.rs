@@ -17,12 +17,16 @@ use crate::wire::id::PeerId;
 use crate::wire::member::{MAX_HEARTBEAT_INTERVAL_MS, MAX_NAME_LEN};
 use crate::wire::url::validate_url;
 
-/// Default largest batch: half the default largest message. NNG costs
-/// about the same per message whatever its size, so a larger batch costs
-/// less per event on both sides (benches/peers, 1 KiB events: 64 KiB
-/// batches 674–741 k msg/s, 512 KiB 1.10–1.18 M); batches form only under
-/// load, so an event published alone still goes out alone.
-pub(crate) const BATCH_BYTES: usize = 512 * 1024;
+/// Default largest batch: twice the default largest message (the most a
+/// batch may be; receivers accept batch frames of up to
+/// [`BATCH_FRAME_FACTOR`](crate::BATCH_FRAME_FACTOR) times it). NNG and
+/// the allocator behind it cost about the same per message whatever its
+/// size, so a larger batch costs less per event on both sides (benches/
+/// peers, 1 KiB events: 64 KiB batches 674–741 k msg/s, 512 KiB
+/// 1.10–1.18 M; 16 KiB events: 512 KiB 94–100 k, 2 MiB 124 k); batches
+/// form only under load (and gather at most ~1 ms of events), so an event
+/// published alone still goes out alone.
+pub(crate) const BATCH_BYTES: usize = 2 * 1024 * 1024;
 
 /// Default bound of a durable peer's log, in bytes.
 pub const DEFAULT_RETENTION_BYTES: u64 = 1 << 30;
@@ -49,13 +53,13 @@ pub const MAX_NNG_BUFFER: usize = 8192;
 /// | `recv_buffer` | 1024 | messages NNG queues on receive before dropping the oldest |
 /// | `subscription_buffer` | 1024 | deliveries queued per subscription before the receive path waits (its reader takes them all at once, so as many again may be in its hands) |
 /// | `publish_queue` | 1024 | flushes queued for the publisher task (events do not queue: `publish` stages them itself and waits only for room in the retransmit buffer) |
-/// | `max_message_size` | 1 MiB | largest encoded frame sent or accepted |
+/// | `max_message_size` | 1 MiB | largest encoded event sent or accepted (a batch of events may be 4× it) |
 /// | `retransmit_buffer` | 16384 (65536 with a data dir) | envelopes kept until every live member acknowledged them |
 /// | `retransmit_bytes` | 16 MiB | bytes of those envelopes at most (whichever bound is reached first) |
 /// | `backpressure` | `Wait` | `publish` waits while that buffer is full (`FailFast`: error) |
 /// | `ordered_delivery` | true | per-origin sequence order, gaps held back until repaired or lost |
 /// | `duplicate_window` | 65536 keys, 120 s | idempotency keys remembered to drop repeats |
-/// | `batch_bytes` | 512 KiB | events already queued are sent together up to this size; above 50 k events/s a batch also gathers ~1 ms of events |
+/// | `batch_bytes` | 2 MiB | events already queued are sent together up to this size; above 50 k events/s a batch also gathers ~1 ms of events |
 /// | `shutdown_linger` | 2 s | how long `shutdown` waits for members to acknowledge what was published |
 /// | `stall_limit` | 30 s (2 s with a data dir) | how long a full retransmit buffer waits for members that do not ack before cutting them off |
 /// | `bus_key` / `bus_keys` | none | shared secret(s): every message authenticated (see [`bus_key`](Self::bus_key)) |
@@ -266,7 +270,9 @@ impl PeerBuilder {
         self
     }
 
-    /// Largest encoded frame, in bytes, that is sent or accepted (≥ 1 KiB).
+    /// Largest encoded event, in bytes, that is sent or accepted (≥ 1 KiB);
+    /// a batch of events may be [`BATCH_FRAME_FACTOR`](crate::BATCH_FRAME_FACTOR)
+    /// times it, and every other message (heartbeats, repair) at most it.
     pub fn max_message_size(mut self, bytes: usize) -> Self {
         self.driver.max_message_size = bytes;
         self
@@ -370,7 +376,7 @@ impl PeerBuilder {
     }
 
     /// Largest batch, in bytes of encoded events: events already queued are
-    /// sent together up to this size (capped at half the maximum message
+    /// sent together up to this size (capped at twice the maximum message
     /// size). 0 sends every event as its own message.
     pub fn batch_bytes(mut self, bytes: usize) -> Self {
         self.driver.batch_bytes = bytes;

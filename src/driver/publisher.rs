@@ -597,7 +597,10 @@ impl Publisher {
             self.linger.sent(n, clock::now());
         }
         let gate = &self.gate;
-        let Some(msg) = self.batch.finish(|parts| gate.message_of(parts)) else {
+        let Some(msg) = self
+            .batch
+            .finish(|s| gate.message_with(s.len(), |out| s.write_to(out)))
+        else {
             return;
         };
         match &self.writer {

@@ -43,6 +43,7 @@ use crate::transport::gate::Gate;
 use crate::transport::socket::{self, SocketConfig};
 use crate::wire::auth::Auth;
 use crate::wire::batch::BatchWriter;
+use crate::wire::envelope::BATCH_FRAME_FACTOR;
 use crate::wire::id::PeerId;
 use crate::wire::member::{Endpoints, MemberEvent, PeerInfo};
 use crate::wire::topic::Interner;
@@ -175,9 +176,13 @@ pub(crate) fn spawn(config: Config) -> Result<Drivers> {
         gate: gate.clone(),
         send_buffer: config.send_buffer as i32,
         recv_buffer: config.recv_buffer as i32,
-        // Frames up to 2× the limit reach chorus and are counted as
-        // oversized; beyond that NNG closes the link (memory bound).
+        // Frames up to 2× the limit (a batch's limit on the event socket)
+        // reach chorus and are counted as oversized; beyond that NNG
+        // closes the link (memory bound).
         recv_max_size: config.max_message_size.saturating_mul(2),
+        recv_max_batch: config
+            .max_message_size
+            .saturating_mul(2 * BATCH_FRAME_FACTOR),
         reconnect_min: Duration::from_millis(100),
         reconnect_max: Duration::from_secs(2),
     };
@@ -287,7 +292,11 @@ pub(crate) fn spawn(config: Config) -> Result<Drivers> {
         counters: counters.clone(),
         last_seq: last_seq.clone(),
         batch: BatchWriter::default(),
-        batch_bytes: config.batch_bytes.min(config.max_message_size / 2),
+        // A batch reaches its bound with one event of at most the limit:
+        // up to 3× the limit, under what receivers accept of a batch.
+        batch_bytes: config
+            .batch_bytes
+            .min(config.max_message_size.saturating_mul(2)),
         gate: gate.clone(),
         stall_limit: config.stall_limit(),
         linger: Default::default(),

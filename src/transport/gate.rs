@@ -65,18 +65,19 @@ impl Gate {
 
     /// A sealed message holding `frame`.
     pub(crate) fn message(&self, frame: &[u8]) -> nng::Message {
-        self.message_of(&[frame])
+        self.message_with(frame.len(), |out| out.copy_from_slice(frame))
     }
 
-    /// A sealed message holding the concatenation of `parts` (copied once).
-    pub(crate) fn message_of(&self, parts: &[&[u8]]) -> nng::Message {
-        let size = parts.iter().map(|p| p.len()).sum::<usize>() + TAG_LEN;
-        let mut msg = nng::Message::with_capacity(size);
-        for part in parts {
-            msg.push_back(part);
-        }
-        if let Some(tag) = self.auth.tag(msg.as_slice()) {
-            msg.push_back(&tag);
+    /// A sealed message of `len` bytes of content, which `fill` writes in
+    /// place (the only copy into the message).
+    pub(crate) fn message_with(&self, len: usize, fill: impl FnOnce(&mut [u8])) -> nng::Message {
+        let tag = if self.auth.is_on() { TAG_LEN } else { 0 };
+        // NNG allocates the body zeroed, at its full length: no regrowth.
+        let mut msg = nng::Message::with_zeros(len + tag);
+        let (content, seal) = msg.as_mut_slice().split_at_mut(len);
+        fill(content);
+        if let Some(t) = self.auth.tag(content) {
+            seal.copy_from_slice(&t);
         }
         msg
     }

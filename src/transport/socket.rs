@@ -35,6 +35,8 @@ pub(crate) struct SocketConfig {
     pub recv_buffer: i32,
     /// Largest message NNG accepts on receive; larger ones close the pipe.
     pub recv_max_size: usize,
+    /// The same for the sub0 socket, which receives batches of events.
+    pub recv_max_batch: usize,
     /// Reconnect backoff of dialers.
     pub reconnect_min: Duration,
     /// Reconnect backoff cap of dialers.
@@ -57,7 +59,7 @@ pub(crate) fn sub_socket(cfg: &SocketConfig) -> Result<Socket> {
     let opt = |e| Error::transport("set sub socket options", e);
     s.set_opt::<nng::options::RecvBufferSize>(cfg.recv_buffer)
         .map_err(opt)?;
-    s.set_opt::<RecvMaxSize>(cfg.recv_max_size).map_err(opt)?;
+    s.set_opt::<RecvMaxSize>(cfg.recv_max_batch).map_err(opt)?;
     s.set_opt::<ReconnectMinTime>(Some(cfg.reconnect_min))
         .map_err(opt)?;
     s.set_opt::<ReconnectMaxTime>(Some(cfg.reconnect_max))

@@ -94,6 +94,11 @@ impl Auth {
             .expect("16 of 32 bytes")
     }
 
+    /// Whether messages are sealed and checked (keys are set).
+    pub(crate) fn is_on(&self) -> bool {
+        self.keys.is_some()
+    }
+
     /// The tag to append to `frame`, under the signing key; none without keys.
     pub(crate) fn tag(&self, frame: &[u8]) -> Option<[u8; TAG_LEN]> {
         self.keys

@@ -25,6 +25,10 @@ pub const KIND_EVENT: u8 = 0;
 pub(crate) const KIND_BATCH: u8 = 5;
 /// Most envelopes accepted in one batch.
 pub(crate) const MAX_BATCH: u32 = 65_536;
+/// A batch frame may be up to this many times the largest event (the
+/// `max_size` of the decoders, a peer's `max_message_size`): a publisher
+/// sends batches of up to twice it, plus the event that reached the bound.
+pub const BATCH_FRAME_FACTOR: usize = 4;
 /// Bytes of the frame header `[1, 0, …]` before an event's envelope array.
 pub(crate) const EVENT_HEADER: usize = 3;
 
@@ -165,11 +169,22 @@ impl Envelope {
         topics: &mut Interner,
         out: &mut Vec<Envelope>,
     ) -> Result<(), DecodeError> {
-        let (kind, cur) = frame::read_header(frame, max_size)?;
+        let (kind, cur) = frame::read_header(frame, max_size.saturating_mul(BATCH_FRAME_FACTOR))?;
+        let oversized = |size: usize| DecodeError::Oversized {
+            size,
+            max: max_size,
+        };
+        if kind == KIND_EVENT && frame.len() > max_size {
+            return Err(oversized(frame.len()));
+        }
         let mut pos = cur.position() as usize;
         let start = out.len();
         let mut one = |pos: &mut usize, out: &mut Vec<Envelope>| -> Result<(), DecodeError> {
             let (env, used) = read_envelope(frame, *pos, topics)?;
+            // Each envelope of a batch is bounded as if it came alone.
+            if used + EVENT_HEADER > max_size {
+                return Err(oversized(used + EVENT_HEADER));
+            }
             *pos += used;
             out.push(env);
             Ok(())
@@ -207,13 +222,16 @@ impl Envelope {
     }
 
     /// Decodes an event frame (kind 0) or a batch (kind 5), appending the
-    /// envelopes to `out`. On error `out` is left as it was. Never panics.
+    /// envelopes to `out`. `max_size` bounds an event (alone or in a batch);
+    /// a batch frame may be [`BATCH_FRAME_FACTOR`] times it. On error `out`
+    /// is left as it was. Never panics.
     pub fn decode_events(
         bytes: &[u8],
         max_size: usize,
         out: &mut Vec<Envelope>,
     ) -> Result<(), DecodeError> {
-        frame::read_header(bytes, max_size)?; // the size, before copying
+        // The size, before copying.
+        frame::read_header(bytes, max_size.saturating_mul(BATCH_FRAME_FACTOR))?;
         let frame = Bytes::copy_from_slice(bytes);
         Self::decode_events_shared(&frame, max_size, &mut Interner::default(), out)
     }
@@ -304,33 +322,66 @@ pub(crate) struct Fields<'a> {
     pub payload: &'a [u8],
 }
 
+/// Where [`write_event`] writes: an in-memory buffer (writes cannot fail)
+/// that knows its length.
+trait FrameBuf: std::io::Write {
+    fn len(&self) -> usize;
+}
+
+impl FrameBuf for Vec<u8> {
+    fn len(&self) -> usize {
+        Vec::len(self)
+    }
+}
+
+/// A [`BytesMut`] written in place (a draft's arena block).
+struct InBlock<'a>(&'a mut BytesMut);
+
+impl std::io::Write for InBlock<'_> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl FrameBuf for InBlock<'_> {
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+}
+
 /// Appends one event frame (the layout of `docs/WIRE.md`) to `buf`, seq
 /// and timestamp as 9-byte uints; returns where their 8 value bytes start
-/// and where the topic's bytes are.
-fn write_event(buf: &mut Vec<u8>, f: Fields<'_>) -> (usize, usize, std::ops::Range<usize>) {
+/// and where the topic's bytes are (from the start of `buf`).
+fn write_event(buf: &mut impl FrameBuf, f: Fields<'_>) -> (usize, usize, std::ops::Range<usize>) {
     use rmp::encode as w;
-    // Writing into a Vec cannot fail.
-    let opt_str = |buf: &mut Vec<u8>, s: Option<&str>| match s {
-        Some(s) => w::write_str(buf, s).expect("Vec"),
-        None => w::write_nil(buf).expect("Vec"),
+    const IN_MEMORY: &str = "writing into memory cannot fail";
+    let opt_str = |buf: &mut _, s: Option<&str>| match s {
+        Some(s) => w::write_str(buf, s).expect(IN_MEMORY),
+        None => w::write_nil(buf).expect(IN_MEMORY),
     };
-    buf.extend_from_slice(&[0x93, WIRE_VERSION, KIND_EVENT, 0x99]);
-    w::write_uint(buf, f.origin.0).expect("Vec");
-    w::write_uint(buf, f.incarnation).expect("Vec");
+    buf.write_all(&[0x93, WIRE_VERSION, KIND_EVENT, 0x99])
+        .expect(IN_MEMORY);
+    w::write_uint(buf, f.origin.0).expect(IN_MEMORY);
+    w::write_uint(buf, f.incarnation).expect(IN_MEMORY);
     let seq_at = buf.len() + 1;
-    w::write_u64(buf, f.seq).expect("Vec");
+    w::write_u64(buf, f.seq).expect(IN_MEMORY);
     opt_str(buf, f.id);
-    w::write_str(buf, f.topic).expect("Vec");
+    w::write_str(buf, f.topic).expect(IN_MEMORY);
     let topic_at = buf.len() - f.topic.len()..buf.len();
     let ts_at = buf.len() + 1;
-    w::write_u64(buf, f.timestamp_us).expect("Vec");
+    w::write_u64(buf, f.timestamp_us).expect(IN_MEMORY);
     opt_str(buf, f.correlation_id);
-    w::write_map_len(buf, f.headers.len() as u32).expect("Vec");
+    w::write_map_len(buf, f.headers.len() as u32).expect(IN_MEMORY);
     for (k, v) in f.headers {
-        w::write_str(buf, k).expect("Vec");
-        w::write_str(buf, v).expect("Vec");
+        w::write_str(buf, k).expect(IN_MEMORY);
+        w::write_str(buf, v).expect(IN_MEMORY);
     }
-    w::write_bin(buf, f.payload).expect("Vec");
+    w::write_bin(buf, f.payload).expect(IN_MEMORY);
     (seq_at, ts_at, topic_at)
 }
 
@@ -371,12 +422,11 @@ impl Frame {
 const ARENA_FRAME: usize = 8 * 1024;
 
 thread_local! {
-    /// Where this thread encodes frames (reused) and the block they are
-    /// cut from: one allocation per ~64 KiB of small frames instead of two
-    /// per frame (a `Vec`, then the `Bytes` header its first clone adds),
+    /// The block this thread encodes frames into, in place, and cuts them
+    /// from: one allocation per ~64 KiB of small frames instead of two per
+    /// frame (a `Vec`, then the `Bytes` header its first clone adds),
     /// freed once every frame cut from it is dropped.
-    static ARENA: std::cell::RefCell<(Vec<u8>, BytesMut)> =
-        std::cell::RefCell::new((Vec::new(), BytesMut::new()));
+    static ARENA: std::cell::RefCell<BytesMut> = std::cell::RefCell::new(BytesMut::new());
 }
 
 /// Bytes of a fresh arena block.
@@ -393,13 +443,13 @@ impl Draft {
             (Frame::Own(frame), at)
         } else {
             ARENA.with(|arena| {
-                let (scratch, block) = &mut *arena.borrow_mut();
-                scratch.clear();
-                let at = write_event(scratch, f);
-                if block.capacity() - block.len() < scratch.len() {
+                let block = &mut *arena.borrow_mut();
+                // Everything written before was split off: the frame starts at 0.
+                debug_assert!(block.is_empty());
+                if block.capacity() < capacity {
                     *block = BytesMut::with_capacity(ARENA_BLOCK);
                 }
-                block.extend_from_slice(scratch);
+                let at = write_event(&mut InBlock(block), f);
                 (Frame::Block(block.split()), at)
             })
         };
@@ -642,8 +692,11 @@ mod tests {
             for e in &envs {
                 w.push(&Bytes::from(e.encode()));
             }
-            let mut frame = Vec::new();
-            w.finish(|parts| parts.iter().for_each(|p| frame.extend_from_slice(p)));
+            let frame = w.finish(|s| {
+                let mut out = vec![0; s.len()];
+                s.write_to(&mut out);
+                out
+            }).unwrap();
             let (mut copied, mut shared) = (Vec::new(), Vec::new());
             Envelope::decode_events(&frame, usize::MAX, &mut copied).unwrap();
             let topics = &mut Interner::default();
