@@ -90,7 +90,7 @@ pub use store::{Fsync, StoreError};
 
 // The wire format.
 pub use wire::auth::MIN_BUS_KEY_LEN;
-pub use wire::envelope::{Envelope, Headers, BATCH_FRAME_FACTOR, KIND_EVENT};
+pub use wire::envelope::{Envelope, Headers, Meta, BATCH_FRAME_FACTOR, KIND_EVENT};
 pub use wire::frame::{DecodeError, WIRE_VERSION};
 pub use wire::id::PeerId;
 pub use wire::member::{

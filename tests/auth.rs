@@ -8,7 +8,7 @@ mod common;
 
 use bytes::Bytes;
 use chorus::heartbeat::Response;
-use chorus::{Envelope, Headers, Peer, PeerId};
+use chorus::{Envelope, Peer, PeerId};
 use common::*;
 
 const KEY: &[u8] = b"the bus key of the tests, 32 b.";
@@ -27,12 +27,10 @@ fn envelope(origin: u64, incarnation: u64, seq: u64, payload: &'static [u8]) -> 
         origin: PeerId(origin),
         incarnation,
         seq,
-        id: None,
         topic: "auth.test".into(),
         timestamp_us: 1,
-        correlation_id: None,
-        headers: Headers::default(),
         payload: Bytes::from_static(payload),
+        meta: None,
     }
     .encode()
 }

@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use chorus::{Envelope, Headers, Peer, PeerId};
+use chorus::{Envelope, Peer, PeerId};
 use common::*;
 use nng::options::Options;
 
@@ -15,12 +15,10 @@ fn frame(seq: u64, topic: &str, payload: Vec<u8>) -> Vec<u8> {
         origin: PeerId(77),
         incarnation: 1,
         seq,
-        id: None,
         topic: topic.into(),
         timestamp_us: 0,
-        correlation_id: None,
-        headers: Headers::new(),
         payload: Bytes::from(payload),
+        meta: None,
     }
     .encode()
 }

@@ -326,12 +326,10 @@ fn frame(incarnation: u64, seq: u64, value: u32) -> Vec<u8> {
         origin: chorus::PeerId(77),
         incarnation,
         seq,
-        id: None,
         topic: "t.x".into(),
         timestamp_us: 0,
-        correlation_id: None,
-        headers: chorus::Headers::new(),
         payload: rmp_serde::to_vec(&value).unwrap().into(),
+        meta: None,
     }
     .encode()
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use chorus::inbox::{Inbox, InboxConfig, InboxEvent};
 use chorus::outbox::{Outbox, OutboxConfig};
-use chorus::{Envelope, Headers, PeerId};
+use chorus::{Envelope, PeerId};
 use proptest::prelude::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -33,12 +33,10 @@ fn frame(seq: u64) -> Bytes {
             origin: ORIGIN,
             incarnation: INC,
             seq,
-            id: None,
             topic: "p.t".into(),
             timestamp_us: seq,
-            correlation_id: None,
-            headers: Headers::new(),
             payload: Bytes::from(seq.to_le_bytes().to_vec()),
+            meta: None,
         }
         .encode(),
     )

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use chorus::inbox::{Inbox, InboxConfig, InboxEvent};
 use chorus::outbox::{Outbox, OutboxConfig};
 use chorus::repair::Nak;
-use chorus::{Envelope, Headers, PeerId};
+use chorus::{Envelope, PeerId};
 use libfuzzer_sys::fuzz_target;
 
 #[derive(Arbitrary, Debug)]
@@ -63,12 +63,10 @@ fn env(origin: u8, incarnation: u8, seq: u16) -> Arc<Envelope> {
         origin: PeerId(u64::from(origin % 4) + 1),
         incarnation: u64::from(incarnation % 3) + 1,
         seq: u64::from(seq % 512) + 1,
-        id: None,
         topic: "f".into(),
         timestamp_us: 0,
-        correlation_id: None,
-        headers: Headers::default(),
         payload: Bytes::new(),
+        meta: None,
     })
 }
 

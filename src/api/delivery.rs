@@ -95,7 +95,7 @@ impl<T> Delivery<T> {
 
     /// The application message id (idempotency key), if the publisher set one.
     pub fn id(&self) -> Option<&str> {
-        self.envelope.id.as_deref()
+        self.envelope.id()
     }
 
     /// Publish time by the publisher's clock.
@@ -105,7 +105,7 @@ impl<T> Delivery<T> {
 
     /// The correlation id, if the publisher set one.
     pub fn correlation_id(&self) -> Option<&str> {
-        self.envelope.correlation_id.as_deref()
+        self.envelope.correlation_id()
     }
 
     /// The flow this event belongs to (see [`Envelope::flow_id`]); what
@@ -116,7 +116,7 @@ impl<T> Delivery<T> {
 
     /// Application headers.
     pub fn headers(&self) -> &Headers {
-        &self.envelope.headers
+        self.envelope.headers()
     }
 
     /// The raw payload bytes as they arrived.

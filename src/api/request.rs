@@ -236,8 +236,8 @@ impl Peer {
     /// topic that is not a chorus reply topic is ignored).
     async fn reply(&self, request: &Envelope, body: ReplyBody) {
         let (Some(to), Some(id)) = (
-            request.headers.get(REPLY_TO_HEADER),
-            request.headers.get(REQUEST_HEADER),
+            request.headers().get(REPLY_TO_HEADER),
+            request.headers().get(REQUEST_HEADER),
         ) else {
             return;
         };

@@ -255,7 +255,7 @@ impl Registry {
         let env = &received.envelope;
         let reserved = env.topic.starts_with(RESERVED_PREFIX);
         if reserved && self.reply_topic.get().is_some_and(|t| **t == *env.topic) {
-            match env.headers.get(REPLY_FOR_HEADER).cloned() {
+            match env.headers().get(REPLY_FOR_HEADER).cloned() {
                 Some(id) => self.replies.deliver(&id, Arc::new(received.envelope)),
                 None => {
                     self.replies.unclaimed.fetch_add(1, Ordering::Relaxed);

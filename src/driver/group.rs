@@ -306,7 +306,6 @@ impl GroupSub {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::envelope::Headers;
     use proptest::prelude::*;
 
     fn env(topic: &str, seq: u64, payload: Vec<u8>) -> Envelope {
@@ -314,12 +313,10 @@ mod tests {
             origin: PeerId(1),
             incarnation: 2,
             seq,
-            id: None,
             topic: topic.into(),
             timestamp_us: 0,
-            correlation_id: None,
-            headers: Headers::new(),
             payload: Bytes::from(payload),
+            meta: None,
         }
     }
 

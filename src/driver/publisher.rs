@@ -561,7 +561,7 @@ impl Publisher {
         if tracing::enabled!(tracing::Level::DEBUG) {
             if let Ok(env) = Envelope::decode(&frame, usize::MAX) {
                 tracing::debug_span!("publish", topic = %env.topic, origin = %env.origin, seq,
-                    correlation_id = env.correlation_id.as_deref())
+                    correlation_id = env.correlation_id())
                 .in_scope(|| tracing::trace!("numbered and staged"));
             }
         }

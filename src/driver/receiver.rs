@@ -729,7 +729,7 @@ impl Receiver {
         // its key was seen when it was first delivered here, or belongs to
         // a stretch the others were never owed.
         let replay = self.inbox.is_replay(&env);
-        let keyed = env.id.as_ref().filter(|_| !replay);
+        let keyed = env.id().filter(|_| !replay);
         if let Some(key) = keyed {
             let now = clock::now();
             if self.keys.contains(&env.topic, key, now) {
@@ -741,7 +741,7 @@ impl Receiver {
             self.keys.record(&env.topic, key, now);
         }
         tracing::debug_span!("deliver", topic = %env.topic, origin = %env.origin, seq = env.seq,
-            correlation_id = env.correlation_id.as_deref())
+            correlation_id = env.correlation_id())
         .in_scope(|| tracing::trace!("dispatching to subscriptions"));
         let redelivered = self.inbox.is_redelivery(&env);
         if redelivered {

@@ -108,7 +108,6 @@ impl Cursor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::envelope::Headers;
     use bytes::Bytes;
     use proptest::prelude::*;
 
@@ -117,12 +116,10 @@ mod tests {
             origin: PeerId(origin),
             incarnation: epoch,
             seq,
-            id: None,
             topic: "t".into(),
             timestamp_us: time,
-            correlation_id: None,
-            headers: Headers::new(),
             payload: Bytes::new(),
+            meta: None,
         }
     }
 

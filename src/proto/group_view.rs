@@ -76,10 +76,10 @@ pub fn seq_hash(seq: u64) -> u64 {
 /// message id, else its sequence number.
 pub fn envelope_key(env: &Envelope) -> u64 {
     let key = env
-        .headers
+        .headers()
         .get(KEY_HEADER)
         .map(String::as_str)
-        .or(env.id.as_deref());
+        .or(env.id());
     partition_key(key, env.seq)
 }
 

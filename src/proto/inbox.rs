@@ -671,7 +671,6 @@ impl Inbox {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::envelope::Headers;
     use bytes::Bytes;
 
     fn env(origin: u64, incarnation: u64, seq: u64) -> Envelope {
@@ -679,12 +678,10 @@ mod tests {
             origin: PeerId(origin),
             incarnation,
             seq,
-            id: None,
             topic: "t".into(),
             timestamp_us: 0,
-            correlation_id: None,
-            headers: Headers::new(),
             payload: Bytes::new(),
+            meta: None,
         }
     }
 

@@ -104,7 +104,7 @@ impl BatchWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::envelope::Envelope;
+    use crate::wire::envelope::{Envelope, Meta};
     use bytes::Bytes;
 
     fn concat(s: &Staged<'_>) -> Vec<u8> {
@@ -118,12 +118,10 @@ mod tests {
             origin: crate::PeerId(7),
             incarnation: 2,
             seq: 1,
-            id: Some("order-1".into()),
             topic: "orders.created".into(),
             timestamp_us: 1_700_000_000_000_000,
-            correlation_id: None,
-            headers: Default::default(),
             payload: Bytes::from_static(b"payload"),
+            meta: Meta::boxed(Some("order-1".into()), None, Default::default()),
         }
     }
 

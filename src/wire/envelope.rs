@@ -13,7 +13,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use serde::{Deserialize, Serialize};
 
 use crate::wire::frame::{self, DecodeError, WIRE_VERSION};
 use crate::wire::id::PeerId;
@@ -39,7 +38,10 @@ pub type Headers = BTreeMap<String, String>;
 /// order, deduplicate and trace it.
 ///
 /// `(origin, incarnation, seq)` identifies an envelope uniquely on the bus.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// What most events do not carry (an application id, a correlation id,
+/// headers) is boxed in [`meta`](Self::meta), so the envelope that the
+/// receive path moves from decoding to the reader stays small (88 bytes).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Envelope {
     /// The publishing peer.
     pub origin: PeerId,
@@ -47,21 +49,50 @@ pub struct Envelope {
     pub incarnation: u64,
     /// Position in the origin's stream, from 1, without gaps, per incarnation.
     pub seq: u64,
-    /// Application message id (idempotency key); `None` when the message is
-    /// identified by `(origin, incarnation, seq)` alone.
-    pub id: Option<String>,
     /// Concrete topic, e.g. `orders.eu.created` (shared: received
     /// envelopes of one topic point to one copy).
     pub topic: Arc<str>,
     /// Publish time, microseconds since the Unix epoch (publisher's clock).
     pub timestamp_us: u64,
+    /// Application payload: MessagePack for typed publishes, anything for bytes.
+    pub payload: Bytes,
+    /// The application id, correlation id and headers; `None` when the
+    /// event has none of them (see [`Meta::boxed`]).
+    pub meta: Option<Box<Meta>>,
+}
+
+/// The optional fields of an [`Envelope`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Meta {
+    /// Application message id (idempotency key); `None` when the message is
+    /// identified by `(origin, incarnation, seq)` alone.
+    pub id: Option<String>,
     /// Correlation / trace id linking this event to the flow it belongs to.
     pub correlation_id: Option<String>,
     /// Application headers.
     pub headers: Headers,
-    /// Application payload: MessagePack for typed publishes, anything for bytes.
-    pub payload: Bytes,
 }
+
+impl Meta {
+    /// The envelope's `meta` for these fields: `None` when all are empty.
+    pub fn boxed(
+        id: Option<String>,
+        correlation_id: Option<String>,
+        headers: Headers,
+    ) -> Option<Box<Meta>> {
+        match (&id, &correlation_id, headers.is_empty()) {
+            (None, None, true) => None,
+            _ => Some(Box::new(Meta {
+                id,
+                correlation_id,
+                headers,
+            })),
+        }
+    }
+}
+
+/// The headers of an event without any.
+static NO_HEADERS: Headers = Headers::new();
 
 /// Worst-case MessagePack size of a string, bin or container header.
 const MAX_HEADER: usize = 5;
@@ -96,14 +127,29 @@ pub(crate) fn encoded_len_bound(
 }
 
 impl Envelope {
+    /// Application message id (idempotency key), if it has one.
+    pub fn id(&self) -> Option<&str> {
+        self.meta.as_ref()?.id.as_deref()
+    }
+
+    /// Correlation / trace id, if it has one.
+    pub fn correlation_id(&self) -> Option<&str> {
+        self.meta.as_ref()?.correlation_id.as_deref()
+    }
+
+    /// Application headers (empty if it has none).
+    pub fn headers(&self) -> &Headers {
+        self.meta.as_ref().map_or(&NO_HEADERS, |m| &m.headers)
+    }
+
     /// The flow this event belongs to: its correlation id; for the first
     /// event of a flow (none set), its application id; otherwise
     /// `origin/incarnation/seq`. Events published while handling this one
     /// carry it as their correlation id.
     pub fn flow_id(&self) -> std::borrow::Cow<'_, str> {
-        match (&self.correlation_id, &self.id) {
-            (Some(c), _) => c.as_str().into(),
-            (None, Some(id)) => id.as_str().into(),
+        match (self.correlation_id(), self.id()) {
+            (Some(c), _) => c.into(),
+            (None, Some(id)) => id.into(),
             (None, None) => format!("{}/{}/{}", self.origin, self.incarnation, self.seq).into(),
         }
     }
@@ -113,9 +159,9 @@ impl Envelope {
     pub fn max_encoded_len(&self) -> usize {
         encoded_len_bound(
             &self.topic,
-            self.id.as_deref(),
-            self.correlation_id.as_deref(),
-            &self.headers,
+            self.id(),
+            self.correlation_id(),
+            self.headers(),
             self.payload.len(),
         )
     }
@@ -128,11 +174,11 @@ impl Envelope {
                 origin: self.origin,
                 incarnation: self.incarnation,
                 seq: self.seq,
-                id: self.id.as_deref(),
+                id: self.id(),
                 topic: &self.topic,
                 timestamp_us: self.timestamp_us,
-                correlation_id: self.correlation_id.as_deref(),
-                headers: &self.headers,
+                correlation_id: self.correlation_id(),
+                headers: self.headers(),
                 payload: &self.payload,
             },
         );
@@ -298,12 +344,10 @@ fn read_envelope(
             origin,
             incarnation,
             seq,
-            id,
             topic,
             timestamp_us,
-            correlation_id,
-            headers,
             payload,
+            meta: Meta::boxed(id, correlation_id, headers),
         },
         used,
     ))
@@ -493,13 +537,28 @@ mod tests {
             origin: PeerId(0x0123_4567_89ab_cdef),
             incarnation: 1_763_774_400_000_000,
             seq: 42,
-            id: Some("order-7".into()),
             topic: "orders.created".into(),
             timestamp_us: 1_763_774_400_123_456,
-            correlation_id: Some("flow-1".into()),
-            headers: [("k".to_string(), "v".to_string())].into_iter().collect(),
             payload: Bytes::from_static(b"\x81\xa2id\x07"),
+            meta: Meta::boxed(
+                Some("order-7".into()),
+                Some("flow-1".into()),
+                [("k".to_string(), "v".to_string())].into_iter().collect(),
+            ),
         }
+    }
+
+    #[test]
+    fn the_envelope_stays_small() {
+        // The receive path moves it several times per event (decode, inbox,
+        // subscription queue, reader): the rare fields live behind `meta`.
+        assert!(std::mem::size_of::<Envelope>() <= 88);
+        let env = Envelope {
+            meta: Meta::boxed(None, None, Headers::new()),
+            ..sample()
+        };
+        assert_eq!((env.id(), env.headers().len()), (None, 0));
+        assert!(env.meta.is_none());
     }
 
     #[test]
@@ -516,12 +575,10 @@ mod tests {
             origin: PeerId(1),
             incarnation: 2,
             seq: 3,
-            id: None,
             topic: "t".into(),
             timestamp_us: 4,
-            correlation_id: None,
-            headers: Headers::new(),
             payload: Bytes::from_static(b"x"),
+            meta: None,
         };
         // [1, 0, [1, 2, 3, nil, "t", 4, nil, {}, bin8(1) "x"]]
         #[rustfmt::skip]
@@ -588,12 +645,10 @@ mod tests {
                 origin: PeerId(o),
                 incarnation: i,
                 seq: s,
-                id,
                 topic: topic.into(),
                 timestamp_us: ts,
-                correlation_id: c,
-                headers,
                 payload: Bytes::from(p),
+                meta: Meta::boxed(id, c, headers),
             })
     }
 
@@ -635,6 +690,66 @@ mod tests {
         );
     }
 
+    /// The envelope's wire layout (docs/WIRE.md) for serde's generic
+    /// MessagePack encoder and decoder, to check this module's against.
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct Generic(
+        PeerId,
+        u64,
+        u64,
+        Option<String>,
+        String,
+        u64,
+        Option<String>,
+        Headers,
+        Bytes,
+    );
+
+    impl From<&Envelope> for Generic {
+        fn from(e: &Envelope) -> Self {
+            let id = e.id().map(str::to_owned);
+            let correlation_id = e.correlation_id().map(str::to_owned);
+            let (topic, headers) = (e.topic.to_string(), e.headers().clone());
+            Generic(
+                e.origin,
+                e.incarnation,
+                e.seq,
+                id,
+                topic,
+                e.timestamp_us,
+                correlation_id,
+                headers,
+                e.payload.clone(),
+            )
+        }
+    }
+
+    impl From<Generic> for Envelope {
+        fn from(
+            Generic(
+                origin,
+                incarnation,
+                seq,
+                id,
+                topic,
+                timestamp_us,
+                correlation_id,
+                headers,
+                payload,
+            ): Generic,
+        ) -> Self {
+            Envelope {
+                origin,
+                incarnation,
+                seq,
+                topic: topic.into(),
+                timestamp_us,
+                payload,
+                meta: Meta::boxed(id, correlation_id, headers),
+            }
+        }
+    }
+
     proptest! {
         #[test]
         fn encode_decode_round_trips(env in arb_envelope()) {
@@ -643,13 +758,13 @@ mod tests {
             prop_assert_eq!(Envelope::decode(&bytes, usize::MAX).unwrap(), env.clone());
             // The serde encoding (smallest uints) reads the same.
             let mut serde = Vec::new();
-            frame::encode_into(&mut serde, KIND_EVENT, &env);
+            frame::encode_into(&mut serde, KIND_EVENT, &Generic::from(&env));
             prop_assert_eq!(Envelope::decode(&serde, usize::MAX).unwrap(), env.clone());
             // A draft numbered afterwards is the same frame.
             let draft = Draft::new(Fields {
                 origin: env.origin, incarnation: env.incarnation, seq: 0,
-                id: env.id.as_deref(), topic: &env.topic, timestamp_us: 0,
-                correlation_id: env.correlation_id.as_deref(), headers: &env.headers,
+                id: env.id(), topic: &env.topic, timestamp_us: 0,
+                correlation_id: env.correlation_id(), headers: env.headers(),
                 payload: &env.payload,
             }, env.max_encoded_len(), None);
             prop_assert_eq!(draft.topic(), &*env.topic);
@@ -681,8 +796,8 @@ mod tests {
             // fields must be str, the payload a bin, the topic valid).
             if let Ok(env) = Envelope::decode(&bytes, usize::MAX) {
                 prop_assert!(crate::validate_topic(&env.topic).is_ok());
-                let generic: Envelope = frame::decode(&bytes, usize::MAX, KIND_EVENT).unwrap();
-                prop_assert_eq!(generic, env);
+                let generic: Generic = frame::decode(&bytes, usize::MAX, KIND_EVENT).unwrap();
+                prop_assert_eq!(Envelope::from(generic), env);
             }
         }
 
