@@ -35,12 +35,12 @@ use crate::wire::id::PeerId;
 pub struct Delivery<T> {
     /// The payload, decoded into the subscription's type.
     pub value: T,
-    envelope: Arc<Envelope>,
+    envelope: Envelope,
     redelivered: bool,
 }
 
 impl<T> Delivery<T> {
-    pub(crate) fn new(value: T, envelope: Arc<Envelope>, redelivered: bool) -> Self {
+    pub(crate) fn new(value: T, envelope: Envelope, redelivered: bool) -> Self {
         Delivery {
             value,
             envelope,
@@ -129,8 +129,9 @@ impl<T> Delivery<T> {
         &self.envelope
     }
 
+    /// A shared copy of the envelope (handlers keep it past the delivery).
     pub(crate) fn envelope_arc(&self) -> Arc<Envelope> {
-        self.envelope.clone()
+        Arc::new(self.envelope.clone())
     }
 
     /// The value, dropping the metadata.

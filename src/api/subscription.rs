@@ -454,10 +454,6 @@ impl<T> Subscription<T> {
             Poll::Ready(None) => return Poll::Ready(None),
             Poll::Pending => return Poll::Pending,
         };
-        // Allocated here, on the reader's thread, which frees it too: a
-        // block freed by another thread than the one that allocated it
-        // takes the allocator's lock (glibc's arenas).
-        let env = Arc::new(env);
         match (self.decode)(&env.payload) {
             Ok(value) => {
                 Counters::add(&self.counters.delivered, 1);
@@ -473,7 +469,7 @@ impl<T> Subscription<T> {
                     tracing::debug!(pattern = %self.pattern, topic = %env.topic, %error, "undecodable payload skipped");
                 }
                 let bad = Undecodable {
-                    envelope: env,
+                    envelope: Arc::new(env),
                     pattern: self.pattern.as_str().to_owned(),
                     error,
                 };

@@ -380,7 +380,7 @@ where
                     Err(e) => {
                         Counters::add(&counters.dead_lettered, 1);
                         let dl = DeadLetter {
-                            envelope: delivery.envelope_arc(),
+                            envelope: env.clone(),
                             error: e.to_string(),
                             attempts: attempt,
                         };
@@ -394,7 +394,7 @@ where
                 if let Some(g) = &group {
                     g.held(1);
                 }
-                outputs.hold(delivery.envelope_arc());
+                outputs.hold(env.clone());
             } else {
                 sub.done(delivery.envelope());
             }
