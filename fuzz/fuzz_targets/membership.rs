@@ -87,6 +87,9 @@ fuzz_target!(|ops: Vec<Op>| {
                     leaving,
                     last_seq: 0,
                     acks: vec![],
+                    durable: vec![],
+                    groups: vec![],
+                    views: vec![],
                 };
                 let r = m.handle_survey(&s, now);
                 assert_eq!(r.from.id, PeerId(ME));
@@ -110,6 +113,9 @@ fuzz_target!(|ops: Vec<Op>| {
                     last_seq: 0,
                     gossip,
                     acks: vec![],
+                    durable: vec![],
+                    groups: vec![],
+                    views: vec![],
                 };
                 m.handle_response(&r, now);
             }

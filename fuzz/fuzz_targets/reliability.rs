@@ -5,7 +5,6 @@
 //! `(origin, incarnation, seq)` is ever delivered twice.
 #![no_main]
 use std::collections::HashSet;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arbitrary::Arbitrary;
@@ -58,8 +57,8 @@ enum Op {
 const MAX_HELD: usize = 64;
 const CAPACITY: usize = 32;
 
-fn env(origin: u8, incarnation: u8, seq: u16) -> Arc<Envelope> {
-    Arc::new(Envelope {
+fn env(origin: u8, incarnation: u8, seq: u16) -> Envelope {
+    Envelope {
         origin: PeerId(u64::from(origin % 4) + 1),
         incarnation: u64::from(incarnation % 3) + 1,
         seq: u64::from(seq % 512) + 1,
@@ -67,7 +66,7 @@ fn env(origin: u8, incarnation: u8, seq: u16) -> Arc<Envelope> {
         timestamp_us: 0,
         payload: Bytes::new(),
         meta: None,
-    })
+    }
 }
 
 fuzz_target!(|ops: Vec<Op>| {
