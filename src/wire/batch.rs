@@ -25,20 +25,17 @@ pub(crate) struct Staged<'a> {
     head: [u8; 8],
     head_len: usize,
     frames: &'a [bytes::Bytes],
+    len: usize,
 }
 
 impl Staged<'_> {
     /// Bytes of the message.
     pub fn len(&self) -> usize {
-        match self.frames {
-            [one] => one.len(),
-            many => self.head_len + many.iter().map(|f| f.len() - EVENT_HEADER).sum::<usize>(),
-        }
+        self.len
     }
 
     /// Writes the message into `out`, which is [`len`](Self::len) bytes long.
     pub fn write_to(&self, out: &mut [u8]) {
-        debug_assert_eq!(out.len(), self.len());
         let mut put = |at: &mut usize, part: &[u8]| {
             out[*at..*at + part.len()].copy_from_slice(part);
             *at += part.len();
@@ -53,6 +50,7 @@ impl Staged<'_> {
                 }
             }
         }
+        debug_assert_eq!(at, out.len(), "the message is exactly len() bytes");
     }
 }
 
@@ -90,10 +88,16 @@ impl BatchWriter {
             rmp::encode::write_array_len(&mut rest, self.len()).expect("5 bytes hold any length");
             rest.len()
         };
+        let head_len = head.len() - unused;
+        let len = match &self.frames[..] {
+            [one] => one.len(),
+            _ => head_len + self.bodies,
+        };
         let out = write(&Staged {
             head,
-            head_len: head.len() - unused,
+            head_len,
             frames: &self.frames,
+            len,
         });
         self.frames.clear();
         self.bodies = 0;
