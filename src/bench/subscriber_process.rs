@@ -120,12 +120,14 @@ pub(crate) fn subscriber_process(
     // What the subscriber's default buffers can hold: NNG's receive queue
     // (1024 messages, each a batch of at most `batch_bytes` plus one
     // envelope, and never more than the publisher's unacknowledged
-    // window: 16384 envelopes or 16 MiB), the subscription (1024 deliveries
-    // queued and as many in its reader's hands) and the envelopes held back
-    // for order (4096), each envelope ~60 bytes of fields + payload.
+    // window: 16384 envelopes or 16 MiB), the subscription (its default
+    // deliveries queued and as many in its reader's hands) and the
+    // envelopes held back for order (4096), each envelope ~60 bytes of
+    // fields + payload.
     let envelope = size + 60;
     let nng = (1024 * (batch_bytes.max(envelope) + envelope)).min((16384 * envelope).min(16 << 20));
-    let bound = nng + (2 * 1024 + 4096) * envelope;
+    let subscription = crate::api::builder::SUBSCRIPTION_BUFFER;
+    let bound = nng + (2 * subscription + 4096) * envelope;
     figures["buffers_bound_kib"] = json!(bound / 1024);
     figures
 }
