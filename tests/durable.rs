@@ -74,8 +74,11 @@ async fn a_restarted_durable_publisher_continues_its_stream() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_published_while_a_member_was_cut_off_come_from_the_log() {
-    // A buffer of 16 envelopes, a receiver that drops 40 % of frames: most
-    // repairs ask for what the buffer evicted long ago.
+    // A buffer of 16 envelopes, a receiver that drops 40 % of frames and
+    // whose subscription (256 deliveries, unread until everything is
+    // published) stops its receive path: the origin cuts it off after its
+    // stall limit and goes on; most repairs ask for what the buffer evicted
+    // long ago.
     let dir = data_dir();
     let a = fast("a", &unique_url("inproc", "ra"))
         .data_dir(dir.path().join("a"))
@@ -86,6 +89,7 @@ async fn events_published_while_a_member_was_cut_off_come_from_the_log() {
         .unwrap();
     let b = fast("b", &unique_url("inproc", "rb"))
         .seed(a.local_url())
+        .subscription_buffer(256)
         .link_faults(LinkFaults {
             drop: 0.4,
             ..Default::default()
@@ -102,6 +106,7 @@ async fn events_published_while_a_member_was_cut_off_come_from_the_log() {
         assert_eq!(next("event", &mut sub).await.value, i);
     }
     assert_eq!(b.stats().lost, 0);
+    assert!(a.stats().members_cut_off >= 1, "{:?}", a.stats());
     assert!(a.stats().log_reads > 100, "{:?}", a.stats());
     assert_eq!(a.stats().log_events, 2000);
     assert!(a.stats().retransmit_buffer <= 16);
