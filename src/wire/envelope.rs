@@ -378,23 +378,11 @@ impl FrameBuf for Vec<u8> {
     }
 }
 
-/// A [`BytesMut`] written in place (a draft's arena block).
-struct InBlock<'a>(&'a mut BytesMut);
-
-impl std::io::Write for InBlock<'_> {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl FrameBuf for InBlock<'_> {
+/// A [`BytesMut`] written in place (a draft's arena block), through the
+/// `io::Write` adapter `bytes` provides.
+impl FrameBuf for bytes::buf::Writer<&mut BytesMut> {
     fn len(&self) -> usize {
-        self.0.len()
+        self.get_ref().len()
     }
 }
 
@@ -493,7 +481,7 @@ impl Draft {
                 if block.capacity() < capacity {
                     *block = BytesMut::with_capacity(ARENA_BLOCK);
                 }
-                let at = write_event(&mut InBlock(block), f);
+                let at = write_event(&mut bytes::BufMut::writer(&mut *block), f);
                 (Frame::Block(block.split()), at)
             })
         };
