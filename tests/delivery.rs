@@ -373,10 +373,10 @@ async fn a_gap_that_cannot_be_repaired_is_reported_lost_never_skipped() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_events_are_acknowledged_by_bytes_not_only_by_count() {
-    // 400 events of 16 KiB: far fewer than the 1024 events a direct ack
-    // waits for, but 6 MiB — an origin's byte bound fills long before
-    // 1024 such events arrive, so the receiver acks after each MiB (at
-    // most once per batch of frames it takes from NNG).
+    // 400 events of 16 KiB: far fewer than the 4096 events a direct ack
+    // waits for, but 6 MiB — an origin's byte bound (16 MiB) fills long
+    // before 4096 such events arrive, so the receiver acks after 4 MiB (or
+    // 5 ms after its last direct ack, whichever comes first).
     let a = fast("a", &unique_url("inproc", "la"))
         .start()
         .await
@@ -397,6 +397,55 @@ async fn large_events_are_acknowledged_by_bytes_not_only_by_count() {
         next("a large event", &mut sub).await;
     }
     wait_for("a direct ack by bytes", || b.stats().direct_acks_sent >= 1).await;
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_retransmit_buffer_is_freed_by_direct_acks_not_heartbeats() {
+    // 256 envelopes, far fewer than the 4096 events after which a receiver
+    // acks at once: the receiver acks 5 ms after its last direct ack
+    // instead, so the publisher waits milliseconds for room, not the 1 s
+    // heartbeat that also carries the watermark (20 heartbeats for these
+    // 5000 events, longer than the deadline below).
+    let slow = |name: &str, url: &str| {
+        Peer::builder()
+            .name(name)
+            .listen(url)
+            .heartbeat_interval(Duration::from_secs(1))
+    };
+    let a = slow("a", &unique_url("inproc", "sa"))
+        .retransmit_buffer(256)
+        .start()
+        .await
+        .unwrap();
+    let b = slow("b", &unique_url("inproc", "sb"))
+        .seed(a.local_url())
+        .start()
+        .await
+        .unwrap();
+    wait_mesh(&[&a, &b]).await;
+    let mut sub = b.subscribe_bytes("small").unwrap();
+    let publish = async {
+        for i in 0..5000u32 {
+            a.publish_bytes("small", i.to_le_bytes().to_vec())
+                .await
+                .unwrap();
+        }
+    };
+    let receive = async {
+        for _ in 0..5000 {
+            next("an event", &mut sub).await;
+        }
+    };
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        futures::future::join(publish, receive),
+    )
+    .await
+    .expect("5000 events through a 256-envelope buffer within 10 s");
+    assert!(b.stats().direct_acks_sent >= 5000 / 256, "{:?}", b.stats());
+    assert_eq!(b.stats().lost, 0);
     a.shutdown().await;
     b.shutdown().await;
 }

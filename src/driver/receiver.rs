@@ -28,6 +28,7 @@ use crate::api::subscription::{Dispatched, Registry, Routed};
 use crate::driver::clock;
 use crate::driver::nak_sender::{self, Repaired};
 use crate::proto::dedup::KeyCache;
+use crate::proto::direct_acks::DirectAcks;
 use crate::proto::faults::FaultInjector;
 use crate::proto::inbox::{Inbox, InboxEvent};
 use crate::transport::bad_input::BadInputLog;
@@ -53,16 +54,6 @@ const RECV_BATCH: usize = 64;
 const INLINE_FRAME_BYTES: usize = 16 * 1024;
 /// How long the task keeps streaming after the last frame it read.
 const STREAM_IDLE: std::time::Duration = std::time::Duration::from_millis(5);
-/// Progress (in events of one origin) that triggers a direct ack: a
-/// sixteenth of the default retransmit buffer, so acks come well before it
-/// fills, and about one per 1 ms at 1 M events/s.
-const DIRECT_ACK_EVERY: u64 = 1024;
-/// Payload bytes delivered (all origins) after which every origin this
-/// peer moved on in gets a direct ack, however few events that was: large
-/// events fill an origin's byte bound (16 MiB by default) long before
-/// [`DIRECT_ACK_EVERY`] of them arrive.
-const DIRECT_ACK_BYTES: u64 = 1 << 20;
-
 /// Messages to the receive driver.
 pub(crate) enum ReceiverCmd {
     /// A member to receive from: dial its publisher, reach its repair endpoint.
@@ -147,10 +138,8 @@ pub(crate) struct Receiver {
     pub nak_senders: HashMap<PeerId, (String, mpsc::Sender<RepairRequest>)>,
     /// This peer's id, named in direct acks.
     pub me: PeerId,
-    /// The last watermark sent as a direct ack, per origin incarnation.
-    pub direct_acked: HashMap<(PeerId, u64), u64>,
-    /// Payload bytes delivered since direct acks last went out by bytes.
-    pub delivered_bytes: u64,
+    /// When each origin is acknowledged directly, between heartbeats.
+    pub direct_acks: DirectAcks,
     /// Reused buffer of decoded envelopes.
     pub scratch: Vec<Envelope>,
     /// Received topics, validated once and shared.
@@ -226,13 +215,7 @@ impl Receiver {
         let mut streaming = false;
         let mut idle_at = tokio::time::Instant::now();
         loop {
-            let (due, nak_due) = {
-                let r = core.lock();
-                (
-                    r.faults.as_ref().and_then(|f| f.poll_timeout()),
-                    r.inbox.poll_timeout(),
-                )
-            };
+            let [nak_due, due, ack_due] = core.lock().timers();
             tokio::select! {
                 // Commands first: a member's Connect must reach the
                 // inbox before its first heartbeat does, or its
@@ -270,11 +253,11 @@ impl Receiver {
                             }
                             r.nak_senders.remove(&info.id);
                             r.members.remove(&info.id);
-                            r.direct_acked.retain(|(o, _), _| *o != info.id);
+                            r.direct_acks.forget(info.id);
                             r.forget(&info);
                         }
                         Some(ReceiverCmd::Left(info)) => {
-                            r.direct_acked.retain(|(o, _), _| *o != info.id);
+                            r.direct_acks.forget(info.id);
                             r.forget(&info);
                         }
                         Some(ReceiverCmd::Shutdown(done)) => {
@@ -320,6 +303,11 @@ impl Receiver {
                     let mut r = core.lock();
                     r.inbox.handle_timeout(clock::now());
                     r.drain();
+                }
+                _ = tokio::time::sleep_until(ack_due.map_or_else(tokio::time::Instant::now, Into::into)), if ack_due.is_some() => {
+                    let mut r = core.lock();
+                    let acks = r.acks.read().clone();
+                    r.send_direct_acks(&acks);
                 }
                 // The callback moved a timer, or parked a frame while blocked.
                 _ = wake.notified() => {}
@@ -460,11 +448,12 @@ impl Receiver {
     }
 
     /// When the inbox and the fault layer next need this task.
-    fn timers(&self) -> (Option<std::time::Instant>, Option<std::time::Instant>) {
-        (
+    fn timers(&self) -> [Option<std::time::Instant>; 3] {
+        [
             self.inbox.poll_timeout(),
             self.faults.as_ref().and_then(|f| f.poll_timeout()),
-        )
+            self.direct_acks.poll_timeout(),
+        ]
     }
 
     /// Received frames, through the fault layer if there is one (which may
@@ -646,41 +635,31 @@ impl Receiver {
         *self.acks.write() = Arc::new(acks);
     }
 
-    /// Tells an origin at once when this peer has moved [`DIRECT_ACK_EVERY`]
-    /// past the watermark it last sent it, so a busy origin frees its buffer
-    /// without waiting for a heartbeat (which also carries the watermark).
+    /// Acks what this peer received of each origin straight to its repair
+    /// endpoint when [`DirectAcks`] says one is due, so a busy origin frees
+    /// its buffer without waiting for a heartbeat (which also carries the
+    /// watermark).
     fn send_direct_acks(&mut self, received: &[Ack]) {
-        let every = match self.delivered_bytes >= DIRECT_ACK_BYTES {
-            true => {
-                self.delivered_bytes = 0;
-                1
-            }
-            false => DIRECT_ACK_EVERY,
-        };
-        for a in received {
-            let Some((_, tx)) = self.nak_senders.get(&a.origin) else {
-                continue;
-            };
-            let seq = self
-                .registry
-                .inflight
-                .ack_floor(a.origin, a.incarnation, a.seq);
-            let last = self
-                .direct_acked
-                .entry((a.origin, a.incarnation))
-                .or_insert(0);
-            if seq >= *last + every {
+        let (senders, inflight, me) = (&self.nak_senders, &self.registry.inflight, self.me);
+        let watermarks = received
+            .iter()
+            .filter(|a| senders.contains_key(&a.origin))
+            .map(|a| {
+                let seq = inflight.ack_floor(a.origin, a.incarnation, a.seq);
+                (a.origin, a.incarnation, seq)
+            });
+        self.direct_acks
+            .handle_watermarks(watermarks, clock::now(), |origin, incarnation, seq| {
                 let ack = DirectAck {
-                    member: self.me,
-                    origin: a.origin,
-                    incarnation: a.incarnation,
+                    member: me,
+                    origin,
+                    incarnation,
                     seq,
                 };
-                if tx.try_send(RepairRequest::Ack(ack)).is_ok() {
-                    *last = seq;
-                }
-            }
-        }
+                senders
+                    .get(&origin)
+                    .is_some_and(|(_, tx)| tx.try_send(RepairRequest::Ack(ack)).is_ok())
+            });
     }
 
     /// One frame (an event or a batch) to envelopes appended to `out`; a
@@ -724,7 +703,7 @@ impl Receiver {
     /// could not take yet is returned for [`wait_for_room`](Self::wait_for_room).
     /// Synchronous, so the envelope is not moved into a future's state.
     fn deliver(&mut self, env: Envelope) -> Vec<(Feed<Routed>, Routed)> {
-        self.delivered_bytes += env.payload.len() as u64;
+        self.direct_acks.handle_received(env.payload.len());
         // A replay is for durable subscriptions, which skip by position:
         // its key was seen when it was first delivered here, or belongs to
         // a stretch the others were never owed.

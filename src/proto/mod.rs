@@ -20,6 +20,7 @@ pub mod assign;
 pub mod correlator;
 pub mod cursor;
 pub mod dedup;
+pub(crate) mod direct_acks;
 pub mod faults;
 pub mod group_member;
 pub mod group_view;
