@@ -375,8 +375,7 @@ async fn a_gap_that_cannot_be_repaired_is_reported_lost_never_skipped() {
 async fn large_events_are_acknowledged_by_bytes_not_only_by_count() {
     // 400 events of 16 KiB: far fewer than the 4096 events a direct ack
     // waits for, but 6 MiB — an origin's byte bound (16 MiB) fills long
-    // before 4096 such events arrive, so the receiver acks after 4 MiB (or
-    // 5 ms after its last direct ack, whichever comes first).
+    // before 4096 such events arrive, so the receiver acks after 4 MiB.
     let a = fast("a", &unique_url("inproc", "la"))
         .start()
         .await
@@ -404,10 +403,11 @@ async fn large_events_are_acknowledged_by_bytes_not_only_by_count() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_small_retransmit_buffer_is_freed_by_direct_acks_not_heartbeats() {
     // 256 envelopes, far fewer than the 4096 events after which a receiver
-    // acks at once: the receiver acks 5 ms after its last direct ack
-    // instead, so the publisher waits milliseconds for room, not the 1 s
-    // heartbeat that also carries the watermark (20 heartbeats for these
-    // 5000 events, longer than the deadline below).
+    // acks at once: the full publisher sends nothing, and the receiver acks
+    // once it sees the stream stopped (checked every 5 ms), so the
+    // publisher waits milliseconds for room, not the 1 s heartbeat that
+    // also carries the watermark (20 heartbeats for these 5000 events,
+    // longer than the deadline below).
     let slow = |name: &str, url: &str| {
         Peer::builder()
             .name(name)

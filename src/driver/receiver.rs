@@ -307,7 +307,7 @@ impl Receiver {
                 _ = tokio::time::sleep_until(ack_due.map_or_else(tokio::time::Instant::now, Into::into)), if ack_due.is_some() => {
                     let mut r = core.lock();
                     let acks = r.acks.read().clone();
-                    r.send_direct_acks(&acks);
+                    r.send_direct_acks(&acks, true);
                 }
                 // The callback moved a timer, or parked a frame while blocked.
                 _ = wake.notified() => {}
@@ -631,15 +631,15 @@ impl Receiver {
                 seq,
             })
             .collect();
-        self.send_direct_acks(&acks);
+        self.send_direct_acks(&acks, false);
         *self.acks.write() = Arc::new(acks);
     }
 
     /// Acks what this peer received of each origin straight to its repair
-    /// endpoint when [`DirectAcks`] says one is due, so a busy origin frees
-    /// its buffer without waiting for a heartbeat (which also carries the
-    /// watermark).
-    fn send_direct_acks(&mut self, received: &[Ack]) {
+    /// endpoint when [`DirectAcks`] says one is due (after receiving, or at
+    /// its check: `check`), so a busy origin frees its buffer without
+    /// waiting for a heartbeat (which also carries the watermark).
+    fn send_direct_acks(&mut self, received: &[Ack], check: bool) {
         let (senders, inflight, me) = (&self.nak_senders, &self.registry.inflight, self.me);
         let watermarks = received
             .iter()
@@ -648,18 +648,22 @@ impl Receiver {
                 let seq = inflight.ack_floor(a.origin, a.incarnation, a.seq);
                 (a.origin, a.incarnation, seq)
             });
-        self.direct_acks
-            .handle_watermarks(watermarks, clock::now(), |origin, incarnation, seq| {
-                let ack = DirectAck {
-                    member: me,
-                    origin,
-                    incarnation,
-                    seq,
-                };
-                senders
-                    .get(&origin)
-                    .is_some_and(|(_, tx)| tx.try_send(RepairRequest::Ack(ack)).is_ok())
-            });
+        let send = |origin, incarnation, seq| {
+            let ack = DirectAck {
+                member: me,
+                origin,
+                incarnation,
+                seq,
+            };
+            senders
+                .get(&origin)
+                .is_some_and(|(_, tx)| tx.try_send(RepairRequest::Ack(ack)).is_ok())
+        };
+        let now = clock::now();
+        match check {
+            false => self.direct_acks.handle_watermarks(watermarks, now, send),
+            true => self.direct_acks.handle_timeout(watermarks, now, send),
+        }
     }
 
     /// One frame (an event or a batch) to envelopes appended to `out`; a

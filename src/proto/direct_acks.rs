@@ -16,9 +16,12 @@
 //!   milliseconds, well before its buffer fills (measured side by side,
 //!   benches/peers: acking every 1024 events, 600–3000 acks a second,
 //!   cost 3–12 % of the throughput at 64 B, 1 KiB and 16 KiB);
-//! - otherwise [`AFTER`] the last one, once at least [`MIN`] events
-//!   arrived: an origin whose smaller buffer filled (it waits for acks and
-//!   sends nothing more) waits that long, not a heartbeat interval;
+//! - when an origin's stream stopped for a whole check period ([`AFTER`])
+//!   with at least [`MIN`] events not acknowledged directly: an origin
+//!   whose smaller buffer filled waits for acks and sends nothing, and it
+//!   waits [`AFTER`] to twice that, not a heartbeat interval. A stream that
+//!   keeps flowing is not acked by time (acks every few milliseconds cost a
+//!   ping-pong between two peers ~5 µs of its median round trip);
 //! - a trickle of fewer events waits for the heartbeat.
 
 use std::collections::HashMap;
@@ -32,20 +35,30 @@ pub(crate) const EVERY: u64 = 4096;
 /// anything new is acknowledged at once: large events fill an origin's
 /// byte bound (16 MiB by default) long before [`EVERY`] of them arrive.
 pub(crate) const BYTES: u64 = 4 << 20;
-/// How long after its last direct ack an origin with [`MIN`] new events is
-/// acknowledged anyway.
+/// How often streams with events not acknowledged are checked for having
+/// stopped.
 pub(crate) const AFTER: Duration = Duration::from_millis(5);
-/// Fewer new events than this wait for the next heartbeat.
+/// Fewer events not acknowledged directly than this wait for the next
+/// heartbeat.
 pub(crate) const MIN: u64 = 64;
+
+/// One origin stream's direct acks.
+#[derive(Debug)]
+struct Stream {
+    /// The watermark last sent.
+    sent: u64,
+    /// The watermark at the last check.
+    checked: u64,
+}
 
 /// See the module documentation.
 #[derive(Debug, Default)]
 pub(crate) struct DirectAcks {
-    /// Per `(origin, stream epoch)`: the watermark last sent, and when.
-    sent: HashMap<(PeerId, u64), (u64, Instant)>,
+    /// Per `(origin, stream epoch)`.
+    streams: HashMap<(PeerId, u64), Stream>,
     /// Payload bytes received since acks last went out by bytes.
     bytes: u64,
-    /// When the next ack is due by time.
+    /// When streams are next checked for having stopped.
     due: Option<Instant>,
 }
 
@@ -56,51 +69,78 @@ impl DirectAcks {
     }
 
     /// One pass over this receiver's watermarks `(origin, stream epoch,
-    /// through)`: calls `send` for each one due an ack (which returns
-    /// whether the ack could be sent), and works out when the next is due.
+    /// through)` after it received: calls `send` for each one due an ack by
+    /// count or bytes (`send` returns whether the ack could be sent).
     pub(crate) fn handle_watermarks(
         &mut self,
         watermarks: impl IntoIterator<Item = (PeerId, u64, u64)>,
         now: Instant,
-        mut send: impl FnMut(PeerId, u64, u64) -> bool,
+        send: impl FnMut(PeerId, u64, u64) -> bool,
     ) {
         let by_bytes = self.bytes >= BYTES;
         if by_bytes {
             self.bytes = 0;
         }
-        let mut due: Option<Instant> = None;
-        let mut wake_at = |at: Instant| due = Some(due.map_or(at, |d| d.min(at)));
-        for (origin, epoch, through) in watermarks {
-            let (last, at) = self.sent.entry((origin, epoch)).or_insert((0, now));
-            let every = if by_bytes {
-                1
-            } else if now >= *at + AFTER {
-                MIN
-            } else {
-                EVERY
-            };
-            if through >= *last + every {
-                if send(origin, epoch, through) {
-                    (*last, *at) = (through, now);
-                } else {
-                    wake_at(now + AFTER); // the requests queue is full: later
-                }
-            } else if through >= *last + MIN {
-                wake_at(*at + AFTER);
-            }
-        }
-        self.due = due;
+        let every = if by_bytes { 1 } else { EVERY };
+        self.pass(watermarks, now, send, |s, _| s.sent + every);
     }
 
-    /// When [`handle_watermarks`](Self::handle_watermarks) is next due
-    /// (with the watermarks as they are), if anything is waiting.
+    /// The check at [`poll_timeout`](Self::poll_timeout): streams that did
+    /// not move since the last check are acknowledged if [`MIN`] events
+    /// are waiting.
+    pub(crate) fn handle_timeout(
+        &mut self,
+        watermarks: impl IntoIterator<Item = (PeerId, u64, u64)>,
+        now: Instant,
+        send: impl FnMut(PeerId, u64, u64) -> bool,
+    ) {
+        self.due = None;
+        self.pass(watermarks, now, send, |s, through| {
+            let threshold = match through == s.checked {
+                true => s.sent + MIN,
+                false => u64::MAX,
+            };
+            s.checked = through;
+            threshold
+        });
+    }
+
+    /// Sends what reached `threshold(stream, through)`; the check is armed
+    /// while anything is left waiting.
+    fn pass(
+        &mut self,
+        watermarks: impl IntoIterator<Item = (PeerId, u64, u64)>,
+        now: Instant,
+        mut send: impl FnMut(PeerId, u64, u64) -> bool,
+        mut threshold: impl FnMut(&mut Stream, u64) -> u64,
+    ) {
+        let mut waiting = false;
+        for (origin, epoch, through) in watermarks {
+            let s = self.streams.entry((origin, epoch)).or_insert(Stream {
+                sent: 0,
+                checked: 0,
+            });
+            if through >= threshold(s, through) && send(origin, epoch, through) {
+                s.sent = through;
+            }
+            waiting |= through >= s.sent + MIN;
+        }
+        if !waiting {
+            self.due = None;
+        } else if self.due.is_none() {
+            self.due = Some(now + AFTER);
+        }
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) is due, if events are
+    /// waiting for an ack.
     pub(crate) fn poll_timeout(&self) -> Option<Instant> {
         self.due
     }
 
     /// Forgets an origin (it left or failed).
     pub(crate) fn forget(&mut self, origin: PeerId) {
-        self.sent.retain(|(o, _), _| *o != origin);
+        self.streams.retain(|(o, _), _| *o != origin);
     }
 }
 
@@ -111,13 +151,21 @@ mod tests {
     const A: PeerId = PeerId(1);
     const B: PeerId = PeerId(2);
 
-    /// One pass; returns what was sent.
-    fn pass(d: &mut DirectAcks, marks: &[(PeerId, u64)], now: Instant) -> Vec<(PeerId, u64)> {
+    type Marks<'a> = &'a [(PeerId, u64)];
+
+    /// A pass after receiving (`check`: the timer's instead); returns what
+    /// was sent.
+    fn pass(d: &mut DirectAcks, marks: Marks<'_>, now: Instant, check: bool) -> Vec<(PeerId, u64)> {
         let mut sent = Vec::new();
-        d.handle_watermarks(marks.iter().map(|&(o, s)| (o, 7, s)), now, |o, _, s| {
+        let marks = marks.iter().map(|&(o, s)| (o, 7, s));
+        let send = |o, _, s| {
             sent.push((o, s));
             true
-        });
+        };
+        match check {
+            false => d.handle_watermarks(marks, now, send),
+            true => d.handle_timeout(marks, now, send),
+        }
         sent
     }
 
@@ -125,28 +173,45 @@ mod tests {
     fn a_fast_stream_is_acked_every_quarter_buffer() {
         let mut d = DirectAcks::default();
         let t = Instant::now();
-        assert!(pass(&mut d, &[(A, EVERY - 1)], t).is_empty());
-        assert_eq!(pass(&mut d, &[(A, EVERY)], t), vec![(A, EVERY)]);
-        assert!(pass(&mut d, &[(A, 2 * EVERY - 1)], t).is_empty());
-        assert_eq!(pass(&mut d, &[(A, 2 * EVERY)], t), vec![(A, 2 * EVERY)]);
+        assert!(pass(&mut d, &[(A, EVERY - 1)], t, false).is_empty());
+        assert_eq!(pass(&mut d, &[(A, EVERY)], t, false), vec![(A, EVERY)]);
+        assert!(pass(&mut d, &[(A, 2 * EVERY - 1)], t, false).is_empty());
+        assert_eq!(
+            pass(&mut d, &[(A, 2 * EVERY)], t, false),
+            vec![(A, 2 * EVERY)]
+        );
     }
 
     #[test]
-    fn fewer_events_are_acked_after_a_while_and_a_trickle_never() {
+    fn a_stopped_stream_is_acked_at_the_check_after_it_stopped() {
         let mut d = DirectAcks::default();
         let t = Instant::now();
-        assert!(pass(&mut d, &[(A, MIN), (B, MIN - 1)], t).is_empty());
-        // Only A has enough to be worth an ack by time.
+        assert!(pass(&mut d, &[(A, MIN), (B, MIN - 1)], t, false).is_empty());
+        // Only A has enough waiting to be worth an ack by time.
         assert_eq!(d.poll_timeout(), Some(t + AFTER));
-        let later = t + AFTER;
+        // A moved since the last check (from 0): not yet.
+        let t1 = t + AFTER;
+        assert!(pass(&mut d, &[(A, MIN), (B, MIN - 1)], t1, true).is_empty());
+        assert_eq!(d.poll_timeout(), Some(t1 + AFTER));
+        // A did not move for a whole period: acked. B's trickle never is.
+        let t2 = t1 + AFTER;
         assert_eq!(
-            pass(&mut d, &[(A, MIN), (B, MIN - 1)], later),
+            pass(&mut d, &[(A, MIN), (B, MIN - 1)], t2, true),
             vec![(A, MIN)]
         );
         assert_eq!(d.poll_timeout(), None, "nothing left waiting");
-        // The next ack by time is counted from this one.
-        assert!(pass(&mut d, &[(A, 2 * MIN)], later + AFTER / 2).is_empty());
-        assert_eq!(d.poll_timeout(), Some(later + AFTER));
+    }
+
+    #[test]
+    fn a_flowing_stream_is_not_acked_by_time() {
+        let mut d = DirectAcks::default();
+        let mut t = Instant::now();
+        // It moves between every two checks, and never reaches EVERY.
+        for through in (1..20).map(|i| i * 2 * MIN) {
+            assert!(pass(&mut d, &[(A, through)], t, false).is_empty());
+            t += AFTER;
+            assert!(pass(&mut d, &[(A, through + MIN)], t, true).is_empty());
+        }
     }
 
     #[test]
@@ -154,30 +219,31 @@ mod tests {
         let mut d = DirectAcks::default();
         let t = Instant::now();
         d.handle_received(BYTES as usize);
-        assert_eq!(pass(&mut d, &[(A, 1), (B, 0)], t), vec![(A, 1)]);
+        assert_eq!(pass(&mut d, &[(A, 1), (B, 0)], t, false), vec![(A, 1)]);
         // The count starts again.
-        assert!(pass(&mut d, &[(A, 2)], t).is_empty());
+        assert!(pass(&mut d, &[(A, 2)], t, false).is_empty());
     }
 
     #[test]
-    fn an_ack_that_could_not_go_is_retried_later_not_in_a_loop() {
+    fn an_ack_that_could_not_go_is_tried_again_at_the_next_check() {
         let mut d = DirectAcks::default();
         let t = Instant::now();
         d.handle_watermarks([(A, 7, EVERY)], t, |_, _, _| false);
         assert_eq!(d.poll_timeout(), Some(t + AFTER));
-        let later = t + AFTER;
-        assert_eq!(pass(&mut d, &[(A, EVERY)], later), vec![(A, EVERY)]);
+        assert!(pass(&mut d, &[(A, EVERY)], t + AFTER, true).is_empty());
+        let t2 = t + 2 * AFTER;
+        assert_eq!(pass(&mut d, &[(A, EVERY)], t2, true), vec![(A, EVERY)]);
     }
 
     #[test]
     fn streams_are_separate_and_forgotten_with_their_origin() {
         let mut d = DirectAcks::default();
         let t = Instant::now();
-        assert_eq!(pass(&mut d, &[(A, EVERY), (B, EVERY)], t).len(), 2);
+        assert_eq!(pass(&mut d, &[(A, EVERY), (B, EVERY)], t, false).len(), 2);
         d.forget(A);
         // A starts over (from 0); B does not.
         assert_eq!(
-            pass(&mut d, &[(A, EVERY), (B, EVERY + 1)], t),
+            pass(&mut d, &[(A, EVERY), (B, EVERY + 1)], t, false),
             vec![(A, EVERY)]
         );
     }
