@@ -111,6 +111,10 @@ fn run(
                     }
                 }
             }
+            // What an ack freed goes a little per push, or at once like this.
+            if rng.gen_bool(0.5) {
+                outbox.drop_acked();
+            }
         }
         inbox.handle_timeout(now);
         while let Some(ev) = inbox.poll() {

@@ -185,11 +185,6 @@ impl PublishPath {
         }
         // Stats read right after a publish see the buffer it filled.
         p.update_buffer_gauges();
-        // What acks freed is dropped here, by a publishing thread (where
-        // such frames are allocated), outside the lock.
-        let freed = p.outbox.take_freed();
-        drop(p);
-        drop(freed);
         Ok(())
     }
 
@@ -618,8 +613,8 @@ impl Publisher {
     /// retention age; records watermarks, readers and durable groups, and
     /// trims the log (a durable peer).
     fn upkeep(&mut self) {
-        // Freed frames nobody published after (see `try_stage`).
-        drop(self.outbox.take_freed());
+        // What acks freed that no publish dropped since (see `Outbox::push`).
+        self.outbox.drop_acked();
         let now = now_us();
         let gone = self.assigner.expire(now, self.group_max_age_us);
         if let Some(journal) = &mut self.journal {

@@ -10,7 +10,8 @@
 //! confirmed by its first ack. A member whose heartbeats carry no ack for
 //! [`NO_ACK_ROUNDS`] rounds (an implementation that does not ack) loses its
 //! provisional watermark. When every live member has a watermark, what all
-//! of them have is freed at once. Otherwise the buffer keeps the newest
+//! of them have is freed: marked at once, dropped a little per push (or
+//! all at once by [`Outbox::drop_acked`]). Otherwise the buffer keeps the newest
 //! `capacity` envelopes (and at most `max_bytes` of them) as a ring, so a
 //! member without a watermark can still be repaired; it never holds the
 //! buffer back, and what it asks for after eviction is "gone".
@@ -54,6 +55,10 @@ pub const NO_ACK_ROUNDS: u32 = 3;
 /// Members that went away without leaving (Failed) whose watermark is kept
 /// for when they come back; the oldest is forgotten beyond.
 pub const MAX_DEPARTED: usize = 4096;
+
+/// Frames every member has that one push frees (more than one, so what
+/// an ack frees is gone before the next ack).
+pub const EVICT_PER_PUSH: usize = 2;
 
 /// Sizing of an [`Outbox`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,9 +105,6 @@ pub struct Outbox {
     /// `(seq, frame)`, ascending and contiguous.
     retained: VecDeque<(u64, Bytes)>,
     retained_bytes: usize,
-    /// Frames no longer retained, not dropped yet: the driver drops them
-    /// on the thread that allocated them ([`take_freed`](Self::take_freed)).
-    freed: Vec<Bytes>,
     /// Highest sequence number every member with a known watermark has
     /// (`u64::MAX`: none known), and what every live member has (0: some
     /// watermark is unknown); both kept up to date by [`free`](Self::free)
@@ -144,7 +146,6 @@ impl Outbox {
             last_seq: 0,
             retained: VecDeque::new(),
             retained_bytes: 0,
-            freed: Vec::new(),
             floor: u64::MAX,
             freeable: u64::MAX,
             members: HashMap::new(),
@@ -245,7 +246,7 @@ impl Outbox {
         self.last_seq += 1;
         self.retained_bytes += frame.len();
         self.retained.push_back((self.last_seq, frame));
-        self.drop_freeable();
+        self.evict_acked();
         self.last_seq
     }
 
@@ -261,7 +262,7 @@ impl Outbox {
         self.last_seq += 1;
         self.retained_bytes += frame.len();
         self.retained.push_back((self.last_seq, frame));
-        self.drop_freeable();
+        self.evict_acked();
         self.last_seq
     }
 
@@ -422,8 +423,8 @@ impl Outbox {
         out
     }
 
-    /// Frees what every live member has received, once all their
-    /// watermarks are known.
+    /// Marks as freeable what every live member has received, once all
+    /// their watermarks are known; [`drop_acked`](Self::drop_acked) frees it.
     fn free(&mut self) {
         self.floor = self.acks.values().copied().min().unwrap_or(u64::MAX);
         self.freeable = if self.members.keys().all(|m| self.acks.contains_key(m)) {
@@ -431,28 +432,38 @@ impl Outbox {
         } else {
             0
         };
-        self.drop_freeable();
     }
 
-    /// Drops the retained frames every live member has.
-    fn drop_freeable(&mut self) {
-        while let Some((seq, frame)) = self.retained.front() {
-            if *seq > self.freeable {
-                break;
-            }
-            self.retained_bytes -= frame.len();
+    /// Drops the retained frames every live member has. An ack only marks
+    /// what it frees (it is applied under the lock `publish` takes per
+    /// event, and moving an ack's 4096 frames took ~60 us): each
+    /// [`push`](Self::push) then drops [`EVICT_PER_PUSH`] of them, and this
+    /// drops what no push did (a publisher gone idle). Until then they are
+    /// still retained, and still answer NAKs.
+    pub fn drop_acked(&mut self) {
+        while self.front_freeable() {
             let (_, frame) = self.retained.pop_front().expect("looked at");
-            self.freed.push(frame);
+            self.retained_bytes -= frame.len();
         }
     }
 
-    /// The frames freed by acks since the last call, for the caller to
-    /// drop where it likes: a block freed on another thread than the one
-    /// that allocated it takes the allocator's lock (glibc's arenas), and
-    /// acks arrive on the driver's thread while `publish` allocates on the
-    /// caller's. At most what was retained.
-    pub fn take_freed(&mut self) -> Vec<Bytes> {
-        std::mem::take(&mut self.freed)
+    /// Drops up to [`EVICT_PER_PUSH`] frames every live member has: the
+    /// publishing thread frees what an ack freed a little per event.
+    fn evict_acked(&mut self) {
+        for _ in 0..EVICT_PER_PUSH {
+            if !self.front_freeable() {
+                return;
+            }
+            let (_, frame) = self.retained.pop_front().expect("looked at");
+            self.retained_bytes -= frame.len();
+        }
+    }
+
+    /// Whether the oldest retained frame is one every live member has.
+    fn front_freeable(&self) -> bool {
+        self.retained
+            .front()
+            .is_some_and(|(seq, _)| *seq <= self.freeable)
     }
 
     /// Answers a NAK: retained frames (up to the reply size), ranges no
@@ -570,6 +581,7 @@ mod tests {
     fn a_push_beyond_a_full_buffer_evicts_nothing_unacknowledged() {
         let mut o = outbox(3);
         o.set_members([(PeerId(2), 1)]);
+        o.drop_acked();
         for s in 1..=3 {
             o.push(frame(s));
         }
@@ -582,6 +594,7 @@ mod tests {
         let answer = o.handle_nak(&nak(&[(1, 6)]));
         assert_eq!(answer.frames.len(), 6);
         o.handle_ack(PeerId(2), 9, 6);
+        o.drop_acked();
         assert!(!o.is_full());
         assert!(o.is_empty());
     }
@@ -602,19 +615,23 @@ mod tests {
         };
         let mut o = bounded();
         o.set_members([(PeerId(2), 1)]);
+        o.drop_acked();
         for s in 1..=4 {
             assert!(!o.is_full());
             o.push(frame(s));
         }
         assert!(o.is_full(), "40 bytes unacknowledged");
         o.handle_ack(PeerId(2), 9, 2);
+        o.drop_acked();
         assert_eq!((o.len(), o.bytes()), (2, 20));
         assert!(!o.is_full());
         // A member that never acks: the buffer is a ring of ~35 bytes.
         let mut o = bounded();
         o.set_members([(PeerId(2), 1)]);
+        o.drop_acked();
         for _ in 0..NO_ACK_ROUNDS {
             o.handle_no_ack(PeerId(2));
+            o.drop_acked();
         }
         for s in 1..=20 {
             assert!(!o.is_full());
@@ -636,6 +653,7 @@ mod tests {
             o.push(frame(s));
         }
         o.set_members([(PeerId(2), 1)]); // joined after 4
+        o.drop_acked();
         for s in 5..=6 {
             o.push(frame(s));
         }
@@ -667,6 +685,7 @@ mod tests {
     fn overlapping_nak_ranges_never_repeat_an_envelope() {
         let mut o = outbox(8);
         o.set_members([(PeerId(2), 1)]);
+        o.drop_acked();
         for s in 1..=4 {
             o.push(frame(s));
         }
@@ -684,11 +703,14 @@ mod tests {
         let (t0, limit) = (Instant::now(), Duration::from_secs(5));
         let mut o = outbox(4);
         o.set_members([(PeerId(2), 1), (PeerId(3), 1)]);
+        o.drop_acked();
         for s in 1..=4 {
             o.push(frame(s));
         }
         o.handle_ack(PeerId(2), 9, 4); // keeps up
+        o.drop_acked();
         o.handle_ack(PeerId(3), 9, 0); // stuck at 0
+        o.drop_acked();
         assert!(o.is_full());
         assert!(o.check_stall(t0, limit).is_empty());
         assert!(o.check_stall(t0 + Duration::from_secs(4), limit).is_empty());
@@ -702,9 +724,11 @@ mod tests {
         for s in 5..=9 {
             o.push(frame(s));
             o.handle_ack(PeerId(2), 9, s);
+            o.drop_acked();
         }
         // The cut-off member's old acks do not count; its NAK gets "gone".
         o.handle_ack(PeerId(3), 9, 2);
+        o.drop_acked();
         assert!(!o.is_full());
         let r = o.handle_nak(&Nak {
             member: PeerId(3),
@@ -719,14 +743,17 @@ mod tests {
         let (t0, limit) = (Instant::now(), Duration::from_secs(1));
         let mut o = outbox(2);
         o.set_members([(PeerId(2), 1)]);
+        o.drop_acked();
         o.push(frame(1));
         o.push(frame(2));
         assert_eq!(o.check_stall(t0, limit), []);
         assert_eq!(o.check_stall(t0 + limit, limit), [PeerId(2)]);
         o.push(frame(3)); // ring: 2, 3
         o.handle_ack(PeerId(2), 9, 0);
+        o.drop_acked();
         assert_eq!(o.len(), 2, "an ack behind the ring does not count");
         o.handle_ack(PeerId(2), 9, 2);
+        o.drop_acked();
         assert_eq!(o.len(), 1, "caught up: counts again, 1 and 2 freed");
     }
 
@@ -735,27 +762,32 @@ mod tests {
         let (t0, limit) = (Instant::now(), Duration::from_secs(1));
         let mut o = outbox(4);
         o.set_members([(PeerId(2), 1)]);
+        o.drop_acked();
         for s in 1..=4 {
             o.push(frame(s));
         }
         o.handle_ack(PeerId(2), 9, 0);
+        o.drop_acked();
         assert!(o.check_stall(t0, limit).is_empty());
         assert_eq!(o.check_stall(t0 + limit, limit), [PeerId(2)]);
         for s in 5..=20 {
             o.push(frame(s));
         }
         o.handle_ack(PeerId(2), 9, 3); // behind the ring: still cut off
+        o.drop_acked();
         assert_eq!(o.watermarks().collect::<Vec<_>>(), [(PeerId(2), 1, 3)]);
         // A durable origin restarts with what it recorded: the member is
         // known, owed what follows its watermark, not taken for a new one.
         let mut restarted = outbox(4);
         restarted.resume(20, o.watermarks());
         restarted.set_members([(PeerId(2), 1)]);
+        restarted.drop_acked();
         let r = restarted.handle_nak(&nak(&[(4, 20)]));
         assert_eq!(r.owed_from, 4, "not skipped as published before it joined");
         assert_eq!(r.gone, [(4, 20)], "the log has them, the buffer does not");
         // Failing instead, it is remembered as departed with that watermark.
         o.set_members([]);
+        o.drop_acked();
         assert_eq!(o.watermarks().collect::<Vec<_>>(), [(PeerId(2), 1, 3)]);
     }
 
@@ -763,30 +795,61 @@ mod tests {
     fn frees_what_every_live_member_acked_and_fills_otherwise() {
         let mut o = outbox(4);
         o.set_members([(PeerId(2), 1), (PeerId(3), 1)]); // provisional watermarks: 0
+        o.drop_acked();
         for s in 1..=4 {
             assert_eq!(o.push(frame(s)), s);
         }
         assert!(o.is_full());
         o.handle_ack(PeerId(2), 9, 3);
+        o.drop_acked();
         o.handle_ack(PeerId(3), 9, 1);
+        o.drop_acked();
         assert_eq!(o.len(), 3, "only what both have: seq 1");
         assert!(!o.is_full());
         // The lagging member fails: its watermark stops counting.
         o.set_members([(PeerId(2), 1)]);
+        o.drop_acked();
         assert_eq!(o.len(), 1);
         assert_eq!(o.bytes(), 10);
+    }
+
+    #[test]
+    fn an_ack_only_marks_what_it_frees_and_pushes_free_it_a_little_at_a_time() {
+        assert_eq!(EVICT_PER_PUSH, 2, "the figures below");
+        let mut o = outbox(8);
+        o.set_members([(PeerId(2), 1)]);
+        for s in 1..=8 {
+            o.push(frame(s));
+        }
+        assert!(o.is_full());
+        o.handle_ack(PeerId(2), 9, 5);
+        // Marked, not moved: no longer full, still retained, still repairs.
+        assert!(!o.is_full());
+        assert_eq!(o.len(), 8);
+        assert_eq!(o.handle_nak(&nak(&[(4, 4)])).frames, vec![frame(4)]);
+        // A push at the bound makes room (1), then drops two (2 and 3)...
+        o.push(frame(9));
+        assert_eq!((o.len(), o.bytes()), (6, 60));
+        // ...and `drop_acked` the rest.
+        o.drop_acked();
+        assert_eq!(o.len(), 4);
+        assert_eq!(o.handle_nak(&nak(&[(5, 6)])).gone, vec![(5, 5)]);
+        o.drop_acked();
+        assert_eq!((o.len(), o.bytes()), (4, 40), "nothing past the watermark");
     }
 
     #[test]
     fn a_member_that_never_acks_stops_holding_the_buffer() {
         let mut o = outbox(4);
         o.set_members([(PeerId(2), 1)]);
+        o.drop_acked();
         for s in 1..=4 {
             o.push(frame(s));
         }
         assert!(o.is_full(), "a new member is owed what follows its join");
         for _ in 0..NO_ACK_ROUNDS {
             o.handle_no_ack(PeerId(2));
+            o.drop_acked();
         }
         assert!(!o.is_full(), "no acks: ring mode");
         for s in 5..=6 {
@@ -795,9 +858,11 @@ mod tests {
         assert_eq!(o.len(), 4);
         // An ack confirms a watermark, which never lapses afterwards.
         o.handle_ack(PeerId(2), 9, 5);
+        o.drop_acked();
         assert_eq!(o.len(), 1);
         for _ in 0..10 {
             o.handle_no_ack(PeerId(2));
+            o.drop_acked();
         }
         o.push(frame(7));
         o.push(frame(8));
@@ -809,8 +874,10 @@ mod tests {
     fn unknown_watermarks_and_strangers_do_not_hold_the_buffer() {
         let mut o = outbox(4);
         o.set_members([(PeerId(2), 1)]);
+        o.drop_acked();
         for _ in 0..NO_ACK_ROUNDS {
             o.handle_no_ack(PeerId(2));
+            o.drop_acked();
         }
         for s in 1..=6 {
             o.push(frame(s));
@@ -818,11 +885,15 @@ mod tests {
         assert_eq!(o.len(), 4, "watermark unknown: kept as a ring, never full");
         assert!(!o.is_full());
         o.handle_ack(PeerId(99), 9, 0); // not a member
+        o.drop_acked();
         o.handle_ack(PeerId(2), 8, 0); // wrong incarnation
+        o.drop_acked();
         assert_eq!(o.refused().acks, 2);
         o.handle_ack(PeerId(2), 9, 5);
+        o.drop_acked();
         assert_eq!(o.len(), 1, "known now: freed up to the watermark");
         o.set_members([]);
+        o.drop_acked();
         assert_eq!(o.len(), 0, "nobody left to repair");
     }
 
@@ -830,12 +901,15 @@ mod tests {
     fn a_restarted_member_resumes_from_its_earlier_lifes_watermark() {
         let mut o = outbox(100);
         o.set_members([(PeerId(2), 1)]);
+        o.drop_acked();
         for s in 1..=15 {
             o.push(frame(s));
         }
         o.handle_ack(PeerId(2), 9, 10); // the first life processed 1..=10
-                                        // It restarts (a new incarnation) before acknowledging 11..=15.
+        o.drop_acked();
+        // It restarts (a new incarnation) before acknowledging 11..=15.
         o.set_members([(PeerId(2), 2)]);
+        o.drop_acked();
         let r = o.handle_nak(&nak(&[(1, 15)]));
         assert_eq!(r.owed_from, 11, "what the first life acked is not owed");
         assert!(r.gone.is_empty(), "no false loss");
@@ -844,10 +918,12 @@ mod tests {
         assert!(!o.acked_by_all(15));
         assert_eq!(o.unacked(15), vec![(PeerId(2), Some(10))]);
         o.handle_ack(PeerId(2), 9, 15);
+        o.drop_acked();
         assert!(o.acked_by_all(15));
         assert_eq!(o.len(), 0);
         // The same life again changes nothing.
         o.set_members([(PeerId(2), 2)]);
+        o.drop_acked();
         assert_eq!(o.handle_nak(&nak(&[(1, 15)])).owed_from, 11);
     }
 
@@ -855,16 +931,21 @@ mod tests {
     fn a_member_back_after_failing_is_told_what_was_freed_meanwhile() {
         let mut o = outbox(100);
         o.set_members([(PeerId(2), 1), (PeerId(3), 1)]);
+        o.drop_acked();
         for s in 1..=10 {
             o.push(frame(s));
         }
         o.handle_ack(PeerId(2), 9, 4);
+        o.drop_acked();
         o.handle_ack(PeerId(3), 9, 10);
+        o.drop_acked();
         // 2 is declared Failed: 5..=10 are freed, 3 has them.
         o.set_members([(PeerId(3), 1)]);
+        o.drop_acked();
         assert_eq!(o.len(), 0);
         o.push(frame(11));
         o.set_members([(PeerId(2), 2), (PeerId(3), 1)]);
+        o.drop_acked();
         let r = o.handle_nak(&nak(&[(1, 11)]));
         assert_eq!(r.owed_from, 5);
         assert_eq!(
@@ -880,13 +961,18 @@ mod tests {
     fn a_member_that_left_comes_back_afresh() {
         let mut o = outbox(100);
         o.set_members([(PeerId(2), 1)]);
+        o.drop_acked();
         for s in 1..=5 {
             o.push(frame(s));
         }
         o.handle_ack(PeerId(2), 9, 3);
+        o.drop_acked();
         o.set_members([]);
+        o.drop_acked();
         o.handle_left(PeerId(2));
+        o.drop_acked();
         o.set_members([(PeerId(2), 2)]);
+        o.drop_acked();
         let r = o.handle_nak(&nak(&[(1, 5)]));
         assert_eq!(r.owed_from, 6, "owed what is published from now on");
         assert!(r.gone.is_empty() && r.frames.is_empty());
@@ -897,10 +983,12 @@ mod tests {
     fn answers_naks_with_frames_gone_and_bounds() {
         let mut o = outbox(100);
         o.set_members([(PeerId(2), 1)]);
+        o.drop_acked();
         for s in 1..=30 {
             o.push(frame(s));
         }
         o.handle_ack(PeerId(2), 9, 10); // frees 1..=10
+        o.drop_acked();
         let r = o.handle_nak(&nak(&[(5, 12), (40, 50)]));
         assert_eq!(r.gone, vec![(5, 10)]);
         assert_eq!(r.frames, vec![frame(11), frame(12)]);
