@@ -92,9 +92,11 @@ stats! {
     /// New links refused because their address is quarantined after
     /// failing authentication.
     pipes_refused,
-    /// Gauge: envelopes retained for retransmission.
+    /// Gauge: envelopes retained for retransmission (what every member
+    /// acknowledged goes as the next events are published, or within a
+    /// second once publishing stops).
     retransmit_buffer,
-    /// Gauge: bytes of envelopes retained for retransmission.
+    /// Gauge: bytes of envelopes retained for retransmission (the same).
     retransmit_bytes,
     /// Members no longer waited for because they held the retransmit buffer
     /// full for longer than the stall limit (`PeerBuilder::stall_limit`).
