@@ -441,16 +441,19 @@ impl Outbox {
     /// drops what no push did (a publisher gone idle). Until then they are
     /// still retained, and still answer NAKs.
     pub fn drop_acked(&mut self) {
-        while self.front_freeable() {
-            let (_, frame) = self.retained.pop_front().expect("looked at");
-            self.retained_bytes -= frame.len();
-        }
+        self.drop_front_acked(usize::MAX);
     }
 
     /// Drops up to [`EVICT_PER_PUSH`] frames every live member has: the
     /// publishing thread frees what an ack freed a little per event.
     fn evict_acked(&mut self) {
-        for _ in 0..EVICT_PER_PUSH {
+        self.drop_front_acked(EVICT_PER_PUSH);
+    }
+
+    /// Drops up to `max` of the oldest frames, as long as every live
+    /// member has them.
+    fn drop_front_acked(&mut self, max: usize) {
+        for _ in 0..max {
             if !self.front_freeable() {
                 return;
             }
