@@ -580,7 +580,7 @@ impl Publisher {
 
     /// Whether the staged batch must go now: at its bound, or nothing more
     /// may be taken.
-    fn batch_full(&self) -> bool {
+    fn batch_full(&mut self) -> bool {
         self.batch_at_bound() || self.outbox.is_full()
     }
 

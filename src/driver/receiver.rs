@@ -447,7 +447,8 @@ impl Receiver {
         !self.blocked.is_empty() || self.awaiting_room || self.parked.is_some()
     }
 
-    /// When the inbox and the fault layer next need this task.
+    /// When the inbox, the fault layer and the direct acks next need this
+    /// task, in that order.
     fn timers(&self) -> [Option<std::time::Instant>; 3] {
         [
             self.inbox.poll_timeout(),

@@ -45,17 +45,30 @@ pub(crate) const MIN: u64 = 64;
 /// One origin stream's direct acks.
 #[derive(Debug)]
 struct Stream {
+    /// Its epoch (the origin's incarnation).
+    epoch: u64,
     /// The watermark last sent.
     sent: u64,
     /// The watermark at the last check.
     checked: u64,
 }
 
+impl Stream {
+    fn new(epoch: u64) -> Self {
+        Stream {
+            epoch,
+            sent: 0,
+            checked: 0,
+        }
+    }
+}
+
 /// See the module documentation.
 #[derive(Debug, Default)]
 pub(crate) struct DirectAcks {
-    /// Per `(origin, stream epoch)`.
-    streams: HashMap<(PeerId, u64), Stream>,
+    /// Per origin, its current stream (as the inbox keeps one per origin):
+    /// a new epoch starts afresh, so restarts leave nothing behind.
+    streams: HashMap<PeerId, Stream>,
     /// Payload bytes received since acks last went out by bytes.
     bytes: u64,
     /// When streams are next checked for having stopped.
@@ -118,10 +131,13 @@ impl DirectAcks {
     ) {
         let mut waiting = false;
         for (origin, epoch, through) in watermarks {
-            let s = self.streams.entry((origin, epoch)).or_insert(Stream {
-                sent: 0,
-                checked: 0,
-            });
+            let s = self
+                .streams
+                .entry(origin)
+                .or_insert_with(|| Stream::new(epoch));
+            if s.epoch != epoch {
+                *s = Stream::new(epoch);
+            }
             let progress = through.saturating_sub(s.sent);
             if progress > 0 && progress >= needed(s, through) && send(origin, epoch, through) {
                 s.sent = through;
@@ -143,7 +159,7 @@ impl DirectAcks {
 
     /// Forgets an origin (it left or failed).
     pub(crate) fn forget(&mut self, origin: PeerId) {
-        self.streams.retain(|(o, _), _| *o != origin);
+        self.streams.remove(&origin);
     }
 }
 
@@ -263,5 +279,22 @@ mod tests {
             pass(&mut d, &[(A, EVERY), (B, EVERY + 1)], t, false),
             vec![(A, EVERY)]
         );
+    }
+
+    #[test]
+    fn a_new_epoch_of_an_origin_replaces_its_stream() {
+        let mut d = DirectAcks::default();
+        let t = Instant::now();
+        let mut sent = Vec::new();
+        for epoch in 1..=100 {
+            d.handle_watermarks([(A, epoch, EVERY)], t, |o, e, s| {
+                sent.push((o, e, s));
+                true
+            });
+        }
+        // Each restart starts from 0 (acked at once), and leaves nothing behind.
+        assert_eq!(sent.len(), 100);
+        assert_eq!(sent[99], (A, 100, EVERY));
+        assert_eq!(d.streams.len(), 1);
     }
 }
